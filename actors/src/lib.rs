@@ -1,0 +1,12 @@
+//! observe-actors: the middle layer, where supervised actors own each concern.
+//!
+//! Every actor runs under the [`supervisor`]: it is restarted with backoff when it fails
+//! (a stop it reports as failure, or a panic in a handler), each restart is logged and counted,
+//! its mailbox is bounded, and buffering actors are drained at shutdown. Actors are thin shells
+//! over plain async functions in `observe-core`, which tests call directly.
+//!
+//! This crate depends on `observe-core` and never on the HTTP layer above it.
+
+pub mod supervisor;
+
+pub use supervisor::{Backoff, Drain, Exit, Lifeline, Supervised, SupervisedActor, Supervisor};

@@ -1,0 +1,452 @@
+//! Typed settings, read once at start.
+//!
+//! Sources, later ones winning: the defaults in `config/default.toml` (compiled into the binary,
+//! so it runs from any directory), the file named by `OBSERVE_CONFIG` if set, the SPEC §9
+//! environment names (`DATABASE_URL`, `SECRET_KEY`, ...), a few short `OBSERVE_*` names, and
+//! finally any `OBSERVE__SECTION__KEY` variable. [`Settings::validate`] then checks the whole
+//! thing and reports every problem at once, each with how to fix it.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use rand::distr::{Alphanumeric, SampleString};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+
+const DEFAULTS: &str = include_str!("../../config/default.toml");
+
+/// Shortest `SECRET_KEY` accepted: HS256 wants at least 256 bits of key.
+pub const MIN_SECRET_KEY_LEN: usize = 32;
+
+/// Environment names whose values are taken verbatim as strings (a numeric-looking secret stays
+/// a string), mapped to their place in the settings tree.
+const STRING_VARS: &[(&str, &str)] = &[
+    ("DATABASE_URL", "database.url"),
+    ("REDIS_URL", "redis.url"),
+    ("SECRET_KEY", "auth.secret_key"),
+    ("GITHUB_CLIENT_ID", "github.client_id"),
+    ("GITHUB_CLIENT_SECRET", "github.client_secret"),
+    ("GITHUB_REDIRECT_URI", "github.redirect_uri"),
+    ("FRONTEND_URL", "frontend_url"),
+    ("RESEND_API_KEY", "resend.api_key"),
+    ("RESEND_FROM_EMAIL", "resend.from_email"),
+    ("SQUAD_SECRET_KEY", "squad.secret_key"),
+    ("SQUAD_PUBLIC_KEY", "squad.public_key"),
+    ("SQUAD_BASE_URL", "squad.base_url"),
+    ("ADMIN_TOKEN", "admin.token"),
+    ("OBSERVE_ENV", "server.mode"),
+    ("OBSERVE_BIND", "server.bind"),
+    ("OBSERVE_LOG_FORMAT", "log.format"),
+    ("OBSERVE_LOG_LEVEL", "log.level"),
+];
+
+/// Environment names whose values are parsed (numbers), mapped to their place in the tree.
+const PARSED_VARS: &[(&str, &str)] = &[
+    (
+        "ACCESS_TOKEN_EXPIRE_MINUTES",
+        "auth.access_token_expire_minutes",
+    ),
+    (
+        "REFRESH_TOKEN_EXPIRE_DAYS",
+        "auth.refresh_token_expire_days",
+    ),
+    ("PRO_AMOUNT", "billing.pro_amount"),
+    ("TEAM_AMOUNT", "billing.team_amount"),
+    (
+        "OBSERVE_SHUTDOWN_TIMEOUT_SECS",
+        "server.shutdown_timeout_secs",
+    ),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration could not be read: {0}")]
+    Load(String),
+    #[error("configuration is invalid:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub frontend_url: String,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub auth: AuthSettings,
+    pub log: LogSettings,
+    pub admin: AdminSettings,
+    pub github: GithubSettings,
+    pub resend: ResendSettings,
+    pub squad: SquadSettings,
+    pub billing: BillingSettings,
+    pub tiers: Tiers,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Development,
+    Production,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub mode: Mode,
+    pub bind: String,
+    pub workers: usize,
+    pub shutdown_timeout_secs: u64,
+    pub body_limit_bytes: usize,
+    pub startup_timeout_secs: u64,
+    pub client_ip_header: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub pool_max_size: usize,
+    pub connect_timeout_secs: u64,
+    pub acquire_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisSettings {
+    pub url: SecretString,
+    pub pool_max_size: u32,
+    pub connect_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub secret_key: SecretString,
+    pub access_token_expire_minutes: i64,
+    pub refresh_token_expire_days: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdminSettings {
+    pub token: SecretString,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GithubSettings {
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub redirect_uri: String,
+    pub oauth_base_url: String,
+    pub api_base_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ResendSettings {
+    pub api_key: SecretString,
+    pub from_email: String,
+    pub base_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SquadSettings {
+    pub secret_key: SecretString,
+    pub public_key: String,
+    pub base_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BillingSettings {
+    pub pro_amount: u64,
+    pub team_amount: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Tiers {
+    pub hobby: TierLimits,
+    pub pro: TierLimits,
+    pub team: TierLimits,
+}
+
+/// One tier's limits (SPEC §5).
+#[derive(Debug, Clone, Deserialize)]
+pub struct TierLimits {
+    pub projects: Limit,
+    pub monitors: Limit,
+    pub min_monitor_interval_secs: u32,
+    pub events_per_month: Limit,
+    pub errors_per_month: Limit,
+    pub api_requests_per_month: Limit,
+    pub retention_days: u32,
+    pub email_alerts: bool,
+    pub events_per_minute: u32,
+    pub errors_per_minute: u32,
+    pub api_requests_per_minute: u32,
+}
+
+/// A count limit: a number, or `"unlimited"` in the configuration file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Max(u64),
+    Unlimited,
+}
+
+impl Limit {
+    /// Whether `used` more items still fit under the limit after `current` already counted.
+    pub fn allows(self, current: u64, used: u64) -> bool {
+        match self {
+            Limit::Unlimited => true,
+            Limit::Max(max) => current.saturating_add(used) <= max,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Limit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(u64),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Num(n) => Ok(Limit::Max(n)),
+            Raw::Word(w) if w.eq_ignore_ascii_case("unlimited") => Ok(Limit::Unlimited),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "expected a number or \"unlimited\", found \"{w}\""
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Development => "development",
+            Mode::Production => "production",
+        })
+    }
+}
+
+/// What [`Settings::validate`] did besides checking, for the caller to log once logging is up.
+#[derive(Debug, Default)]
+pub struct ValidationNotes {
+    pub generated_secret_key: bool,
+}
+
+impl Settings {
+    /// Reads defaults, the optional `OBSERVE_CONFIG` file and the process environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::load_from(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Settings::load`], with the environment given as a lookup function (for tests).
+    pub fn load_from(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let set = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        let mut figment = Figment::new().merge(Toml::string(DEFAULTS));
+        if let Some(path) = set("OBSERVE_CONFIG") {
+            if !std::path::Path::new(&path).is_file() {
+                return Err(ConfigError::Load(format!(
+                    "OBSERVE_CONFIG names {path}, which is not a readable file"
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        for (name, key) in STRING_VARS {
+            if let Some(value) = set(name) {
+                figment = figment.merge(Serialized::default(key, value));
+            }
+        }
+        for (name, key) in PARSED_VARS {
+            if let Some(value) = set(name) {
+                let parsed: u64 = value.trim().parse().map_err(|_| {
+                    ConfigError::Invalid(vec![format!(
+                        "{name}={value:?} is not a whole number; set it to e.g. {name}=60"
+                    )])
+                })?;
+                figment = figment.merge(Serialized::default(key, parsed));
+            }
+        }
+        // OBSERVE__SECTION__KEY for everything else (values parsed: numbers, booleans).
+        figment = figment.merge(Env::prefixed("OBSERVE__").split("__"));
+        figment
+            .extract()
+            .map_err(|e| ConfigError::Load(e.to_string()))
+    }
+
+    /// Checks everything and reports all problems at once. In development mode a missing
+    /// `SECRET_KEY` is replaced by an ephemeral random one (noted in the returned notes).
+    pub fn validate(&mut self) -> Result<ValidationNotes, ConfigError> {
+        let mut problems = Vec::new();
+        let mut notes = ValidationNotes::default();
+
+        if self.server.bind.parse::<SocketAddr>().is_err() {
+            problems.push(format!(
+                "OBSERVE_BIND={:?} is not an address:port; use e.g. OBSERVE_BIND=127.0.0.1:8000",
+                self.server.bind
+            ));
+        }
+        let key_len = self.auth.secret_key.expose_secret().len();
+        if key_len < MIN_SECRET_KEY_LEN {
+            match self.server.mode {
+                Mode::Production => problems.push(format!(
+                    "SECRET_KEY is {} in production mode; set SECRET_KEY to at least {MIN_SECRET_KEY_LEN} random characters (e.g. `openssl rand -hex 32`)",
+                    if key_len == 0 { "missing".to_string() } else { format!("only {key_len} characters") }
+                )),
+                Mode::Development => {
+                    let key = Alphanumeric.sample_string(&mut rand::rng(), 64);
+                    self.auth.secret_key = SecretString::from(key);
+                    notes.generated_secret_key = true;
+                }
+            }
+        }
+        let db_url = self.database.url.expose_secret();
+        if db_url.parse::<tokio_postgres::Config>().is_err() {
+            problems.push(
+                "DATABASE_URL is not a PostgreSQL URL; use e.g. postgres://user:password@127.0.0.1:5432/observe".into(),
+            );
+        }
+        let redis_url = self.redis.url.expose_secret();
+        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+            problems.push(
+                "REDIS_URL must start with redis:// or rediss://, e.g. redis://127.0.0.1:6379/"
+                    .into(),
+            );
+        }
+        if self.database.pool_max_size == 0 {
+            problems.push("OBSERVE__DATABASE__POOL_MAX_SIZE must be at least 1".into());
+        }
+        if self.redis.pool_max_size == 0 {
+            problems.push("OBSERVE__REDIS__POOL_MAX_SIZE must be at least 1".into());
+        }
+        if self.auth.access_token_expire_minutes <= 0 {
+            problems
+                .push("ACCESS_TOKEN_EXPIRE_MINUTES must be a positive number of minutes".into());
+        }
+        if self.auth.refresh_token_expire_days <= 0 {
+            problems.push("REFRESH_TOKEN_EXPIRE_DAYS must be a positive number of days".into());
+        }
+        if self.server.body_limit_bytes < 1024 {
+            problems.push("OBSERVE__SERVER__BODY_LIMIT_BYTES must be at least 1024".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problems.push(format!(
+                "OBSERVE_LOG_LEVEL={:?} is not a log filter ({e}); use e.g. info or observe=debug,info",
+                self.log.level
+            ));
+        }
+        for (name, tier) in [
+            ("hobby", &self.tiers.hobby),
+            ("pro", &self.tiers.pro),
+            ("team", &self.tiers.team),
+        ] {
+            if tier.retention_days == 0 {
+                problems.push(format!("tiers.{name}.retention_days must be at least 1"));
+            }
+        }
+
+        if problems.is_empty() {
+            Ok(notes)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_from(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_load_and_validate_in_development() {
+        let mut s = load(&[]).unwrap();
+        assert_eq!(s.server.mode, Mode::Development);
+        assert_eq!(s.auth.access_token_expire_minutes, 60);
+        assert_eq!(s.tiers.team.monitors, Limit::Unlimited);
+        assert_eq!(s.tiers.hobby.events_per_month, Limit::Max(50_000));
+        let notes = s.validate().unwrap();
+        assert!(notes.generated_secret_key);
+        assert!(s.auth.secret_key.expose_secret().len() >= MIN_SECRET_KEY_LEN);
+    }
+
+    #[test]
+    fn spec_environment_names_override_defaults() {
+        let s = load(&[
+            ("DATABASE_URL", "postgres://a@localhost/b"),
+            ("ACCESS_TOKEN_EXPIRE_MINUTES", "15"),
+            ("SECRET_KEY", "12345678901234567890123456789012345"),
+            ("OBSERVE_BIND", "0.0.0.0:9000"),
+        ])
+        .unwrap();
+        assert_eq!(s.database.url.expose_secret(), "postgres://a@localhost/b");
+        assert_eq!(s.auth.access_token_expire_minutes, 15);
+        // A numeric-looking secret stays a string.
+        assert_eq!(s.auth.secret_key.expose_secret().len(), 35);
+        assert_eq!(s.server.bind, "0.0.0.0:9000");
+    }
+
+    #[test]
+    fn production_refuses_missing_or_short_secret_key() {
+        let mut s = load(&[("OBSERVE_ENV", "production")]).unwrap();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("SECRET_KEY is missing in production"), "{err}");
+
+        let mut s = load(&[("OBSERVE_ENV", "production"), ("SECRET_KEY", "short")]).unwrap();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("only 5 characters"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_a_fix() {
+        let mut s = load(&[("OBSERVE_BIND", "nowhere"), ("REDIS_URL", "http://x")]).unwrap();
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("OBSERVE_BIND=\"nowhere\""), "{err}");
+        assert!(err.contains("REDIS_URL must start with redis://"), "{err}");
+    }
+
+    #[test]
+    fn bad_numbers_and_modes_are_load_errors() {
+        let err = load(&[("ACCESS_TOKEN_EXPIRE_MINUTES", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ACCESS_TOKEN_EXPIRE_MINUTES=\"soon\" is not a whole number"),
+            "{err}"
+        );
+        let err = load(&[("OBSERVE_ENV", "staging")]).unwrap_err().to_string();
+        assert!(err.contains("staging"), "{err}");
+    }
+
+    #[test]
+    fn limits_allow_up_to_the_maximum() {
+        assert!(Limit::Max(10).allows(9, 1));
+        assert!(!Limit::Max(10).allows(10, 1));
+        assert!(Limit::Unlimited.allows(u64::MAX, 1));
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let s = load(&[("SECRET_KEY", "a-very-secret-key-that-is-long-enough-123")]).unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("a-very-secret-key"), "{shown}");
+    }
+}

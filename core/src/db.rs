@@ -1,0 +1,98 @@
+//! The PostgreSQL connection pool and its health check.
+//!
+//! The pool is lazy: building it opens no connection, so observe starts (and answers
+//! `/health/live`) while PostgreSQL is down, and picks connections up again once it is back.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use secrecy::ExposeSecret;
+use tokio_postgres::NoTls;
+
+use crate::config::DatabaseSettings;
+use crate::migrate::{self, MigrateError};
+
+pub use deadpool_postgres::Pool as PgPool;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("invalid DATABASE_URL: {0}")]
+    Config(String),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+}
+
+fn pg_config(settings: &DatabaseSettings) -> Result<tokio_postgres::Config, DbError> {
+    let mut config: tokio_postgres::Config = settings
+        .url
+        .expose_secret()
+        .parse()
+        .map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
+    config.connect_timeout(Duration::from_secs(settings.connect_timeout_secs));
+    if config.get_application_name().is_none() {
+        config.application_name("observe");
+    }
+    Ok(config)
+}
+
+/// Builds the pool without connecting.
+pub fn pool(settings: &DatabaseSettings) -> Result<Pool, DbError> {
+    let manager = Manager::from_config(
+        pg_config(settings)?,
+        NoTls,
+        ManagerConfig {
+            // Fast recycling still drops connections whose socket closed (`is_closed`).
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let wait = Duration::from_secs(settings.acquire_timeout_secs);
+    let create = Duration::from_secs(settings.connect_timeout_secs);
+    Pool::builder(manager)
+        .max_size(settings.pool_max_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(wait))
+        .create_timeout(Some(create))
+        .recycle_timeout(Some(create))
+        .build()
+        .map_err(|e| DbError::Config(e.to_string()))
+}
+
+/// One round trip through the pool.
+pub async fn ping(pool: &Pool) -> Result<(), DbError> {
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| DbError::Unavailable(e.to_string()))?;
+    client
+        .simple_query("SELECT 1")
+        .await
+        .map_err(|e| DbError::Unavailable(e.to_string()))?;
+    Ok(())
+}
+
+/// Applies pending migrations over a dedicated connection (the advisory lock must live on one
+/// session, which a pooled connection does not guarantee).
+pub async fn migrate(settings: &DatabaseSettings) -> Result<Vec<String>, DbError> {
+    let (mut client, connection) = pg_config(settings)?
+        .connect(NoTls)
+        .await
+        .map_err(|e| DbError::Unavailable(e.to_string()))?;
+    let driver = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "migration connection closed with an error");
+        }
+    });
+    let migrations = migrate::embedded()?;
+    let result = migrate::run(&mut client, &migrations).await;
+    drop(client);
+    let _ = driver.await;
+    Ok(result?)
+}
+
+/// Size figures of the pool for `/metrics`: (open connections, idle connections, maximum).
+pub fn pool_status(pool: &Pool) -> (i64, i64, i64) {
+    let s = pool.status();
+    (s.size as i64, s.available as i64, s.max_size as i64)
+}

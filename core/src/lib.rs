@@ -1,0 +1,13 @@
+//! observe-core: the bottom layer of observe.
+//!
+//! Everything here is plain library code with no actors and no HTTP: typed configuration
+//! ([`config`]), the PostgreSQL pool and schema migrations ([`db`], [`migrate`]), the Redis pool
+//! ([`redis`]), the Prometheus registry ([`metrics`]) and logging ([`telemetry`]). The actor
+//! crate builds on it, and the HTTP layer builds on both; nothing here may depend on either.
+
+pub mod config;
+pub mod db;
+pub mod metrics;
+pub mod migrate;
+pub mod redis;
+pub mod telemetry;

@@ -1,0 +1,138 @@
+//! Logging setup and the panic hook.
+//!
+//! Logs are JSON lines on stdout (or human-readable with `OBSERVE_LOG_FORMAT=pretty`). Fields of
+//! the enclosing spans are part of every line, which is how the request id reaches each line a
+//! request logs. Nothing here logs headers or bodies; secrets are kept out of logs by never
+//! handing them to a log macro (settings hold them as `SecretString`, whose `Debug` redacts).
+//!
+//! The panic hook sends panics through tracing instead of raw stderr, and remembers the last
+//! panic message of each thread so the supervisor can name it as a restart reason.
+
+use std::cell::RefCell;
+use std::panic;
+use std::sync::Once;
+
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, LogSettings};
+
+thread_local! {
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Installs the global subscriber. `writer` defaults to stdout; tests pass a capturing one.
+/// Returns false when a subscriber was already installed (the first one stays).
+pub fn init(log: &LogSettings, writer: Option<BoxMakeWriter>) -> bool {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_new(&log.level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let writer = writer.unwrap_or_else(|| BoxMakeWriter::new(std::io::stdout));
+    let installed = match log.format {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .with_current_span(true)
+            .with_span_list(true)
+            .flatten_event(true)
+            .with_target(true)
+            .try_init()
+            .is_ok(),
+        LogFormat::Pretty => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .try_init()
+            .is_ok(),
+    };
+    install_panic_hook();
+    installed
+}
+
+/// Routes panics through tracing (one structured line, no raw stderr) and records the message
+/// for [`take_last_panic`]. Idempotent.
+pub fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        panic::set_hook(Box::new(|info| {
+            let message = panic_message(info.payload());
+            let location = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            tracing::error!(panic.message = %message, panic.location = %location, "panic");
+            LAST_PANIC.with(|p| *p.borrow_mut() = Some(message));
+        }));
+    });
+}
+
+/// The message of the last panic on this thread, if one happened since the last call.
+pub fn take_last_panic() -> Option<String> {
+    LAST_PANIC.with(|p| p.borrow_mut().take())
+}
+
+/// The text of a panic payload (`panic!("...")` gives `&str` or `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
+
+/// Log lines kept in memory, for tests that assert on what was (or was not) logged.
+#[derive(Clone, Default)]
+pub struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    /// Everything written so far, as text.
+    pub fn contents(&self) -> String {
+        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Every JSON line written so far (lines that are not JSON are skipped).
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.contents()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs, once per process, a JSON subscriber at `debug` that writes into one shared
+/// [`LogCapture`], and returns it. Tests running in one process share it, so each test looks
+/// for its own ids in it.
+pub fn capture() -> LogCapture {
+    static CAPTURE: std::sync::OnceLock<LogCapture> = std::sync::OnceLock::new();
+    CAPTURE
+        .get_or_init(|| {
+            let capture = LogCapture::default();
+            let writer = capture.clone();
+            let settings = LogSettings {
+                format: LogFormat::Json,
+                level: "debug,h2=info,hyper=info,tokio_postgres=info".to_string(),
+            };
+            init(&settings, Some(BoxMakeWriter::new(move || writer.clone())));
+            capture
+        })
+        .clone()
+}

@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# Starts (or reuses) observe's private PostgreSQL and Redis, bound to 127.0.0.1 with their data
+# under .data/, and writes DATABASE_URL and REDIS_URL to .env.
+#
+#   scripts/services.sh          start or reuse, then print the URLs
+#   scripts/services.sh stop     stop what this script started
+#
+# When DATABASE_URL and REDIS_URL are both set in the environment, nothing is started: they are
+# written to .env as given. Ports can be moved with OBSERVE_PG_PORT / OBSERVE_REDIS_PORT.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+data="$root/.data"
+pg_port=${OBSERVE_PG_PORT:-54329}
+redis_port=${OBSERVE_REDIS_PORT:-63799}
+pg_data="$data/pg"
+redis_dir="$data/redis"
+
+log() { printf 'services: %s\n' "$*" >&2; }
+die() { printf 'services: error: %s\n' "$*" >&2; exit 1; }
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# Runs a command as the owner of the PostgreSQL cluster: initdb refuses to run as root.
+as_pg() {
+  if is_root; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+pg_bin_dir() {
+  local dir version
+  for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k4 -n -r); do
+    version=$(basename "$(dirname "$dir")")
+    if [ "${version%%.*}" -ge 15 ] && [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ]; then
+      echo "$dir"
+      return 0
+    fi
+  done
+  return 1
+}
+
+install_packages() {
+  local pkgs=("$@")
+  if is_root; then
+    log "installing ${pkgs[*]} (apt-get)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    # policy-rc.d keeps the packages' own system services from starting: we run private ones.
+    local policy=/usr/sbin/policy-rc.d created_policy=0
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created_policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >&2
+    if [ "$created_policy" -eq 1 ]; then rm -f "$policy"; fi
+  else
+    die "missing ${pkgs[*]}; install with: sudo apt-get update && sudo apt-get install -y ${pkgs[*]}"
+  fi
+}
+
+ensure_installed() {
+  local missing=()
+  pg_bin_dir >/dev/null || missing+=(postgresql)
+  command -v redis-server >/dev/null && command -v redis-cli >/dev/null || missing+=(redis-server)
+  if [ ${#missing[@]} -gt 0 ]; then
+    install_packages "${missing[@]}"
+  fi
+  pg_bin_dir >/dev/null || die "PostgreSQL 15 or newer not found under /usr/lib/postgresql/*/bin after install"
+  local redis_major
+  redis_major=$(redis-server --version | sed -n 's/.*v=\([0-9]*\)\..*/\1/p')
+  [ "${redis_major:-0}" -ge 7 ] || die "Redis 7 or newer is needed, found: $(redis-server --version)"
+}
+
+write_env() {
+  local db_url=$1 redis_url=$2
+  printf 'DATABASE_URL=%s\nREDIS_URL=%s\n' "$db_url" "$redis_url" > "$root/.env"
+  echo "DATABASE_URL=$db_url"
+  echo "REDIS_URL=$redis_url"
+}
+
+pg_running() {
+  local bin
+  bin=$(pg_bin_dir)
+  [ -f "$pg_data/PG_VERSION" ] && as_pg "$bin/pg_ctl" -D "$pg_data" status >/dev/null 2>&1
+}
+
+start_pg() {
+  local bin
+  bin=$(pg_bin_dir)
+  mkdir -p "$data"
+  if [ ! -f "$pg_data/PG_VERSION" ]; then
+    log "initialising PostgreSQL cluster in $pg_data"
+    mkdir -p "$pg_data"
+    is_root && chown postgres:postgres "$pg_data"
+    chmod 700 "$pg_data"
+    # trust auth is safe here: the cluster listens on 127.0.0.1 and a private socket dir only.
+    as_pg "$bin/initdb" -D "$pg_data" -U observe --auth=trust --encoding=UTF8 --no-locale >/dev/null
+  fi
+  if pg_running; then
+    log "PostgreSQL already running on 127.0.0.1:$pg_port"
+  else
+    log "starting PostgreSQL on 127.0.0.1:$pg_port"
+    as_pg "$bin/pg_ctl" -D "$pg_data" -l "$pg_data/server.log" -w -t 60 start \
+      -o "-p $pg_port -k $pg_data -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=on" >/dev/null \
+      || die "PostgreSQL did not start; see $pg_data/server.log"
+  fi
+  local i
+  for i in $(seq 1 60); do
+    "$bin/pg_isready" -h 127.0.0.1 -p "$pg_port" -q && break
+    sleep 0.5
+  done
+  "$bin/pg_isready" -h 127.0.0.1 -p "$pg_port" -q || die "PostgreSQL does not accept connections on $pg_port"
+  if ! "$bin/psql" -h 127.0.0.1 -p "$pg_port" -U observe -d postgres -tAc \
+      "SELECT 1 FROM pg_database WHERE datname='observe'" | grep -q 1; then
+    "$bin/createdb" -h 127.0.0.1 -p "$pg_port" -U observe observe
+  fi
+}
+
+redis_running() {
+  redis-cli -h 127.0.0.1 -p "$redis_port" ping 2>/dev/null | grep -q PONG
+}
+
+start_redis() {
+  mkdir -p "$redis_dir"
+  if redis_running; then
+    log "Redis already running on 127.0.0.1:$redis_port"
+  else
+    log "starting Redis on 127.0.0.1:$redis_port"
+    redis-server --port "$redis_port" --bind 127.0.0.1 --daemonize yes \
+      --dir "$redis_dir" --pidfile "$redis_dir/redis.pid" --logfile "$redis_dir/redis.log" \
+      --save '' --appendonly no >/dev/null
+  fi
+  local i
+  for i in $(seq 1 40); do
+    redis_running && return 0
+    sleep 0.25
+  done
+  die "Redis does not answer on $redis_port; see $redis_dir/redis.log"
+}
+
+stop_all() {
+  local bin
+  if bin=$(pg_bin_dir) && pg_running; then
+    log "stopping PostgreSQL"
+    as_pg "$bin/pg_ctl" -D "$pg_data" -m fast -w stop >/dev/null
+  fi
+  if [ -f "$redis_dir/redis.pid" ] && redis_running; then
+    log "stopping Redis"
+    redis-cli -h 127.0.0.1 -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+  fi
+  rm -f "$redis_dir/redis.pid"
+}
+
+case "${1:-start}" in
+  start)
+    if [ -n "${DATABASE_URL:-}" ] && [ -n "${REDIS_URL:-}" ]; then
+      log "using DATABASE_URL and REDIS_URL from the environment; starting nothing"
+      write_env "$DATABASE_URL" "$REDIS_URL"
+      exit 0
+    fi
+    ensure_installed
+    start_pg
+    start_redis
+    write_env "postgres://observe@127.0.0.1:$pg_port/observe" "redis://127.0.0.1:$redis_port/"
+    ;;
+  stop)
+    stop_all
+    ;;
+  *)
+    die "usage: $0 [start|stop]"
+    ;;
+esac
