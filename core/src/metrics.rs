@@ -4,6 +4,7 @@
 //! into it. It is not a process-wide global, so tests that run several servers in one process
 //! each see only their own numbers.
 
+pub use prometheus::Error as PrometheusError;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };

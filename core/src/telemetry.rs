@@ -35,7 +35,7 @@ pub fn init(log: &LogSettings, writer: Option<BoxMakeWriter>) -> bool {
             .json()
             .with_env_filter(filter)
             .with_writer(writer)
-            .with_current_span(true)
+            .with_current_span(false)
             .with_span_list(true)
             .flatten_event(true)
             .with_target(true)

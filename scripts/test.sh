@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs the whole workspace's tests against the services in .env (written by `make services`).
+# Each integration test clones its own database from a migrated template, so tests run in
+# parallel; databases left by earlier runs are dropped first.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+set -a; . ./.env; set +a
+
+# Drop test databases of earlier runs (a test cannot drop its own while its pool is open).
+if command -v psql >/dev/null; then
+  admin_url=$(python3 -c 'import sys,urllib.parse as u; p=u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/postgres")))' "$DATABASE_URL")
+  psql "$admin_url" -v ON_ERROR_STOP=0 -qtAc \
+    "SELECT 'DROP DATABASE IF EXISTS \"' || datname || '\";' FROM pg_database WHERE datname LIKE 'observe_test_%' OR datname LIKE 'observe_tpl_%'" \
+    | psql "$admin_url" -q >/dev/null 2>&1 || true
+fi
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+  # nextest does not run doc tests.
+  cargo test --workspace --doc --quiet
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi

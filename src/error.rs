@@ -1,0 +1,258 @@
+//! API errors and the one place they become HTTP responses.
+//!
+//! Every error a client sees has the SPEC §10 shape
+//! `{"error": {"code": "...", "message": "...", "request_id": "..."}}`. Handlers return
+//! [`ApiError`]; extractor failures are turned into it by the configs in [`extractor_configs`];
+//! and the request middleware rewrites every other error response (actix's own 404/405, a
+//! panic) into the same shape, adding the request id. Messages are written for clients: no SQL,
+//! panic text or internal detail is ever put in one; those go to the log.
+
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("request body must be sent as application/json")]
+    UnsupportedMediaType,
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("invalid query string: {0}")]
+    InvalidQuery(String),
+    #[error("not found")]
+    NotFound,
+    #[error("method {method} is not allowed here; allowed: {allowed}")]
+    MethodNotAllowed { method: String, allowed: String },
+    #[error("{what} is unavailable; retry later")]
+    Unavailable {
+        what: &'static str,
+        retry_after_secs: u32,
+    },
+    /// Something broke inside. The source is logged; the client sees only a generic message.
+    #[error("internal server error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    /// The stable `snake_case` code clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::MalformedJson(_) => "invalid_json",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::InvalidQuery(_) => "invalid_query",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::Unavailable { .. } => "service_unavailable",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::MalformedJson(_) | ApiError::InvalidQuery(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Status and headers only: the body (with the request id) is written by the middleware,
+    /// which knows the request. See [`render`].
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status_code());
+        match self {
+            ApiError::Unavailable {
+                retry_after_secs, ..
+            } => {
+                res.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            ApiError::MethodNotAllowed { allowed, .. } => {
+                res.insert_header((header::ALLOW, allowed.clone()));
+            }
+            _ => {}
+        }
+        res.finish()
+    }
+}
+
+/// The SPEC §10 error body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable, `snake_case`.
+    #[schema(example = "not_found")]
+    pub code: String,
+    /// For people; never contains internal detail.
+    pub message: String,
+    /// The request's id, also in the `X-Request-Id` response header and in every log line.
+    pub request_id: String,
+}
+
+/// The body for an error response: from the [`ApiError`] it carries if any, else from the
+/// status alone (actix's own 404/405, errors of other middleware).
+pub fn render(error: Option<&ApiError>, status: StatusCode, request_id: &str) -> Vec<u8> {
+    let (code, message) = match error {
+        Some(e) => (e.code().to_string(), e.to_string()),
+        None => (
+            default_code(status).to_string(),
+            status
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_ascii_lowercase(),
+        ),
+    };
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code,
+            message,
+            request_id: request_id.to_string(),
+        },
+    };
+    serde_json::to_vec(&body)
+        .unwrap_or_else(|_| b"{\"error\":{\"code\":\"internal_error\"}}".to_vec())
+}
+
+fn default_code(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        409 => "conflict",
+        413 => "payload_too_large",
+        414 => "uri_too_long",
+        415 => "unsupported_media_type",
+        422 => "validation_failed",
+        429 => "rate_limited",
+        431 => "headers_too_large",
+        503 => "service_unavailable",
+        504 => "gateway_timeout",
+        400..=499 => "client_error",
+        _ => "internal_error",
+    }
+}
+
+impl From<JsonPayloadError> for ApiError {
+    fn from(e: JsonPayloadError) -> Self {
+        match e {
+            JsonPayloadError::OverflowKnownLength { limit, .. }
+            | JsonPayloadError::Overflow { limit } => ApiError::PayloadTooLarge { limit },
+            JsonPayloadError::ContentType => ApiError::UnsupportedMediaType,
+            JsonPayloadError::Deserialize(e) if e.is_data() => {
+                // Well-formed JSON of the wrong shape; serde's text names the field, not internals.
+                ApiError::BadRequest(format!(
+                    "request body does not match the expected shape: {e}"
+                ))
+            }
+            JsonPayloadError::Deserialize(e) => ApiError::MalformedJson(e.to_string()),
+            other => ApiError::BadRequest(format!("could not read the request body: {other}")),
+        }
+    }
+}
+
+/// Extractor configs that turn JSON, query and path failures into [`ApiError`]s.
+pub fn extractor_configs(
+    body_limit: usize,
+) -> (
+    web::JsonConfig,
+    web::QueryConfig,
+    web::PathConfig,
+    web::PayloadConfig,
+) {
+    let json = web::JsonConfig::default()
+        .limit(body_limit)
+        .error_handler(|e, _: &HttpRequest| ApiError::from(e).into());
+    let query = web::QueryConfig::default().error_handler(|e, _: &HttpRequest| {
+        let detail = match e {
+            QueryPayloadError::Deserialize(e) => e.to_string(),
+            other => other.to_string(),
+        };
+        ApiError::InvalidQuery(detail).into()
+    });
+    // A path segment of the wrong type (e.g. not a UUID) names no resource.
+    let path = web::PathConfig::default()
+        .error_handler(|_: PathError, _: &HttpRequest| ApiError::NotFound.into());
+    let payload = web::PayloadConfig::default().limit(body_limit);
+    (json, query, path, payload)
+}
+
+impl From<observe_core::db::DbError> for ApiError {
+    fn from(e: observe_core::db::DbError) -> Self {
+        match e {
+            observe_core::db::DbError::Unavailable(_) => ApiError::Unavailable {
+                what: "storage",
+                retry_after_secs: 5,
+            },
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(bytes: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    #[test]
+    fn renders_the_spec_shape() {
+        let v = parse(&render(
+            Some(&ApiError::NotFound),
+            StatusCode::NOT_FOUND,
+            "rid-1",
+        ));
+        assert_eq!(v["error"]["code"], "not_found");
+        assert_eq!(v["error"]["message"], "not found");
+        assert_eq!(v["error"]["request_id"], "rid-1");
+    }
+
+    #[test]
+    fn internal_errors_hide_their_source() {
+        let e = ApiError::Internal(anyhow::anyhow!("relation \"users\" does not exist"));
+        let v = parse(&render(Some(&e), e.status_code(), "r"));
+        assert_eq!(v["error"]["code"], "internal_error");
+        assert_eq!(v["error"]["message"], "internal server error");
+        assert!(!v.to_string().contains("relation"));
+    }
+
+    #[test]
+    fn bare_statuses_get_codes() {
+        let v = parse(&render(None, StatusCode::METHOD_NOT_ALLOWED, "r"));
+        assert_eq!(v["error"]["code"], "method_not_allowed");
+        assert_eq!(v["error"]["message"], "method not allowed");
+        let v = parse(&render(None, StatusCode::BAD_GATEWAY, "r"));
+        assert_eq!(v["error"]["code"], "internal_error");
+    }
+
+    #[test]
+    fn json_overflow_is_413_and_syntax_is_400() {
+        let e = ApiError::from(JsonPayloadError::Overflow { limit: 10 });
+        assert_eq!(e.status_code(), StatusCode::PAYLOAD_TOO_LARGE);
+        let syntax = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let e = ApiError::from(JsonPayloadError::Deserialize(syntax));
+        assert_eq!(e.code(), "invalid_json");
+    }
+}

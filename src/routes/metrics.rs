@@ -1,0 +1,30 @@
+//! `GET /metrics`: the Prometheus text exposition of observe's own metrics.
+
+use actix_web::{get, web, HttpResponse};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Prometheus metrics: HTTP requests by route template, DB pool, actor restarts.
+#[utoipa::path(
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4"))
+)]
+#[get("/metrics")]
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let (size, available, max) = observe_core::db::pool_status(&state.db);
+    state.metrics.db_pool.with_label_values(&["size"]).set(size);
+    state
+        .metrics
+        .db_pool
+        .with_label_values(&["available"])
+        .set(available);
+    state.metrics.db_pool.with_label_values(&["max"]).set(max);
+    let text = state
+        .metrics
+        .render()
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(text))
+}

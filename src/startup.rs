@@ -1,0 +1,231 @@
+//! Building and running the server: migrations, pools, actors, HTTP, and a shutdown that
+//! drains.
+//!
+//! [`Application::build`] does everything up to a bound listener (so tests can bind port 0 and
+//! read the port); [`Application::run_until_stopped`] serves until SIGTERM/SIGINT (or a stop
+//! through [`Application::handle`]), then stops taking connections, lets in-flight requests
+//! finish, sends `Drain` to every buffering actor and waits for them, all within
+//! `server.shutdown_timeout_secs`.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{middleware::from_fn, web, App, HttpResponse, HttpServer};
+use observe_actors::{Backoff, Supervisor};
+use observe_core::config::Settings;
+use observe_core::db::{self, DbError};
+use observe_core::metrics::Metrics;
+use utoipa::OpenApi;
+use utoipa_actix_web::service_config::ServiceConfig as DocConfig;
+use utoipa_actix_web::AppExt;
+use utoipa_scalar::{Scalar, Servable};
+
+use crate::error::extractor_configs;
+use crate::middleware::request_context;
+use crate::openapi::{fallback, ApiDoc, RouteTable};
+use crate::routes;
+use crate::state::AppState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] observe_core::metrics::PrometheusError),
+    #[error("invalid REDIS_URL: {0}")]
+    Redis(#[from] observe_core::redis::RedisError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("PostgreSQL was not reachable within {secs} s at start ({last}); check DATABASE_URL and that the server runs (`make services`)")]
+    DatabaseNotReachable { secs: u64, last: String },
+}
+
+/// Extra routes a caller adds next to the API (tests add probes that fail on purpose).
+pub type ExtraRoutes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: AppState,
+    shutdown_timeout: Duration,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        Self::build_with(settings, None).await
+    }
+
+    pub async fn build_with(
+        settings: Settings,
+        extra_routes: Option<ExtraRoutes>,
+    ) -> Result<Self, StartupError> {
+        migrate_with_retry(&settings).await?;
+        let metrics = Metrics::new()?;
+        let state = AppState {
+            db: db::pool(&settings.database)?,
+            redis: observe_core::redis::pool(&settings.redis)?,
+            supervisor: Supervisor::new(metrics.clone(), Backoff::default()),
+            metrics,
+            settings: Arc::new(settings),
+        };
+        let bind = state.settings.server.bind.clone();
+        let listener = TcpListener::bind(&bind).map_err(|source| StartupError::Bind {
+            addr: bind.clone(),
+            source,
+        })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { addr: bind, source })?
+            .port();
+        let shutdown_timeout = Duration::from_secs(state.settings.server.shutdown_timeout_secs);
+
+        let app_state = state.clone();
+        let mut server = HttpServer::new(move || {
+            let (json, query, path, payload) =
+                extractor_configs(app_state.settings.server.body_limit_bytes);
+            let extra = extra_routes.clone();
+            let (app, doc) = App::new()
+                .wrap(from_fn(request_context))
+                .app_data(web::Data::new(app_state.clone()))
+                .app_data(json)
+                .app_data(query)
+                .app_data(path)
+                .app_data(payload)
+                .into_utoipa_app()
+                .openapi(ApiDoc::openapi())
+                .configure(|cfg: &mut DocConfig| routes::register(cfg))
+                .split_for_parts();
+            let table = web::Data::new(RouteTable::from_doc(&doc));
+            let doc_json = web::Data::new(doc.clone());
+            app.app_data(table)
+                .app_data(doc_json)
+                .route("/openapi.json", web::get().to(openapi_json))
+                .service(Scalar::with_url("/docs", doc))
+                .configure(|cfg| {
+                    if let Some(extra) = &extra {
+                        extra(cfg);
+                    }
+                })
+                .default_service(web::to(fallback))
+        })
+        .listen(listener)
+        .map_err(|source| StartupError::Bind {
+            addr: "listener".into(),
+            source,
+        })?
+        .shutdown_timeout(shutdown_timeout.as_secs())
+        .disable_signals();
+        if state.settings.server.workers > 0 {
+            server = server.workers(state.settings.server.workers);
+        }
+        Ok(Self {
+            port,
+            server: server.run(),
+            state,
+            shutdown_timeout,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Stops the server as a signal would (graceful).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until a stop signal, then drains. Returns once everything is written out or the
+    /// shutdown timeout ran out.
+    pub async fn run_until_stopped(self, listen_to_signals: bool) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        if listen_to_signals {
+            actix_web::rt::spawn(async move {
+                let signal = wait_for_signal().await;
+                tracing::info!(
+                    signal,
+                    "shutdown requested: no new connections, finishing requests"
+                );
+                handle.stop(true).await;
+            });
+        }
+        tracing::info!(port = self.port, "observe listening");
+        let served = self.server.await;
+        let started = Instant::now();
+        let drained = self
+            .state
+            .supervisor
+            .drain_all(self.shutdown_timeout.max(Duration::from_secs(1)))
+            .await;
+        tracing::info!(
+            drained,
+            drain_ms = started.elapsed().as_millis() as u64,
+            "shutdown complete"
+        );
+        served
+    }
+}
+
+async fn openapi_json(doc: web::Data<utoipa::openapi::OpenApi>) -> HttpResponse {
+    HttpResponse::Ok().json(doc.get_ref())
+}
+
+/// Applies migrations, retrying while PostgreSQL is unreachable (it may still be starting),
+/// for at most `server.startup_timeout_secs`. Other migration errors fail at once.
+async fn migrate_with_retry(settings: &Settings) -> Result<(), StartupError> {
+    let deadline = Instant::now() + Duration::from_secs(settings.server.startup_timeout_secs);
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match db::migrate(&settings.database).await {
+            Ok(applied) => {
+                tracing::info!(applied = applied.len(), "schema up to date");
+                return Ok(());
+            }
+            Err(DbError::Unavailable(e)) if Instant::now() + delay < deadline => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "PostgreSQL not reachable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(DbError::Unavailable(e)) => {
+                return Err(StartupError::DatabaseNotReachable {
+                    secs: settings.server.startup_timeout_secs,
+                    last: e,
+                })
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT and names it.
+async fn wait_for_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}

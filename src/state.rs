@@ -1,0 +1,19 @@
+//! What every handler can reach: settings, pools, metrics and the actor supervisor.
+
+use std::sync::Arc;
+
+use observe_actors::Supervisor;
+use observe_core::config::Settings;
+use observe_core::db::PgPool;
+use observe_core::metrics::Metrics;
+use observe_core::redis::RedisPool;
+
+/// Shared by all workers through `web::Data`; every field is a cheap handle.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub db: PgPool,
+    pub redis: RedisPool,
+    pub metrics: Metrics,
+    pub supervisor: Supervisor,
+}
