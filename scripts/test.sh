@@ -9,7 +9,7 @@ set -a; . ./.env; set +a
 
 # Drop test databases of earlier runs (a test cannot drop its own while its pool is open).
 if command -v psql >/dev/null; then
-  admin_url=$(python3 -c 'import sys,urllib.parse as u; p=u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/postgres")))' "$DATABASE_URL")
+  admin_url=$(printf '%s' "$DATABASE_URL" | sed -E 's#^(postgres(ql)?://[^/?]+)(/[^?]*)?#\1/postgres#')
   psql "$admin_url" -v ON_ERROR_STOP=0 -qtAc \
     "SELECT 'DROP DATABASE IF EXISTS \"' || datname || '\";' FROM pg_database WHERE datname LIKE 'observe_test_%' OR datname LIKE 'observe_tpl_%'" \
     | psql "$admin_url" -q >/dev/null 2>&1 || true

@@ -132,6 +132,7 @@ pub fn render(error: Option<&ApiError>, status: StatusCode, request_id: &str) ->
 }
 
 fn default_code(status: StatusCode) -> &'static str {
+    #[allow(clippy::match_overlapping_arm)] // specific codes first, then the class
     match status.as_u16() {
         400 => "bad_request",
         401 => "unauthorized",

@@ -2,8 +2,8 @@
 //!
 //! In order: give the request an id (the client's `X-Request-Id` if it is sane, else a new
 //! UUIDv7) and open a tracing span carrying it, so every log line of the request has it; run
-//! the rest of the app, catching a panic as a 500 instead of a dropped connection; rewrite any
-//! error response into the SPEC §10 JSON shape; echo the id in `X-Request-Id`; record the
+//! the rest of the app, catching a panic as a 500 instead of a dropped connection; rewrite
+//! error responses (an error, or a bare error status) into the SPEC §10 JSON shape; echo the id in `X-Request-Id`; record the
 //! request in `/metrics` under its route *template*; log one `request completed` line.
 //!
 //! Nothing here logs headers, query strings or bodies, which is how `Authorization`, cookies,
@@ -12,7 +12,7 @@
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
-use actix_web::body::{BoxBody, MessageBody};
+use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
@@ -109,7 +109,16 @@ fn finish(
     span: &tracing::Span,
 ) -> ServiceResponse<BoxBody> {
     let status = res.status();
-    let mut res = if status.is_client_error() || status.is_server_error() {
+    // A handler that chose its own error body (readiness's 503 with its checks) keeps it;
+    // errors and bare statuses get the standard shape.
+    let is_error = status.is_client_error() || status.is_server_error();
+    let rewrite = is_error
+        && (res.response().error().is_some()
+            || matches!(
+                res.response().body().size(),
+                BodySize::None | BodySize::Sized(0)
+            ));
+    let mut res = if rewrite {
         let api_error = res
             .response()
             .error()

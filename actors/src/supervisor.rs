@@ -168,12 +168,12 @@ pub struct Supervisor {
     metrics: Metrics,
     backoff: Backoff,
     stopping: Arc<AtomicBool>,
-    drains: Arc<Mutex<Vec<(&'static str, String, DrainFn)>>>,
+    drains: Arc<Mutex<Vec<DrainFn>>>,
 }
 
 impl Supervisor {
     pub fn new(metrics: Metrics, backoff: Backoff) -> Self {
-        telemetry::install_panic_hook();
+        telemetry::install_panic_hook(false);
         Self {
             metrics,
             backoff,
@@ -232,8 +232,7 @@ impl Supervisor {
         A::Context: ToEnvelope<A, Drain>,
         F: Fn(Lifeline) -> A + Send + Sync + 'static,
     {
-        let id = id.into();
-        let handle = self.spawn(id.clone(), arbiter, factory);
+        let handle = self.spawn(id, arbiter, factory);
         let target = handle.clone();
         let drain: DrainFn = Box::new(move || {
             let addr = target.addr();
@@ -245,7 +244,7 @@ impl Supervisor {
         self.drains
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push((A::KIND, id, drain));
+            .push(drain);
         handle
     }
 
@@ -258,7 +257,7 @@ impl Supervisor {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .map(|(_, _, drain)| drain())
+            .map(|drain| drain())
             .collect();
         let count = pending.len();
         let finished = tokio::time::timeout(timeout, join_all(pending))

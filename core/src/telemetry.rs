@@ -47,16 +47,21 @@ pub fn init(log: &LogSettings, writer: Option<BoxMakeWriter>) -> bool {
             .try_init()
             .is_ok(),
     };
-    install_panic_hook();
+    install_panic_hook(false);
     installed
 }
 
 /// Routes panics through tracing (one structured line, no raw stderr) and records the message
-/// for [`take_last_panic`]. Idempotent.
-pub fn install_panic_hook() {
+/// for [`take_last_panic`]. With `keep_default`, the default hook runs too (tests want the
+/// failure text on stderr). The first call wins.
+pub fn install_panic_hook(keep_default: bool) {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        panic::set_hook(Box::new(|info| {
+        let default = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if keep_default {
+                default(info);
+            }
             let message = panic_message(info.payload());
             let location = info
                 .location()
@@ -127,6 +132,7 @@ pub fn capture() -> LogCapture {
         .get_or_init(|| {
             let capture = LogCapture::default();
             let writer = capture.clone();
+            install_panic_hook(true);
             let settings = LogSettings {
                 format: LogFormat::Json,
                 level: "debug,h2=info,hyper=info,tokio_postgres=info".to_string(),

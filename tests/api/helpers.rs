@@ -1,0 +1,301 @@
+//! `spawn_app()`: the real server on a random port, with its own fresh database, the shared
+//! test Redis, and logs captured in memory. Plus the small tools tests share.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::web;
+use observe::startup::{Application, ExtraRoutes};
+use observe::state::AppState;
+use observe_core::config::{DatabaseSettings, Settings};
+use observe_core::telemetry::{self, LogCapture};
+use secrecy::{ExposeSecret, SecretString};
+use tokio_postgres::NoTls;
+
+pub struct TestApp {
+    pub address: String,
+    pub state: AppState,
+    pub logs: LogCapture,
+    pub client: awc::Client,
+}
+
+impl TestApp {
+    /// A request to `path` on this app.
+    pub fn req(&self, method: awc::http::Method, path: &str) -> awc::ClientRequest {
+        self.client
+            .request(method, format!("{}{path}", self.address))
+    }
+
+    /// The body of `GET path` as text, with its status.
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let res = send(self.req(awc::http::Method::GET, path), None).await;
+        (res.status, res.text)
+    }
+
+    /// The body of `GET path` as JSON, with its status.
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let res = send(self.req(awc::http::Method::GET, path), None).await;
+        (res.status, res.json())
+    }
+
+    /// Log lines (JSON) whose request span carries `request_id`.
+    pub fn lines_of_request(&self, request_id: &str) -> Vec<serde_json::Value> {
+        self.logs
+            .json_lines()
+            .into_iter()
+            .filter(|l| {
+                l["spans"]
+                    .as_array()
+                    .is_some_and(|spans| spans.iter().any(|s| s["request_id"] == request_id))
+            })
+            .collect()
+    }
+}
+
+/// What a test needs of a response.
+pub struct Reply {
+    pub status: u16,
+    pub headers: awc::http::header::HeaderMap,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.text).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+}
+
+/// Sends `req` (with `body` if given) and reads the whole reply.
+pub async fn send(req: awc::ClientRequest, body: Option<Vec<u8>>) -> Reply {
+    let mut res = match body {
+        Some(body) => req.send_body(body).await,
+        None => req.send().await,
+    }
+    .expect("request failed");
+    let bytes = res.body().limit(16 * 1024 * 1024).await.expect("body");
+    Reply {
+        status: res.status().as_u16(),
+        headers: res.headers().clone(),
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+/// A variable from the environment, else from the `.env` that `make services` writes.
+pub fn env_var(name: &str) -> Option<String> {
+    if let Ok(v) = std::env::var(name) {
+        return Some(v);
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".env");
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim() == name)
+        .map(|(_, v)| v.trim().to_string())
+}
+
+/// Test settings: the environment's services, a random port, one worker.
+pub fn test_settings() -> Settings {
+    let mut settings = Settings::load_from(env_var).expect("settings load");
+    settings.server.bind = "127.0.0.1:0".into();
+    settings.server.workers = 1;
+    settings.server.shutdown_timeout_secs = 5;
+    settings.server.startup_timeout_secs = 10;
+    settings
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}, None).await
+}
+
+/// Starts the server with a fresh database; `tweak` adjusts settings first, `extra` adds
+/// routes next to the API.
+pub async fn spawn_app_with(
+    tweak: impl FnOnce(&mut Settings),
+    extra: Option<ExtraRoutes>,
+) -> TestApp {
+    let logs = telemetry::capture();
+    let mut settings = test_settings();
+    let db_url = fresh_database(&settings.database).await;
+    settings.database.url = SecretString::from(db_url);
+    tweak(&mut settings);
+    settings.validate().expect("valid test settings");
+    let app = Application::build_with(settings, extra)
+        .await
+        .expect("app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state().clone();
+    actix_web::rt::spawn(app.run_until_stopped(false));
+    TestApp {
+        address,
+        state,
+        logs,
+        client: awc::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .finish(),
+    }
+}
+
+/// `url` with its database name replaced.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let prefix = match base.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{}", rest.split('/').next().unwrap_or(rest)),
+        None => base.to_string(),
+    };
+    format!("{prefix}/{name}{query}")
+}
+
+async fn admin_client(base: &DatabaseSettings) -> tokio_postgres::Client {
+    let url = with_database(base.url.expose_secret(), "postgres");
+    let (client, conn) = tokio_postgres::connect(&url, NoTls)
+        .await
+        .expect("connect to postgres database");
+    actix_web::rt::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// An empty database (no migrations), dropped by the next `make test`.
+pub async fn empty_database(base: &DatabaseSettings) -> String {
+    let admin = admin_client(base).await;
+    let name = format!("observe_test_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .expect("create database");
+    with_database(base.url.expose_secret(), &name)
+}
+
+/// A fresh, migrated database, cloned from a template made once per migration set.
+pub async fn fresh_database(base: &DatabaseSettings) -> String {
+    let admin = admin_client(base).await;
+    let migrations = observe_core::migrate::embedded().expect("migrations");
+    let all: String = migrations.iter().map(|m| m.checksum.as_str()).collect();
+    let template = format!(
+        "observe_tpl_{}",
+        &observe_core::migrate::checksum(&all)[..16]
+    );
+
+    // One process builds the template; the others wait on the lock, then find it.
+    admin
+        .execute(
+            "SELECT pg_advisory_lock(hashtext('observe_test_template'))",
+            &[],
+        )
+        .await
+        .expect("lock");
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&template])
+        .await
+        .expect("query")
+        .is_some();
+    if !exists {
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{template}\""))
+            .await
+            .expect("create template");
+        let mut settings = base.clone();
+        settings.url = SecretString::from(with_database(base.url.expose_secret(), &template));
+        observe_core::db::migrate(&settings)
+            .await
+            .expect("migrate template");
+    }
+    admin
+        .execute(
+            "SELECT pg_advisory_unlock(hashtext('observe_test_template'))",
+            &[],
+        )
+        .await
+        .expect("unlock");
+
+    let name = format!("observe_test_{}", uuid::Uuid::new_v4().simple());
+    let mut attempt = 0;
+    loop {
+        match admin
+            .batch_execute(&format!(
+                "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
+            ))
+            .await
+        {
+            Ok(()) => break,
+            // "source database is being accessed by other users": a moment's contention.
+            Err(e) if attempt < 50 => {
+                attempt += 1;
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("create test database: {e}"),
+        }
+    }
+    with_database(base.url.expose_secret(), &name)
+}
+
+/// A free local port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Polls `check` every 100 ms until it returns true, at most `secs` seconds.
+pub async fn eventually<F, Fut>(secs: u64, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Routes the tests add next to the API, to reach the extractors and failure paths through
+/// real HTTP.
+pub fn test_routes() -> ExtraRoutes {
+    #[derive(serde::Deserialize)]
+    struct Page {
+        #[allow(dead_code)]
+        limit: u32,
+    }
+    Arc::new(|cfg: &mut web::ServiceConfig| {
+        cfg.route(
+            "/__test/echo",
+            web::post().to(|body: web::Json<serde_json::Value>| async move {
+                web::Json(body.into_inner())
+            }),
+        )
+        .route(
+            "/__test/page",
+            web::get().to(|_: web::Query<Page>| async { "ok" }),
+        )
+        .route(
+            "/__test/items/{id}",
+            web::get().to(|id: web::Path<u32>| async move { id.to_string() }),
+        )
+        .route(
+            "/__test/panic",
+            web::get().to(|| async {
+                if std::hint::black_box(true) {
+                    panic!("secret internal detail: disk 7 is corrupt");
+                }
+                "unreachable"
+            }),
+        );
+    })
+}

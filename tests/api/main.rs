@@ -1,0 +1,13 @@
+//! Integration tests through HTTP against the real server, PostgreSQL and Redis.
+//! One binary with modules, so it links once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod errors;
+mod health;
+mod helpers;
+mod logs;
+mod metrics;
+mod migrations;
+mod openapi;
+mod process;
+mod supervision;

@@ -1,0 +1,67 @@
+//! `/metrics`: route templates (never raw paths), status classes, pool gauges.
+
+use crate::helpers::{spawn_app_with, test_routes};
+
+fn line_value(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[actix_web::test]
+async fn requests_are_counted_by_route_template_method_and_status_class() {
+    let app = spawn_app_with(|_| {}, Some(test_routes())).await;
+    for id in [1, 2, 3] {
+        assert_eq!(app.get_text(&format!("/__test/items/{id}")).await.0, 200);
+    }
+    assert_eq!(app.get_text("/health/live").await.0, 200);
+    assert_eq!(app.get_text("/no/such/thing/9").await.0, 404);
+
+    let (status, text) = app.get_text("/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        line_value(
+            &text,
+            r#"observe_http_requests_total{method="GET",route="/__test/items/{id}",status="2xx"}"#
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        line_value(
+            &text,
+            r#"observe_http_requests_total{method="GET",route="/health/live",status="2xx"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        line_value(
+            &text,
+            r#"observe_http_requests_total{method="GET",route="unmatched",status="4xx"}"#
+        ),
+        Some(1.0)
+    );
+    assert!(
+        !text.contains("/__test/items/1"),
+        "raw paths must not become labels"
+    );
+    assert!(
+        !text.contains("/no/such/thing"),
+        "raw paths must not become labels"
+    );
+    assert!(text.contains(
+        r#"observe_http_request_duration_seconds_bucket{method="GET",route="/__test/items/{id}",status="2xx",le="0.005"}"#
+    ));
+    assert!(line_value(&text, r#"observe_db_pool_connections{state="max"}"#).unwrap() >= 1.0);
+    assert!(text.contains(r#"observe_db_pool_connections{state="available"}"#));
+    assert!(text.contains(r#"observe_db_pool_connections{state="size"}"#));
+    assert_eq!(
+        app.get_text("/metrics")
+            .await
+            .1
+            .lines()
+            .find(|l| l.starts_with("# TYPE observe_http_requests_total")),
+        Some("# TYPE observe_http_requests_total counter")
+    );
+}
