@@ -16,6 +16,23 @@ redis_port=${OBSERVE_REDIS_PORT:-63799}
 pg_data="$data/pg"
 redis_dir="$data/redis"
 
+# As root the cluster runs as the postgres user, which must be able to reach its data directory.
+# A checkout it cannot traverse (under /root, say) keeps the cluster in /var/tmp instead, linked
+# from .data/pg so it is still found there.
+resolve_pg_data() {
+  [ "$(id -u)" -eq 0 ] || return 0
+  mkdir -p "$data"
+  if [ -L "$pg_data" ]; then
+    pg_data=$(readlink -f "$pg_data")
+  elif ! runuser -u postgres -- test -x "$data" 2>/dev/null; then
+    local outside
+    outside="/var/tmp/observe-$(printf '%s' "$root" | cksum | cut -d' ' -f1)/pg"
+    mkdir -p "$(dirname "$outside")"
+    ln -sfn "$outside" "$pg_data"
+    pg_data=$outside
+  fi
+}
+
 log() { printf 'services: %s\n' "$*" >&2; }
 die() { printf 'services: error: %s\n' "$*" >&2; exit 1; }
 
@@ -32,7 +49,7 @@ as_pg() {
 
 pg_bin_dir() {
   local dir version
-  for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k4 -n -r); do
+  for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k5 -n -r); do
     version=$(basename "$(dirname "$dir")")
     if [ "${version%%.*}" -ge 15 ] && [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ]; then
       echo "$dir"
@@ -151,6 +168,8 @@ stop_all() {
   fi
   rm -f "$redis_dir/redis.pid"
 }
+
+resolve_pg_data
 
 case "${1:-start}" in
   start)

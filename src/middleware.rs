@@ -79,6 +79,8 @@ pub async fn request_context(
             (rendered.status, "unknown".to_string(), Err(rendered.into()))
         }
         Err(_) => {
+            // The panic hook recorded the message for actor supervision; no actor died here.
+            let _ = observe_core::telemetry::take_last_panic();
             let err = ApiError::Internal(anyhow::anyhow!("handler panicked")).into();
             let rendered = Rendered::from_error(&err, &request_id, &span);
             (rendered.status, "unknown".to_string(), Err(rendered.into()))

@@ -8,7 +8,7 @@
 //! `server.shutdown_timeout_secs`.
 
 use std::net::TcpListener;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use actix_web::dev::{Server, ServerHandle};
@@ -149,9 +149,13 @@ impl Application {
     /// shutdown timeout ran out.
     pub async fn run_until_stopped(self, listen_to_signals: bool) -> std::io::Result<()> {
         let handle = self.server.handle();
+        // When the stop began, so the drain gets what is left of one shutdown budget.
+        let stop_began = Arc::new(OnceLock::<Instant>::new());
         if listen_to_signals {
+            let stop_began = stop_began.clone();
             actix_web::rt::spawn(async move {
                 let signal = wait_for_signal().await;
+                let _ = stop_began.set(Instant::now());
                 tracing::info!(
                     signal,
                     "shutdown requested: no new connections, finishing requests"
@@ -162,11 +166,12 @@ impl Application {
         tracing::info!(port = self.port, "observe listening");
         let served = self.server.await;
         let started = Instant::now();
-        let drained = self
-            .state
-            .supervisor
-            .drain_all(self.shutdown_timeout.max(Duration::from_secs(1)))
-            .await;
+        let spent = stop_began.get().map(Instant::elapsed).unwrap_or_default();
+        let budget = self
+            .shutdown_timeout
+            .saturating_sub(spent)
+            .max(Duration::from_secs(1));
+        let drained = self.state.supervisor.drain_all(budget).await;
         tracing::info!(
             drained,
             drain_ms = started.elapsed().as_millis() as u64,

@@ -250,7 +250,8 @@ impl Settings {
         Self::load_from(|name| std::env::var(name).ok())
     }
 
-    /// Like [`Settings::load`], with the environment given as a lookup function (for tests).
+    /// Like [`Settings::load`], with the named variables looked up through `env` (for tests).
+    /// Generic `OBSERVE__SECTION__KEY` overrides still come from the process environment.
     pub fn load_from(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let set = |name: &str| env(name).filter(|v| !v.trim().is_empty());
         let mut figment = Figment::new().merge(Toml::string(DEFAULTS));
