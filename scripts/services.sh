@@ -5,8 +5,8 @@
 #   scripts/services.sh          start or reuse, then print the URLs
 #   scripts/services.sh stop     stop what this script started
 #
-# When DATABASE_URL and REDIS_URL are both set in the environment, nothing is started: they are
-# written to .env as given. Ports can be moved with OBSERVE_PG_PORT / OBSERVE_REDIS_PORT.
+# A DATABASE_URL or REDIS_URL already set in the environment is used as given and that service
+# is not started (both set: nothing is started). Ports can be moved with OBSERVE_PG_PORT / OBSERVE_REDIS_PORT.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,7 +41,7 @@ is_root() { [ "$(id -u)" -eq 0 ]; }
 # Runs a command as the owner of the PostgreSQL cluster: initdb refuses to run as root.
 as_pg() {
   if is_root; then
-    runuser -u postgres -- "$@"
+    (cd / && runuser -u postgres -- "$@")
   else
     "$@"
   fi
@@ -76,17 +76,26 @@ install_packages() {
   fi
 }
 
+# ensure_installed NEED_PG NEED_REDIS (1 or 0 each)
 ensure_installed() {
-  local missing=()
-  pg_bin_dir >/dev/null || missing+=(postgresql)
-  command -v redis-server >/dev/null && command -v redis-cli >/dev/null || missing+=(redis-server)
+  local need_pg=$1 need_redis=$2 missing=()
+  if [ "$need_pg" -eq 1 ]; then
+    pg_bin_dir >/dev/null || missing+=(postgresql)
+  fi
+  if [ "$need_redis" -eq 1 ]; then
+    command -v redis-server >/dev/null && command -v redis-cli >/dev/null || missing+=(redis-server)
+  fi
   if [ ${#missing[@]} -gt 0 ]; then
     install_packages "${missing[@]}"
   fi
-  pg_bin_dir >/dev/null || die "PostgreSQL 15 or newer not found under /usr/lib/postgresql/*/bin after install"
-  local redis_major
-  redis_major=$(redis-server --version | sed -n 's/.*v=\([0-9]*\)\..*/\1/p')
-  [ "${redis_major:-0}" -ge 7 ] || die "Redis 7 or newer is needed, found: $(redis-server --version)"
+  if [ "$need_pg" -eq 1 ]; then
+    pg_bin_dir >/dev/null || die "PostgreSQL 15 or newer not found under /usr/lib/postgresql/*/bin after install"
+  fi
+  if [ "$need_redis" -eq 1 ]; then
+    local redis_major
+    redis_major=$(redis-server --version | sed -n 's/.*v=\([0-9]*\)\..*/\1/p')
+    [ "${redis_major:-0}" -ge 7 ] || die "Redis 7 or newer is needed, found: $(redis-server --version)"
+  fi
 }
 
 write_env() {
@@ -173,15 +182,26 @@ resolve_pg_data
 
 case "${1:-start}" in
   start)
-    if [ -n "${DATABASE_URL:-}" ] && [ -n "${REDIS_URL:-}" ]; then
-      log "using DATABASE_URL and REDIS_URL from the environment; starting nothing"
-      write_env "$DATABASE_URL" "$REDIS_URL"
-      exit 0
+    # A URL already in the environment is used as given; only the others are started here.
+    db_url=${DATABASE_URL:-}
+    redis_url=${REDIS_URL:-}
+    need_pg=1; need_redis=1
+    [ -n "$db_url" ] && need_pg=0
+    [ -n "$redis_url" ] && need_redis=0
+    ensure_installed "$need_pg" "$need_redis"
+    if [ "$need_pg" -eq 1 ]; then
+      start_pg
+      db_url="postgres://observe@127.0.0.1:$pg_port/observe"
+    else
+      log "using DATABASE_URL from the environment"
     fi
-    ensure_installed
-    start_pg
-    start_redis
-    write_env "postgres://observe@127.0.0.1:$pg_port/observe" "redis://127.0.0.1:$redis_port/"
+    if [ "$need_redis" -eq 1 ]; then
+      start_redis
+      redis_url="redis://127.0.0.1:$redis_port/"
+    else
+      log "using REDIS_URL from the environment"
+    fi
+    write_env "$db_url" "$redis_url"
     ;;
   stop)
     stop_all

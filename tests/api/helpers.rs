@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::dev::ServerHandle;
 use actix_web::web;
 use observe::startup::{Application, ExtraRoutes};
 use observe::state::AppState;
@@ -17,6 +18,10 @@ pub struct TestApp {
     pub state: AppState,
     pub logs: LogCapture,
     pub client: awc::Client,
+    /// Stops the server as SIGTERM would.
+    pub server: ServerHandle,
+    /// Resolves once the server stopped and the actors drained.
+    pub stopped: actix_web::rt::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl TestApp {
@@ -131,11 +136,14 @@ pub async fn spawn_app_with(
         .expect("app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let state = app.state().clone();
-    actix_web::rt::spawn(app.run_until_stopped(false));
+    let server = app.handle();
+    let stopped = actix_web::rt::spawn(app.run_until_stopped(false));
     TestApp {
         address,
         state,
         logs,
+        server,
+        stopped,
         client: awc::Client::builder()
             .timeout(Duration::from_secs(30))
             .finish(),
@@ -287,6 +295,13 @@ pub fn test_routes() -> ExtraRoutes {
         .route(
             "/__test/items/{id}",
             web::get().to(|id: web::Path<u32>| async move { id.to_string() }),
+        )
+        .route(
+            "/__test/slow",
+            web::get().to(|| async {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                "slow done"
+            }),
         )
         .route(
             "/__test/panic",

@@ -10,4 +10,5 @@ mod metrics;
 mod migrations;
 mod openapi;
 mod process;
+mod shutdown;
 mod supervision;
