@@ -17,6 +17,17 @@ async fn connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Settings pointing at a new database that has been migrated, and a client on it that has
+/// run `tamper` (to edit the migration record as an operator or a newer build would have).
+async fn migrated_then(tamper: &str) -> observe_core::config::Settings {
+    let mut settings = test_settings();
+    let url = empty_database(&settings.database).await;
+    settings.database.url = SecretString::from(url.clone());
+    db::migrate(&settings.database).await.unwrap();
+    connect(&url).await.execute(tamper, &[]).await.unwrap();
+    settings
+}
+
 #[actix_web::test]
 async fn instances_migrating_at_once_apply_each_migration_exactly_once() {
     let mut settings = test_settings();
@@ -56,18 +67,8 @@ async fn instances_migrating_at_once_apply_each_migration_exactly_once() {
 
 #[actix_web::test]
 async fn an_edited_applied_migration_is_a_startup_error() {
-    let mut settings = test_settings();
-    let url = empty_database(&settings.database).await;
-    settings.database.url = SecretString::from(url.clone());
-    db::migrate(&settings.database).await.unwrap();
-    let client = connect(&url).await;
-    client
-        .execute(
-            "UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1",
-            &[],
-        )
-        .await
-        .unwrap();
+    let mut settings =
+        migrated_then("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1").await;
 
     let err = db::migrate(&settings.database).await.unwrap_err();
     assert!(
@@ -98,18 +99,10 @@ async fn an_edited_applied_migration_is_a_startup_error() {
 
 #[actix_web::test]
 async fn a_migration_unknown_to_this_build_is_a_startup_error() {
-    let mut settings = test_settings();
-    let url = empty_database(&settings.database).await;
-    settings.database.url = SecretString::from(url.clone());
-    db::migrate(&settings.database).await.unwrap();
-    connect(&url)
-        .await
-        .execute(
-            "INSERT INTO schema_migrations (version, name, checksum) VALUES (9999, '9999_future', 'x')",
-            &[],
-        )
-        .await
-        .unwrap();
+    let settings = migrated_then(
+        "INSERT INTO schema_migrations (version, name, checksum) VALUES (9999, '9999_future', 'x')",
+    )
+    .await;
     let err = db::migrate(&settings.database).await.unwrap_err();
     assert!(
         matches!(
