@@ -26,6 +26,7 @@
 //! replies (bounded by the shutdown timeout) before the process exits.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -86,14 +87,17 @@ impl Lifeline {
 
 impl Drop for Lifeline {
     fn drop(&mut self) {
-        // A panicking handler never reaches `fail`; its message was stored on this thread by
-        // the panic hook just before tokio dropped the task holding this actor.
+        // A panicking handler never reaches `fail`. tokio drops a panicked task's future while
+        // unwinding, so `panicking()` tells a panic from a plain stop, and the panic hook has
+        // just stored the message on this thread.
+        let panic = telemetry::take_last_panic();
         let exit = match self.exit.take() {
             Some(exit) => exit,
-            None => match telemetry::take_last_panic() {
-                Some(message) => Exit::Failed(format!("panic: {message}")),
-                None => Exit::Failed("stopped without a reason".to_string()),
-            },
+            None if std::thread::panicking() => Exit::Failed(format!(
+                "panic: {}",
+                panic.as_deref().unwrap_or("(no message)")
+            )),
+            None => Exit::Failed("stopped without a reason".to_string()),
         };
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(exit);
@@ -132,6 +136,7 @@ impl Backoff {
 pub struct Supervised<A: Actor> {
     addr: Arc<RwLock<Addr<A>>>,
     restarts: Arc<AtomicU32>,
+    finished: Arc<AtomicBool>,
 }
 
 impl<A: Actor> Clone for Supervised<A> {
@@ -139,6 +144,7 @@ impl<A: Actor> Clone for Supervised<A> {
         Self {
             addr: self.addr.clone(),
             restarts: self.restarts.clone(),
+            finished: self.finished.clone(),
         }
     }
 }
@@ -157,10 +163,21 @@ impl<A: Actor> Supervised<A> {
     pub fn restarts(&self) -> u32 {
         self.restarts.load(Ordering::Relaxed)
     }
+
+    /// Whether the actor stopped for good ([`Lifeline::finish`]) and will not come back.
+    pub fn finished(&self) -> bool {
+        self.finished.load(Ordering::Relaxed)
+    }
 }
 
 type DrainFuture = Pin<Box<dyn Future<Output = ()>>>;
 type DrainFn = Box<dyn Fn() -> DrainFuture + Send + Sync>;
+
+/// A drainable actor: its drain, and whether it has finished (then it is dropped from the list).
+struct DrainEntry {
+    finished: Arc<AtomicBool>,
+    drain: DrainFn,
+}
 
 /// Starts actors under supervision and drains them at shutdown. Cheap to clone.
 #[derive(Clone)]
@@ -168,7 +185,7 @@ pub struct Supervisor {
     metrics: Metrics,
     backoff: Backoff,
     stopping: Arc<AtomicBool>,
-    drains: Arc<Mutex<Vec<DrainFn>>>,
+    drains: Arc<Mutex<Vec<DrainEntry>>>,
 }
 
 impl Supervisor {
@@ -206,6 +223,7 @@ impl Supervisor {
         let handle = Supervised {
             addr: Arc::new(RwLock::new(first)),
             restarts: Arc::new(AtomicU32::new(0)),
+            finished: Arc::new(AtomicBool::new(false)),
         };
         let watcher = watch(
             id,
@@ -241,10 +259,14 @@ impl Supervisor {
                 let _ = addr.send(Drain).await;
             })
         });
-        self.drains
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(drain);
+        let mut drains = self.drains.lock().unwrap_or_else(PoisonError::into_inner);
+        // Actors come and go (a deleted monitor): forget those that finished for good.
+        drains.retain(|entry| !entry.finished.load(Ordering::Relaxed));
+        drains.push(DrainEntry {
+            finished: handle.finished.clone(),
+            drain,
+        });
+        drop(drains);
         handle
     }
 
@@ -257,7 +279,8 @@ impl Supervisor {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .map(|drain| drain())
+            .filter(|entry| !entry.finished.load(Ordering::Relaxed))
+            .map(|entry| (entry.drain)())
             .collect();
         let count = pending.len();
         let finished = tokio::time::timeout(timeout, join_all(pending))
@@ -295,7 +318,10 @@ async fn watch<A, F>(
             .await
             .unwrap_or_else(|_| Exit::Failed("lifeline lost".to_string()));
         let reason = match exit {
-            Exit::Finished => return,
+            Exit::Finished => {
+                handle.finished.store(true, Ordering::Relaxed);
+                return;
+            }
             Exit::Failed(reason) => reason,
         };
         if stopping.load(Ordering::SeqCst) {
@@ -322,11 +348,18 @@ async fn watch<A, F>(
         }
         let (tx, rx) = oneshot::channel();
         let factory = factory.clone();
-        let addr = A::create(move |ctx| {
-            ctx.set_mailbox_capacity(A::MAILBOX);
-            factory(Lifeline::new(tx))
-        });
-        *handle.addr.write().unwrap_or_else(PoisonError::into_inner) = addr;
+        // A factory that panics (say, on bad stored state) must not take this watcher with
+        // it: its lifeline, dropped while unwinding, reports the panic on `rx`, and the loop
+        // retries with a longer backoff.
+        let created = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            A::create(move |ctx| {
+                ctx.set_mailbox_capacity(A::MAILBOX);
+                factory(Lifeline::new(tx))
+            })
+        }));
+        if let Ok(addr) = created {
+            *handle.addr.write().unwrap_or_else(PoisonError::into_inner) = addr;
+        }
         exits = rx;
         started = Instant::now();
     }

@@ -46,6 +46,18 @@ struct Fail;
 #[rtype(result = "()")]
 struct Quit;
 
+/// Stops without saying why (neither `fail` nor `finish`).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct StopPlain;
+
+impl Handler<StopPlain> for Crashy {
+    type Result = ();
+    fn handle(&mut self, _: StopPlain, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
 /// Blocks the actor for a while so its mailbox fills up.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -226,22 +238,37 @@ async fn a_deliberate_stop_is_not_restarted() {
     assert_eq!(restarts_counter(&metrics), "");
 }
 
+/// How many `Ping`s the actor's mailbox takes while the actor is busy.
+async fn accepted_while_busy(addr: &Addr<Crashy>) -> usize {
+    addr.try_send(Sleep(Duration::from_millis(300))).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut accepted = 0;
+    for _ in 0..40 {
+        match addr.try_send(Ping) {
+            Ok(()) => accepted += 1,
+            Err(SendError::Full(_)) => {}
+            Err(SendError::Closed(_)) => panic!("closed"),
+        }
+    }
+    accepted
+}
+
 #[actix_rt::test]
 async fn a_full_mailbox_refuses_instead_of_growing() {
     let sup = Supervisor::new(Metrics::new().unwrap(), fast_backoff());
     let actor = spawn_crashy(&sup, "busy", Arc::default());
-    let addr = actor.addr();
-    // Occupy the actor, then fill its mailbox of 4.
-    addr.try_send(Sleep(Duration::from_millis(500))).unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let mut refused = 0;
-    for _ in 0..20 {
-        if let Err(SendError::Full(_)) = addr.try_send(Ping) {
-            refused += 1;
-        }
-    }
-    assert!(refused > 0, "a bounded mailbox refuses when full");
-    assert!(refused < 20, "it accepts up to its capacity first");
+    let accepted = accepted_while_busy(&actor.addr()).await;
+    assert_eq!(
+        accepted,
+        Crashy::MAILBOX,
+        "bounded at MAILBOX, not actix's default 16"
+    );
+
+    // A restarted incarnation gets the same bound.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    actor.addr().send(Fail).await.unwrap();
+    assert_eq!(ping_until_up(&actor).await, 2);
+    assert_eq!(accepted_while_busy(&actor.addr()).await, Crashy::MAILBOX);
 }
 
 #[actix_rt::test]
@@ -257,4 +284,71 @@ async fn drain_reaches_every_drainable_actor_and_stops_restarts() {
     a.addr().send(Fail).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(a.restarts(), 0);
+}
+
+#[actix_rt::test]
+async fn a_factory_that_panics_on_restart_is_retried_with_backoff() {
+    let logs = telemetry::capture();
+    let metrics = Metrics::new().unwrap();
+    let sup = Supervisor::new(metrics.clone(), fast_backoff());
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let actor: Supervised<Crashy> =
+        sup.spawn("flaky-factory", &Arbiter::current(), move |lifeline| {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            if n == 2 {
+                panic!("cannot load state for incarnation 2");
+            }
+            Crashy {
+                incarnation: n,
+                lifeline,
+                drained: Arc::default(),
+            }
+        });
+    actor.addr().send(Fail).await.unwrap();
+    assert_eq!(ping_until_up(&actor).await, 3, "the third build serves");
+    assert_eq!(actor.restarts(), 2);
+    let reasons: Vec<String> = restart_lines(&logs, "flaky-factory")
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            "lost its database connection".to_string(),
+            "panic: cannot load state for incarnation 2".to_string()
+        ]
+    );
+}
+
+#[actix_rt::test]
+async fn an_old_panic_on_the_thread_is_not_blamed_for_a_later_plain_stop() {
+    let logs = telemetry::capture();
+    let sup = Supervisor::new(Metrics::new().unwrap(), fast_backoff());
+    let actor = spawn_crashy(&sup, "stale-panic", Arc::default());
+    // A panic caught elsewhere on this thread leaves its message behind.
+    let _ = std::panic::catch_unwind(|| panic!("unrelated, caught elsewhere"));
+
+    actor.addr().send(StopPlain).await.unwrap();
+    assert_eq!(ping_until_up(&actor).await, 2);
+    let lines = restart_lines(&logs, "stale-panic");
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["reason"], "stopped without a reason");
+}
+
+#[actix_rt::test]
+async fn finished_actors_are_not_drained() {
+    let sup = Supervisor::new(Metrics::new().unwrap(), fast_backoff());
+    let drained = Arc::new(AtomicU32::new(0));
+    let gone = spawn_crashy(&sup, "gone", drained.clone());
+    gone.addr().send(Quit).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(gone.finished());
+    let _stays = spawn_crashy(&sup, "stays", drained.clone());
+    assert!(sup.drain_all(Duration::from_secs(5)).await);
+    assert_eq!(
+        drained.load(Ordering::SeqCst),
+        1,
+        "only the live actor is drained"
+    );
 }
