@@ -15,7 +15,7 @@ use std::time::Instant;
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
-use actix_web::http::StatusCode;
+use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpResponse, ResponseError};
 use futures_util::FutureExt;
@@ -51,9 +51,11 @@ pub async fn request_context(
         .and_then(acceptable_request_id)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     req.extensions_mut().insert(RequestId(request_id.clone()));
-    let method = req.method().to_string();
+    let method = metric_method(req.method());
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    let span = tracing::info_span!("request", request_id = %request_id, method = %method);
+    // At ERROR level so the span, and the request id with it, exists under any log filter
+    // that lets a line through: the warn and error lines are the ones that most need it.
+    let span = tracing::error_span!("request", request_id = %request_id, method = %method);
 
     // No clone of the request may be held across this call: actix's router needs sole
     // ownership of it to record the matched route.
@@ -91,7 +93,7 @@ pub async fn request_context(
     if let Some(state) = state {
         state
             .metrics
-            .observe_request(&route, &method, status.as_u16(), elapsed.as_secs_f64());
+            .observe_request(&route, method, status.as_u16(), elapsed.as_secs_f64());
     }
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
     span.in_scope(|| {
@@ -102,6 +104,21 @@ pub async fn request_context(
         }
     });
     result
+}
+
+/// The method as a label: the standard ones by name, anything else as `OTHER`, since actix
+/// accepts any token and each would otherwise become a new series.
+fn metric_method(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
 }
 
 /// Puts an error response into the JSON shape and echoes the request id.
@@ -208,6 +225,19 @@ impl ResponseError for Rendered {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unusual_methods_share_one_label() {
+        assert_eq!(metric_method(&Method::GET), "GET");
+        assert_eq!(
+            metric_method(&Method::from_bytes(b"RAND1").unwrap()),
+            "OTHER"
+        );
+        assert_eq!(
+            metric_method(&Method::from_bytes(b"RAND2").unwrap()),
+            "OTHER"
+        );
+    }
 
     #[test]
     fn request_ids_must_be_short_and_plain() {

@@ -41,6 +41,12 @@ impl RouteTable {
         Self(routes)
     }
 
+    /// Adds a route served outside the document (the document itself, the docs page).
+    pub fn with(mut self, path: &str, method: Method) -> Self {
+        self.0.push((ResourceDef::new(path), vec![method]));
+        self
+    }
+
     /// The methods allowed on `path`, or `None` when no route has that path.
     pub fn allowed(&self, path: &str) -> Option<Vec<Method>> {
         let mut found: Option<Vec<Method>> = None;

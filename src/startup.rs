@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use actix_web::dev::{Server, ServerHandle};
+use actix_web::http::Method;
 use actix_web::{middleware::from_fn, web, App, HttpResponse, HttpServer};
 use observe_actors::{Backoff, Supervisor};
 use observe_core::config::Settings;
@@ -101,7 +102,11 @@ impl Application {
                 .openapi(ApiDoc::openapi())
                 .configure(|cfg: &mut DocConfig| routes::register(cfg))
                 .split_for_parts();
-            let table = web::Data::new(RouteTable::from_doc(&doc));
+            let table = web::Data::new(
+                RouteTable::from_doc(&doc)
+                    .with("/openapi.json", Method::GET)
+                    .with("/docs", Method::GET),
+            );
             let doc_json = web::Data::new(doc.clone());
             app.app_data(table)
                 .app_data(doc_json)
@@ -160,7 +165,11 @@ impl Application {
                     signal,
                     "shutdown requested: no new connections, finishing requests"
                 );
-                handle.stop(true).await;
+                actix_web::rt::spawn(async move { handle.stop(true).await });
+                // A second signal means the operator will not wait.
+                let again = wait_for_signal().await;
+                tracing::warn!(signal = again, "second signal: exiting without draining");
+                std::process::exit(130);
             });
         }
         tracing::info!(port = self.port, "observe listening");
@@ -188,27 +197,29 @@ async fn openapi_json(doc: web::Data<utoipa::openapi::OpenApi>) -> HttpResponse 
 /// Applies migrations, retrying while PostgreSQL is unreachable (it may still be starting),
 /// for at most `server.startup_timeout_secs`. Other migration errors fail at once.
 async fn migrate_with_retry(settings: &Settings) -> Result<(), StartupError> {
-    let deadline = Instant::now() + Duration::from_secs(settings.server.startup_timeout_secs);
+    let secs = settings.server.startup_timeout_secs;
+    let deadline = Instant::now() + Duration::from_secs(secs);
     let mut delay = Duration::from_millis(250);
     loop {
-        match db::migrate(&settings.database).await {
-            Ok(applied) => {
+        // Bounded as a whole: a lock held by a stuck instance, or a server that vanishes
+        // mid-run, must not hang the start past its timeout.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let attempt = tokio::time::timeout(left, db::migrate(&settings.database)).await;
+        let error = match attempt {
+            Ok(Ok(applied)) => {
                 tracing::info!(applied = applied.len(), "schema up to date");
                 return Ok(());
             }
-            Err(DbError::Unavailable(e)) if Instant::now() + delay < deadline => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "PostgreSQL not reachable yet");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(DbError::Unavailable(e)) => {
-                return Err(StartupError::DatabaseNotReachable {
-                    secs: settings.server.startup_timeout_secs,
-                    last: e,
-                })
-            }
-            Err(other) => return Err(other.into()),
+            Ok(Err(DbError::Unavailable(e))) => e,
+            Ok(Err(other)) => return Err(other.into()),
+            Err(_) => "migrations did not finish in time (is another instance holding the migration lock?)".to_string(),
+        };
+        if Instant::now() + delay >= deadline {
+            return Err(StartupError::DatabaseNotReachable { secs, last: error });
         }
+        tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "PostgreSQL not ready for migrations yet");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

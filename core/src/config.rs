@@ -238,6 +238,29 @@ impl fmt::Display for Mode {
     }
 }
 
+/// Names each bad key and what it should be, without echoing the value given: that value may be
+/// a secret (a numeric `SECRET_KEY` read as a number, say), and this text is printed.
+fn describe(errors: figment::Error) -> ConfigError {
+    use figment::error::Kind;
+    let problems = errors
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            match &e.kind {
+                Kind::InvalidType(_, expected) => format!("{key}: expected {expected}"),
+                Kind::InvalidValue(_, expected) => format!("{key}: expected {expected}"),
+                Kind::UnknownVariant(_, expected) => {
+                    format!("{key}: expected one of {}", expected.join(", "))
+                }
+                Kind::MissingField(field) if key.is_empty() => format!("{field}: missing"),
+                Kind::MissingField(field) => format!("{key}.{field}: missing"),
+                other => format!("{key}: {other}"),
+            }
+        })
+        .collect::<Vec<_>>();
+    ConfigError::Invalid(problems)
+}
+
 /// What [`Settings::validate`] did besides checking, for the caller to log once logging is up.
 #[derive(Debug, Default)]
 pub struct ValidationNotes {
@@ -280,9 +303,7 @@ impl Settings {
         }
         // OBSERVE__SECTION__KEY for everything else (values parsed: numbers, booleans).
         figment = figment.merge(Env::prefixed("OBSERVE__").split("__"));
-        figment
-            .extract()
-            .map_err(|e| ConfigError::Load(e.to_string()))
+        figment.extract().map_err(describe)
     }
 
     /// Checks everything and reports all problems at once. In development mode a missing
@@ -323,6 +344,32 @@ impl Settings {
                 "REDIS_URL must start with redis:// or rediss://, e.g. redis://127.0.0.1:6379/"
                     .into(),
             );
+        }
+        for (name, secs) in [
+            (
+                "OBSERVE__DATABASE__CONNECT_TIMEOUT_SECS",
+                self.database.connect_timeout_secs,
+            ),
+            (
+                "OBSERVE__DATABASE__ACQUIRE_TIMEOUT_SECS",
+                self.database.acquire_timeout_secs,
+            ),
+            (
+                "OBSERVE__REDIS__CONNECT_TIMEOUT_SECS",
+                self.redis.connect_timeout_secs,
+            ),
+            (
+                "OBSERVE__SERVER__STARTUP_TIMEOUT_SECS",
+                self.server.startup_timeout_secs,
+            ),
+            (
+                "OBSERVE_SHUTDOWN_TIMEOUT_SECS",
+                self.server.shutdown_timeout_secs,
+            ),
+        ] {
+            if secs == 0 {
+                problems.push(format!("{name} must be at least 1 (seconds)"));
+            }
         }
         if self.database.pool_max_size == 0 {
             problems.push("OBSERVE__DATABASE__POOL_MAX_SIZE must be at least 1".into());
@@ -434,7 +481,30 @@ mod tests {
             "{err}"
         );
         let err = load(&[("OBSERVE_ENV", "staging")]).unwrap_err().to_string();
-        assert!(err.contains("staging"), "{err}");
+        assert!(
+            err.contains("server.mode: expected one of development, production"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused() {
+        let mut s = load(&[]).unwrap();
+        s.redis.connect_timeout_secs = 0;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("OBSERVE__REDIS__CONNECT_TIMEOUT_SECS must be at least 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn type_errors_do_not_echo_the_value() {
+        let err = load(&[("OBSERVE_ENV", "staging-with-secret-9f8e")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.mode"), "{err}");
+        assert!(!err.contains("9f8e"), "{err}");
     }
 
     #[test]

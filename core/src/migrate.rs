@@ -17,7 +17,7 @@ mod embedded {
 }
 
 /// Advisory lock key: "observe\0" as a number, so it does not collide with a customer's locks.
-const LOCK_KEY: i64 = 0x6f62_7365_7276_6500;
+pub const LOCK_KEY: i64 = 0x6f62_7365_7276_6500;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Migration {

@@ -76,6 +76,13 @@ async fn wrong_method_is_a_json_405_with_allow() {
     assert_eq!(reply.header("allow").as_deref(), Some("GET"));
     let id = reply.header("x-request-id").unwrap();
     assert_error_shape(&reply.json(), "method_not_allowed", &id);
+
+    // Routes outside the document too.
+    for path in ["/docs", "/openapi.json"] {
+        let reply = send(app.req(Method::DELETE, path), None).await;
+        assert_eq!(reply.status, 405, "{path}");
+        assert_eq!(reply.header("allow").as_deref(), Some("GET"));
+    }
 }
 
 #[actix_web::test]

@@ -133,3 +133,32 @@ async fn an_unreachable_database_at_start_is_a_clear_error_after_the_startup_tim
     );
     assert!(err.to_string().contains("check DATABASE_URL"), "{err}");
 }
+
+#[actix_web::test]
+async fn a_migration_lock_held_elsewhere_fails_the_start_within_its_timeout() {
+    let mut settings = test_settings();
+    let url = empty_database(&settings.database).await;
+    settings.database.url = SecretString::from(url.clone());
+    settings.server.startup_timeout_secs = 2;
+    // Another (stuck) instance holds the migration lock on this database.
+    let holder = connect(&url).await;
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&migrate::LOCK_KEY])
+        .await
+        .unwrap();
+    settings.validate().unwrap();
+    let started = std::time::Instant::now();
+    let err = match Application::build(settings).await {
+        Ok(_) => panic!("must not start while the lock is held"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(err, StartupError::DatabaseNotReachable { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("migration lock"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "bounded by the startup timeout"
+    );
+}
