@@ -17,18 +17,19 @@ pg_data="$data/pg"
 redis_dir="$data/redis"
 
 # As root the cluster runs as the postgres user, which must be able to reach its data directory.
-# A checkout it cannot traverse (under /root, say) keeps the cluster in /var/tmp instead, linked
-# from .data/pg so it is still found there.
+# A checkout it cannot traverse (under /root, say) keeps the cluster in /var/lib/observe instead,
+# linked from .data/pg so it is still found there. Called once PostgreSQL is installed (the
+# postgres user exists), and only when the private cluster is used.
 resolve_pg_data() {
   [ "$(id -u)" -eq 0 ] || return 0
   mkdir -p "$data"
   if [ -L "$pg_data" ]; then
     pg_data=$(readlink -f "$pg_data")
-  elif ! runuser -u postgres -- test -x "$data" 2>/dev/null; then
+  elif [ ! -e "$pg_data" ] && ! runuser -u postgres -- test -x "$data" 2>/dev/null; then
     local outside
-    outside="/var/tmp/observe-$(printf '%s' "$root" | cksum | cut -d' ' -f1)/pg"
-    mkdir -p "$(dirname "$outside")"
-    ln -sfn "$outside" "$pg_data"
+    outside="/var/lib/observe/$(printf '%s' "$root" | cksum | cut -d' ' -f1)/pg"
+    mkdir -p "$outside"
+    ln -s "$outside" "$pg_data"
     pg_data=$outside
   fi
 }
@@ -65,12 +66,13 @@ install_packages() {
     log "installing ${pkgs[*]} (apt-get)"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
     # policy-rc.d keeps the packages' own system services from starting: we run private ones.
-    local policy=/usr/sbin/policy-rc.d created_policy=0
+    local policy=/usr/sbin/policy-rc.d
     if [ ! -e "$policy" ]; then
-      printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created_policy=1
+      printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy"
+      # Removed however the install ends: left behind it would block every service start.
+      trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >&2
-    if [ "$created_policy" -eq 1 ]; then rm -f "$policy"; fi
   else
     die "missing ${pkgs[*]}; install with: sudo apt-get update && sudo apt-get install -y ${pkgs[*]}"
   fi
@@ -98,11 +100,18 @@ ensure_installed() {
   fi
 }
 
+# Single-quotes a value for a file that is sourced as shell.
+shell_quote() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
+
+# A URL with its password masked, for printing.
+masked() { printf '%s' "$1" | sed -E 's#^([a-z]+://[^:/@]*):[^@]*@#\1:***@#'; }
+
 write_env() {
   local db_url=$1 redis_url=$2
-  printf 'DATABASE_URL=%s\nREDIS_URL=%s\n' "$db_url" "$redis_url" > "$root/.env"
-  echo "DATABASE_URL=$db_url"
-  echo "REDIS_URL=$redis_url"
+  (umask 077 && printf 'DATABASE_URL=%s\nREDIS_URL=%s\n' "$(shell_quote "$db_url")" "$(shell_quote "$redis_url")" > "$root/.env")
+  chmod 600 "$root/.env"
+  echo "DATABASE_URL=$(masked "$db_url")"
+  echo "REDIS_URL=$(masked "$redis_url")"
 }
 
 pg_running() {
@@ -115,6 +124,7 @@ start_pg() {
   local bin
   bin=$(pg_bin_dir)
   mkdir -p "$data"
+  resolve_pg_data
   if [ ! -f "$pg_data/PG_VERSION" ]; then
     log "initialising PostgreSQL cluster in $pg_data"
     mkdir -p "$pg_data"
@@ -167,6 +177,7 @@ start_redis() {
 
 stop_all() {
   local bin
+  [ -L "$pg_data" ] && pg_data=$(readlink -f "$pg_data")
   if bin=$(pg_bin_dir) && pg_running; then
     log "stopping PostgreSQL"
     as_pg "$bin/pg_ctl" -D "$pg_data" -m fast -w stop >/dev/null
@@ -177,8 +188,6 @@ stop_all() {
   fi
   rm -f "$redis_dir/redis.pid"
 }
-
-resolve_pg_data
 
 case "${1:-start}" in
   start)
@@ -206,7 +215,11 @@ case "${1:-start}" in
   stop)
     stop_all
     ;;
+  tools)
+    # The tests start Redis servers of their own (outage drills), whatever REDIS_URL says.
+    ensure_installed 0 1
+    ;;
   *)
-    die "usage: $0 [start|stop]"
+    die "usage: $0 [start|stop|tools]"
     ;;
 esac

@@ -7,8 +7,13 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 set -a; . ./.env; set +a
 
-# Drop test databases of earlier runs (a test cannot drop its own while its pool is open).
-if command -v psql >/dev/null; then
+# The outage tests start Redis servers of their own.
+scripts/services.sh tools
+
+# Drop test databases of earlier runs (a test cannot drop its own while its pool is open) — only
+# on the private cluster: on a shared server they may belong to a run still going.
+private_db="@127.0.0.1:${OBSERVE_PG_PORT:-54329}/"
+if [[ "$DATABASE_URL" == *"$private_db"* ]] && command -v psql >/dev/null; then
   admin_url=$(printf '%s' "$DATABASE_URL" | sed -E 's#^(postgres(ql)?://[^/?]+)(/[^?]*)?#\1/postgres#')
   psql "$admin_url" -v ON_ERROR_STOP=0 -qtAc \
     "SELECT 'DROP DATABASE IF EXISTS \"' || datname || '\";' FROM pg_database WHERE datname LIKE 'observe_test_%' OR datname LIKE 'observe_tpl_%'" \

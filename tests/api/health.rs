@@ -62,6 +62,7 @@ async fn ready_status(app: &TestApp) -> (u16, serde_json::Value) {
 #[actix_web::test]
 async fn redis_outage_makes_ready_503_naming_redis_and_it_recovers_by_itself() {
     let port = free_port();
+    let redis = OwnRedis::start(port);
     let app = spawn_app_with(
         |s| {
             s.redis.url = SecretString::from(format!("redis://127.0.0.1:{port}/"));
@@ -70,8 +71,15 @@ async fn redis_outage_makes_ready_503_naming_redis_and_it_recovers_by_itself() {
         None,
     )
     .await;
+    // Up, with a pooled connection in hand.
+    assert!(
+        eventually(15, || async { ready_status(&app).await.0 == 200 }).await,
+        "ready with our Redis up: {:?}",
+        ready_status(&app).await
+    );
 
-    // Redis is down: not ready, naming redis; still live.
+    // Redis stops: not ready, naming redis; still live.
+    drop(redis);
     let reply = crate::helpers::send(
         app.req(awc::http::Method::GET, "/health/ready")
             .insert_header(("X-Request-Id", "ready-while-down")),
@@ -98,7 +106,7 @@ async fn redis_outage_makes_ready_503_naming_redis_and_it_recovers_by_itself() {
         "{metrics}"
     );
 
-    // Redis comes up: ready again without restarting observe.
+    // Redis comes back on the same port: ready again without restarting observe.
     let _redis = OwnRedis::start(port);
     assert!(
         eventually(15, || async { ready_status(&app).await.0 == 200 }).await,

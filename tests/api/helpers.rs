@@ -102,7 +102,15 @@ pub fn env_var(name: &str) -> Option<String> {
     text.lines()
         .filter_map(|l| l.split_once('='))
         .find(|(k, _)| k.trim() == name)
-        .map(|(_, v)| v.trim().to_string())
+        .map(|(_, v)| {
+            // Values are single-quoted shell words (`'\''` for a quote inside).
+            let v = v.trim();
+            let v = v
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .unwrap_or(v);
+            v.replace("'\\''", "'")
+        })
 }
 
 /// Test settings: the environment's services, a random port, one worker.
