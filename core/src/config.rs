@@ -77,6 +77,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub log: LogSettings,
     pub admin: AdminSettings,
+    pub mail: MailSettings,
     pub github: GithubSettings,
     pub resend: ResendSettings,
     pub squad: SquadSettings,
@@ -122,6 +123,20 @@ pub struct AuthSettings {
     pub secret_key: SecretString,
     pub access_token_expire_minutes: i64,
     pub refresh_token_expire_days: i64,
+    pub password_min_length: usize,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    pub cookie_secure: bool,
+    pub rate_limit_attempts: u32,
+    pub rate_limit_window_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MailSettings {
+    pub max_attempts: u32,
+    pub retry_base_secs: u64,
+    pub poll_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -383,6 +398,31 @@ impl Settings {
         }
         if self.auth.refresh_token_expire_days <= 0 {
             problems.push("REFRESH_TOKEN_EXPIRE_DAYS must be a positive number of days".into());
+        }
+        if self.auth.password_min_length < 8 {
+            problems.push("OBSERVE__AUTH__PASSWORD_MIN_LENGTH must be at least 8".into());
+        }
+        if argon2::Params::new(
+            self.auth.argon2_memory_kib,
+            self.auth.argon2_iterations,
+            self.auth.argon2_parallelism,
+            None,
+        )
+        .is_err()
+        {
+            problems.push(
+                "OBSERVE__AUTH__ARGON2_* are not valid argon2 parameters (memory_kib >= 8 x parallelism, iterations >= 1, parallelism >= 1)".into(),
+            );
+        }
+        if self.auth.rate_limit_attempts == 0 || self.auth.rate_limit_window_secs == 0 {
+            problems.push(
+                "OBSERVE__AUTH__RATE_LIMIT_ATTEMPTS and _WINDOW_SECS must be at least 1".into(),
+            );
+        }
+        if self.mail.max_attempts == 0 || self.mail.poll_interval_secs == 0 {
+            problems.push(
+                "OBSERVE__MAIL__MAX_ATTEMPTS and POLL_INTERVAL_SECS must be at least 1".into(),
+            );
         }
         if self.server.body_limit_bytes < 1024 {
             problems.push("OBSERVE__SERVER__BODY_LIMIT_BYTES must be at least 1024".into());

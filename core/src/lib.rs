@@ -7,7 +7,9 @@
 
 pub mod config;
 pub mod db;
+pub mod mail;
 pub mod metrics;
 pub mod migrate;
+pub mod outbox;
 pub mod redis;
 pub mod telemetry;

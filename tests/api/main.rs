@@ -6,6 +6,7 @@ mod errors;
 mod health;
 mod helpers;
 mod logs;
+mod mailer;
 mod metrics;
 mod migrations;
 mod openapi;

@@ -1,0 +1,1 @@
+//! The Mailer actor (filled by the Mailer work).

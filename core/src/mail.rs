@@ -1,0 +1,1 @@
+//! Outgoing email: messages, templates and providers (filled by the Mailer work).

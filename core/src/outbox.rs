@@ -1,0 +1,1 @@
+//! The durable email outbox (filled by the Mailer work).

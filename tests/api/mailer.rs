@@ -1,0 +1,1 @@
+//! Mailer end to end (filled by the Mailer work).
