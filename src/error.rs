@@ -13,10 +13,40 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+/// One invalid field of a request.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    #[error("request is invalid: {}", .0.iter().map(|f| format!("{}: {}", f.field, f.reason)).collect::<Vec<_>>().join("; "))]
+    Validation(Vec<FieldError>),
+    /// Missing or bad credentials; the message says which, never why in detail.
+    #[error("{message}")]
+    Unauthorized {
+        code: &'static str,
+        message: &'static str,
+    },
+    #[error("{0}")]
+    Conflict(&'static str),
+    #[error("{0}")]
+    TierLimit(observe_core::tiers::LimitReached),
+    #[error("too many attempts; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64, limit: u32 },
     #[error("request body is not valid JSON: {0}")]
     MalformedJson(String),
     #[error("request body must be sent as application/json")]
@@ -44,6 +74,11 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "bad_request",
+            ApiError::Validation(_) => "validation_failed",
+            ApiError::Unauthorized { code, .. } => code,
+            ApiError::Conflict(_) => "conflict",
+            ApiError::TierLimit(_) => "tier_limit",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::MalformedJson(_) => "invalid_json",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
@@ -56,12 +91,39 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// Structured detail for clients, where the error has any.
+    pub fn details(&self) -> Option<serde_json::Value> {
+        match self {
+            ApiError::Validation(fields) => serde_json::to_value(fields).ok(),
+            ApiError::TierLimit(l) => Some(serde_json::json!({
+                "tier": l.tier,
+                "resource": l.resource.as_str(),
+                "limit": l.limit,
+            })),
+            _ => None,
+        }
+    }
+
+    pub fn unauthorized() -> Self {
+        ApiError::Unauthorized {
+            code: "unauthorized",
+            message: "authentication required: send a valid access token as `Authorization: Bearer <token>`",
+        }
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) | ApiError::MalformedJson(_) | ApiError::InvalidQuery(_) => {
                 StatusCode::BAD_REQUEST
             }
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TierLimit(_) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -84,6 +146,18 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed { allowed, .. } => {
                 res.insert_header((header::ALLOW, allowed.clone()));
             }
+            ApiError::RateLimited {
+                retry_after_secs,
+                limit,
+            } => {
+                res.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+                res.insert_header(("X-RateLimit-Limit", limit.to_string()));
+                res.insert_header(("X-RateLimit-Remaining", "0"));
+                res.insert_header(("X-RateLimit-Reset", retry_after_secs.to_string()));
+            }
+            ApiError::Unauthorized { .. } => {
+                res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
             _ => {}
         }
         res.finish()
@@ -98,6 +172,10 @@ pub struct ErrorBody {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
+    /// Structured detail: the invalid fields of a 422, the limit of a `tier_limit`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
     /// Stable, machine-readable, `snake_case`.
     #[schema(example = "not_found")]
     pub code: String,
@@ -110,18 +188,20 @@ pub struct ErrorDetail {
 /// The body for an error response: from the [`ApiError`] it carries if any, else from the
 /// status alone (actix's own 404/405, errors of other middleware).
 pub fn render(error: Option<&ApiError>, status: StatusCode, request_id: &str) -> Vec<u8> {
-    let (code, message) = match error {
-        Some(e) => (e.code().to_string(), e.to_string()),
+    let (code, message, details) = match error {
+        Some(e) => (e.code().to_string(), e.to_string(), e.details()),
         None => (
             default_code(status).to_string(),
             status
                 .canonical_reason()
                 .unwrap_or("error")
                 .to_ascii_lowercase(),
+            None,
         ),
     };
     let body = ErrorBody {
         error: ErrorDetail {
+            details,
             code,
             message,
             request_id: request_id.to_string(),
@@ -161,10 +241,9 @@ impl From<JsonPayloadError> for ApiError {
             | JsonPayloadError::Overflow { limit } => ApiError::PayloadTooLarge { limit },
             JsonPayloadError::ContentType => ApiError::UnsupportedMediaType,
             JsonPayloadError::Deserialize(e) if e.is_data() => {
-                // Well-formed JSON of the wrong shape; serde's text names the field, not internals.
-                ApiError::BadRequest(format!(
-                    "request body does not match the expected shape: {e}"
-                ))
+                // Well-formed JSON of the wrong shape (a missing field, a wrong type): serde's
+                // text names the field, not internals.
+                ApiError::Validation(vec![FieldError::new("body", e.to_string())])
             }
             JsonPayloadError::Deserialize(e) => ApiError::MalformedJson(e.to_string()),
             other => ApiError::BadRequest(format!("could not read the request body: {other}")),
@@ -196,6 +275,25 @@ pub fn extractor_configs(
         .error_handler(|_: PathError, _: &HttpRequest| ApiError::NotFound.into());
     let payload = web::PayloadConfig::default().limit(body_limit);
     (json, query, path, payload)
+}
+
+impl From<observe_core::store::StoreError> for ApiError {
+    fn from(e: observe_core::store::StoreError) -> Self {
+        use observe_core::store::StoreError;
+        match e {
+            StoreError::Unavailable(_) => ApiError::Unavailable {
+                what: "storage",
+                retry_after_secs: 5,
+            },
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<observe_core::auth::AuthError> for ApiError {
+    fn from(e: observe_core::auth::AuthError) -> Self {
+        ApiError::Internal(e.into())
+    }
 }
 
 impl From<observe_core::db::DbError> for ApiError {

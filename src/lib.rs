@@ -37,5 +37,7 @@ pub mod error;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
+pub mod session;
 pub mod startup;
 pub mod state;
+pub mod validate;

@@ -19,13 +19,35 @@ use crate::error::ApiError;
         title = "observe",
         description = "Self-hostable developer observability: product analytics, errors, API request logs, custom metrics and uptime monitors."
     ),
-    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
+    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::FieldError)),
+    modifiers(&BearerAuth),
     tags(
         (name = "health", description = "Liveness and readiness probes"),
         (name = "operations", description = "Operating observe itself"),
+        (name = "auth", description = "Accounts and sessions"),
+        (name = "projects", description = "Projects and their API keys"),
     )
 )]
 pub struct ApiDoc;
+
+/// Declares the `bearer` scheme the dashboard routes name: an access token from login.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut OpenApiDoc) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// Path templates of the API and the methods each answers.
 pub struct RouteTable(Vec<(ResourceDef, Vec<Method>)>);

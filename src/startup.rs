@@ -35,6 +35,8 @@ pub enum StartupError {
     Db(#[from] DbError),
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] observe_core::metrics::PrometheusError),
+    #[error("cannot set up password hashing: {0}")]
+    Auth(#[from] observe_core::auth::AuthError),
     #[error("invalid REDIS_URL: {0}")]
     Redis(#[from] observe_core::redis::RedisError),
     #[error("cannot listen on {addr}: {source}")]
@@ -69,6 +71,9 @@ impl Application {
         migrate_with_retry(&settings).await?;
         let metrics = Metrics::new()?;
         let state = AppState {
+            passwords: observe_core::auth::Passwords::new(&settings.auth)?,
+            tokens: observe_core::auth::AccessTokens::new(&settings.auth),
+            tiers: observe_core::tiers::TierPolicy::new(settings.tiers.clone()),
             db: db::pool(&settings.database)?,
             redis: observe_core::redis::pool(&settings.redis)?,
             supervisor: Supervisor::new(metrics.clone(), Backoff::default()),

@@ -3,10 +3,12 @@
 use std::sync::Arc;
 
 use observe_actors::Supervisor;
+use observe_core::auth::{AccessTokens, Passwords};
 use observe_core::config::Settings;
 use observe_core::db::PgPool;
 use observe_core::metrics::Metrics;
 use observe_core::redis::RedisPool;
+use observe_core::tiers::TierPolicy;
 
 /// Shared by all workers through `web::Data`; every field is a cheap handle.
 #[derive(Clone)]
@@ -16,4 +18,7 @@ pub struct AppState {
     pub redis: RedisPool,
     pub metrics: Metrics,
     pub supervisor: Supervisor,
+    pub passwords: Passwords,
+    pub tokens: AccessTokens,
+    pub tiers: TierPolicy,
 }

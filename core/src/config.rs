@@ -114,6 +114,9 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct RedisSettings {
     pub url: SecretString,
+    /// Put before every key observe writes, so several deployments (or test runs) can share
+    /// one Redis.
+    pub key_prefix: String,
     pub pool_max_size: u32,
     pub connect_timeout_secs: u64,
 }

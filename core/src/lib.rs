@@ -5,11 +5,15 @@
 //! ([`redis`]), the Prometheus registry ([`metrics`]) and logging ([`telemetry`]). The actor
 //! crate builds on it, and the HTTP layer builds on both; nothing here may depend on either.
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod mail;
 pub mod metrics;
 pub mod migrate;
 pub mod outbox;
+pub mod ratelimit;
 pub mod redis;
+pub mod store;
 pub mod telemetry;
+pub mod tiers;

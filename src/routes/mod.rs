@@ -3,12 +3,28 @@
 
 use utoipa_actix_web::service_config::ServiceConfig;
 
+pub mod auth;
 pub mod health;
 pub mod metrics;
+pub mod projects;
 
 /// Registers every documented route.
 pub fn register(cfg: &mut ServiceConfig) {
     cfg.service(health::live)
         .service(health::ready)
-        .service(metrics::metrics);
+        .service(metrics::metrics)
+        .service(auth::register)
+        .service(auth::login)
+        .service(auth::refresh)
+        .service(auth::logout)
+        .service(auth::me)
+        .service(auth::change_password)
+        .service(auth::delete_account)
+        .service(projects::list_projects)
+        .service(projects::create_project)
+        .service(projects::get_project)
+        .service(projects::delete_project)
+        .service(projects::list_api_keys)
+        .service(projects::create_api_key)
+        .service(projects::revoke_api_key);
 }

@@ -120,6 +120,13 @@ pub fn test_settings() -> Settings {
     settings.server.workers = 1;
     settings.server.shutdown_timeout_secs = 5;
     settings.server.startup_timeout_secs = 10;
+    // Cheap hashing: tests check behaviour, not cost.
+    settings.auth.argon2_memory_kib = 1024;
+    settings.auth.argon2_iterations = 1;
+    // Every app its own Redis keys (rate limits), so parallel tests never share a bucket;
+    // and room for a test's own flow (the rate-limit test sets the real limit).
+    settings.redis.key_prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    settings.auth.rate_limit_attempts = 1000;
     settings
 }
 
@@ -321,4 +328,92 @@ pub fn test_routes() -> ExtraRoutes {
             }),
         );
     })
+}
+
+/// A request with an optional bearer token and JSON body.
+pub async fn call(
+    app: &TestApp,
+    method: awc::http::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> Reply {
+    let mut req = app.req(method, path);
+    if let Some(token) = token {
+        req = req.insert_header(("Authorization", format!("Bearer {token}")));
+    }
+    match body {
+        Some(body) => {
+            send(
+                req.insert_header(("content-type", "application/json")),
+                Some(body.to_string().into_bytes()),
+            )
+            .await
+        }
+        None => send(req, None).await,
+    }
+}
+
+/// The value of cookie `name` set by a reply, if it set one.
+pub fn set_cookie(reply: &Reply, name: &str) -> Option<(String, String)> {
+    reply
+        .headers
+        .get_all("set-cookie")
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| {
+            let value = v[name.len() + 1..]
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            (value, v.to_string())
+        })
+}
+
+/// A signed-in account: its access token and refresh cookie value.
+pub struct Account {
+    pub email: String,
+    pub token: String,
+    pub refresh: String,
+}
+
+/// Registers an account with a fresh email and a fixed password.
+pub async fn register(app: &TestApp) -> Account {
+    let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
+    let reply = call(
+        app,
+        awc::http::Method::POST,
+        "/auth/register",
+        None,
+        Some(serde_json::json!({"email": email, "password": TEST_PASSWORD, "name": "Test User"})),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    Account {
+        email,
+        token: reply.json()["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string(),
+        refresh: set_cookie(&reply, "refresh_token")
+            .expect("refresh cookie")
+            .0,
+    }
+}
+
+pub const TEST_PASSWORD: &str = "correct horse battery staple";
+
+/// Creates a project and returns its id.
+pub async fn create_project(app: &TestApp, token: &str, name: &str) -> String {
+    let reply = call(
+        app,
+        awc::http::Method::POST,
+        "/projects",
+        Some(token),
+        Some(serde_json::json!({"name": name})),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    reply.json()["id"].as_str().expect("id").to_string()
 }

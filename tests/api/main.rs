@@ -2,14 +2,17 @@
 //! One binary with modules, so it links once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod accounts;
 mod errors;
 mod health;
 mod helpers;
+mod isolation;
 mod logs;
 mod mailer;
 mod metrics;
 mod migrations;
 mod openapi;
 mod process;
+mod projects;
 mod shutdown;
 mod supervision;

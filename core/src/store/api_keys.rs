@@ -1,0 +1,138 @@
+//! API keys of projects: stored as hashes, listed by their shown prefix, revocable.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::{Cursor, GenericClient, StoreError};
+use crate::tiers::Tier;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl ApiKey {
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            created_at: self.created_at,
+            id: self.id,
+        }
+    }
+}
+
+/// Who a valid key speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyOwner {
+    pub key_id: Uuid,
+    pub project_id: Uuid,
+    pub organisation_id: Uuid,
+    pub tier: Tier,
+}
+
+const COLUMNS: &str =
+    "k.id, k.project_id, k.name, k.prefix, k.created_at, k.last_used_at, k.revoked_at";
+
+fn api_key(row: &Row) -> ApiKey {
+    ApiKey {
+        id: row.get(0),
+        project_id: row.get(1),
+        name: row.get(2),
+        prefix: row.get(3),
+        created_at: row.get(4),
+        last_used_at: row.get(5),
+        revoked_at: row.get(6),
+    }
+}
+
+/// Stores a key for a project the caller has already checked belongs to its organisation.
+pub async fn create(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    name: &str,
+    prefix: &str,
+    hash: &[u8],
+) -> Result<ApiKey, StoreError> {
+    let row = client
+        .query_one(
+            &format!(
+                "INSERT INTO api_keys AS k (id, project_id, name, prefix, key_hash)
+                 VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
+            ),
+            &[&Uuid::now_v7(), &project_id, &name, &prefix, &hash],
+        )
+        .await?;
+    Ok(api_key(&row))
+}
+
+/// Up to `limit + 1` keys of a project of the organisation, oldest first.
+pub async fn list(
+    client: &impl GenericClient,
+    org_id: Uuid,
+    project_id: Uuid,
+    limit: usize,
+    after: Option<Cursor>,
+) -> Result<Vec<ApiKey>, StoreError> {
+    let (at, id) = after
+        .map(|c| (Some(c.created_at), Some(c.id)))
+        .unwrap_or((None, None));
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM api_keys k JOIN projects p ON p.id = k.project_id
+                 WHERE k.project_id = $1 AND p.organisation_id = $2
+                   AND ($3::timestamptz IS NULL OR (k.created_at, k.id) > ($3, $4::uuid))
+                 ORDER BY k.created_at, k.id LIMIT $5"
+            ),
+            &[&project_id, &org_id, &at, &id, &((limit + 1) as i64)],
+        )
+        .await?;
+    Ok(rows.iter().map(api_key).collect())
+}
+
+/// Revokes a key of a project of the organisation; false when there is no such key.
+pub async fn revoke(
+    client: &impl GenericClient,
+    org_id: Uuid,
+    project_id: Uuid,
+    key_id: Uuid,
+) -> Result<bool, StoreError> {
+    let n = client
+        .execute(
+            "UPDATE api_keys k SET revoked_at = coalesce(k.revoked_at, now())
+             FROM projects p
+             WHERE k.id = $1 AND k.project_id = $2 AND p.id = k.project_id AND p.organisation_id = $3",
+            &[&key_id, &project_id, &org_id],
+        )
+        .await?;
+    Ok(n > 0)
+}
+
+/// The owner of an unrevoked key, by the key's hash.
+pub async fn owner_by_hash(
+    client: &impl GenericClient,
+    hash: &[u8],
+) -> Result<Option<KeyOwner>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT k.id, k.project_id, p.organisation_id, o.tier
+             FROM api_keys k JOIN projects p ON p.id = k.project_id
+             JOIN organisations o ON o.id = p.organisation_id
+             WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+            &[&hash],
+        )
+        .await?;
+    Ok(row.map(|r| KeyOwner {
+        key_id: r.get(0),
+        project_id: r.get(1),
+        organisation_id: r.get(2),
+        tier: r.get::<_, &str>(3).parse().unwrap_or(Tier::Hobby),
+    }))
+}

@@ -1,0 +1,485 @@
+//! Accounts and sessions (SPEC §7): register, login, refresh, logout, me, change password,
+//! delete account.
+//!
+//! A session is an access token (JWT, short-lived, sent as `Authorization: Bearer`) plus a
+//! refresh token in an HttpOnly cookie scoped to `/auth`. Every refresh rotates the refresh
+//! token; presenting an already-rotated one revokes its whole family. Endpoints that take a
+//! password are rate limited per client IP.
+
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Duration, Utc};
+use observe_core::auth::{self, random_token};
+use observe_core::store::accounts::{self, Organisation, Role, User};
+use observe_core::store::sessions::{self, Rotation};
+use observe_core::store::{GenericClient, StoreError};
+use observe_core::tiers::Tier;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::session::{
+    cleared_refresh_cookie, limit_auth_attempt, refresh_cookie, Session, REFRESH_COOKIE,
+};
+use crate::state::AppState;
+use crate::validate::Problems;
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RegisterRequest {
+    #[schema(example = "ada@example.com")]
+    pub email: String,
+    pub password: String,
+    #[schema(example = "Ada Lovelace")]
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChangePasswordRequest {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct DeleteAccountRequest {
+    /// Required when the account has a password.
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    pub id: Uuid,
+    pub email: String,
+    pub name: String,
+    pub email_verified: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrganisationView {
+    pub id: Uuid,
+    pub name: String,
+    #[schema(value_type = String, example = "hobby")]
+    pub tier: Tier,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenResponse {
+    pub access_token: String,
+    #[schema(example = "bearer")]
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RegisterResponse {
+    pub user: UserView,
+    pub organisation: OrganisationView,
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MeResponse {
+    pub user: UserView,
+    pub organisation: OrganisationView,
+    #[schema(value_type = String, example = "owner")]
+    pub role: Role,
+}
+
+impl From<User> for UserView {
+    fn from(u: User) -> Self {
+        Self {
+            id: u.id,
+            email: u.email,
+            name: u.name,
+            email_verified: u.email_verified,
+            created_at: u.created_at,
+        }
+    }
+}
+
+impl From<Organisation> for OrganisationView {
+    fn from(o: Organisation) -> Self {
+        Self {
+            id: o.id,
+            name: o.name,
+            tier: o.tier,
+            created_at: o.created_at,
+        }
+    }
+}
+
+const INVALID_CREDENTIALS: ApiError = ApiError::Unauthorized {
+    code: "invalid_credentials",
+    message: "email or password is incorrect",
+};
+
+/// A new session's secrets: the access token, and the refresh token for the cookie.
+struct NewSession {
+    access_token: String,
+    refresh_token: String,
+}
+
+/// Starts a session (a new refresh-token family) for a user acting for an organisation.
+async fn start_session(
+    client: &impl GenericClient,
+    state: &AppState,
+    user_id: Uuid,
+    org_id: Uuid,
+) -> Result<NewSession, ApiError> {
+    let token = random_token();
+    sessions::create(
+        client,
+        Uuid::now_v7(),
+        user_id,
+        org_id,
+        &token.hash,
+        refresh_expiry(state),
+    )
+    .await?;
+    Ok(NewSession {
+        access_token: state.tokens.issue(user_id, org_id)?,
+        refresh_token: token.secret,
+    })
+}
+
+fn refresh_expiry(state: &AppState) -> DateTime<Utc> {
+    auth::expires_in(Duration::days(
+        state.settings.auth.refresh_token_expire_days,
+    ))
+}
+
+fn session_cookie(state: &AppState, value: String) -> actix_web::cookie::Cookie<'static> {
+    let days = state.settings.auth.refresh_token_expire_days.max(0) as u64;
+    refresh_cookie(
+        value,
+        std::time::Duration::from_secs(days * 86_400),
+        state.settings.auth.cookie_secure,
+    )
+}
+
+fn token_response(state: &AppState, access_token: String) -> TokenResponse {
+    TokenResponse {
+        access_token,
+        token_type: "bearer",
+        expires_in: state.tokens.ttl_secs(),
+    }
+}
+
+/// Creates an account and its organisation (tier `hobby`) and signs in.
+#[utoipa::path(
+    tag = "auth",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, body = RegisterResponse, description = "signed in; the refresh token is in the `refresh_token` cookie"),
+        (status = 409, body = crate::error::ErrorBody, description = "an account with this email exists"),
+        (status = 422, body = crate::error::ErrorBody),
+        (status = 429, body = crate::error::ErrorBody),
+    )
+)]
+#[post("/auth/register")]
+pub async fn register(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<RegisterRequest>,
+) -> Result<HttpResponse, ApiError> {
+    limit_auth_attempt(&req, &state).await?;
+    let mut problems = Problems::default();
+    let email = problems.email("email", &body.email);
+    let name = problems.name("name", &body.name, 100);
+    problems.password(
+        "password",
+        &body.password,
+        state.settings.auth.password_min_length,
+    );
+    problems.finish()?;
+
+    let hash = state.passwords.hash(body.password.clone()).await?;
+    let mut client = state.db.get().await.map_err(StoreError::from)?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let org_name = format!("{name}'s organisation");
+    let (user, org) = match accounts::create_user_with_organisation(
+        &tx,
+        &email,
+        &name,
+        Some(&hash),
+        false,
+        &org_name,
+    )
+    .await
+    {
+        Err(StoreError::Conflict(_)) => {
+            return Err(ApiError::Conflict(
+                "an account with this email already exists",
+            ))
+        }
+        other => other?,
+    };
+    let session = start_session(&tx, &state, user.id, org.id).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    tracing::info!(user_id = %user.id, org_id = %org.id, "account registered");
+
+    Ok(HttpResponse::Created()
+        .cookie(session_cookie(&state, session.refresh_token))
+        .json(RegisterResponse {
+            user: user.into(),
+            organisation: org.into(),
+            access_token: session.access_token,
+            token_type: "bearer",
+            expires_in: state.tokens.ttl_secs(),
+        }))
+}
+
+/// Signs in with email and password. Answers alike, in about the same time, whether or not
+/// the email exists.
+#[utoipa::path(
+    tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, body = TokenResponse, description = "signed in; the refresh token is in the `refresh_token` cookie"),
+        (status = 401, body = crate::error::ErrorBody),
+        (status = 429, body = crate::error::ErrorBody),
+    )
+)]
+#[post("/auth/login")]
+pub async fn login(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<LoginRequest>,
+) -> Result<HttpResponse, ApiError> {
+    limit_auth_attempt(&req, &state).await?;
+    let mut problems = Problems::default();
+    if body.email.trim().is_empty() {
+        problems.add("email", "must not be empty");
+    }
+    if body.password.is_empty() {
+        problems.add("password", "must not be empty");
+    }
+    problems.finish()?;
+
+    let client = state.db.get().await.map_err(StoreError::from)?;
+    let user = accounts::user_by_email(&client, body.email.trim()).await?;
+    let hash = user.as_ref().and_then(|u| u.password_hash.clone());
+    // Verified even when the user is unknown (against a dummy hash), so timing says nothing.
+    if !state.passwords.verify(body.password.clone(), hash).await {
+        return Err(INVALID_CREDENTIALS);
+    }
+    let Some(user) = user else {
+        return Err(INVALID_CREDENTIALS);
+    };
+    let Some((org, _)) = accounts::primary_membership(&client, user.id).await? else {
+        return Err(INVALID_CREDENTIALS);
+    };
+    let session = start_session(&client, &state, user.id, org.id).await?;
+    Ok(HttpResponse::Ok()
+        .cookie(session_cookie(&state, session.refresh_token))
+        .json(token_response(&state, session.access_token)))
+}
+
+/// Exchanges the refresh-token cookie for a new access token and a new refresh token.
+/// Presenting a refresh token that was already exchanged revokes every token of its session.
+#[utoipa::path(
+    tag = "auth",
+    responses(
+        (status = 200, body = TokenResponse),
+        (status = 401, body = crate::error::ErrorBody, description = "missing, invalid, expired or reused refresh token"),
+    )
+)]
+#[post("/auth/refresh")]
+pub async fn refresh(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let secure = state.settings.auth.cookie_secure;
+    let Some(cookie) = req.cookie(REFRESH_COOKIE).filter(|c| !c.value().is_empty()) else {
+        return Err(ApiError::Unauthorized {
+            code: "refresh_token_missing",
+            message: "no refresh token cookie was sent",
+        });
+    };
+    let old = auth::hash_secret(cookie.value());
+    let new = random_token();
+    let mut client = state.db.get().await.map_err(StoreError::from)?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let rotation = sessions::rotate(&tx, &old, &new.hash, refresh_expiry(&state)).await?;
+    // Committed whatever the outcome: a detected reuse must stay revoked.
+    tx.commit().await.map_err(StoreError::from)?;
+    // The error stays attached to the response (the middleware renders its code), and the
+    // browser is told to forget the dead token.
+    let refused = |code, message| {
+        let mut res = HttpResponse::from_error(ApiError::Unauthorized { code, message });
+        let _ = res.add_cookie(&cleared_refresh_cookie(secure));
+        Ok::<_, ApiError>(res)
+    };
+    match rotation {
+        Rotation::Rotated {
+            user_id, org_id, ..
+        } => {
+            let access = state.tokens.issue(user_id, org_id)?;
+            Ok(HttpResponse::Ok()
+                .cookie(session_cookie(&state, new.secret))
+                .json(token_response(&state, access)))
+        }
+        Rotation::Reused { family_id } => {
+            tracing::warn!(%family_id, "refresh token reused: session revoked");
+            refused(
+                "refresh_token_reused",
+                "this refresh token was already used; the session has been revoked, sign in again",
+            )
+        }
+        Rotation::Invalid => refused(
+            "refresh_token_invalid",
+            "the refresh token is invalid, expired or revoked; sign in again",
+        ),
+    }
+}
+
+/// Ends the session of the refresh-token cookie (all of its tokens are revoked).
+#[utoipa::path(tag = "auth", responses((status = 204, description = "signed out")))]
+#[post("/auth/logout")]
+pub async fn logout(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(cookie) = req.cookie(REFRESH_COOKIE).filter(|c| !c.value().is_empty()) {
+        let client = state.db.get().await.map_err(StoreError::from)?;
+        if let Some(family) =
+            sessions::family_of(&client, &auth::hash_secret(cookie.value())).await?
+        {
+            sessions::revoke_family(&client, family).await?;
+        }
+    }
+    Ok(HttpResponse::NoContent()
+        .cookie(cleared_refresh_cookie(state.settings.auth.cookie_secure))
+        .finish())
+}
+
+/// The signed-in user, their organisation and role.
+#[utoipa::path(
+    tag = "auth",
+    security(("bearer" = [])),
+    responses((status = 200, body = MeResponse), (status = 401, body = crate::error::ErrorBody))
+)]
+#[get("/auth/me")]
+pub async fn me(
+    session: Session,
+    state: web::Data<AppState>,
+) -> Result<web::Json<MeResponse>, ApiError> {
+    let client = state.db.get().await.map_err(StoreError::from)?;
+    let user = accounts::user_by_id(&client, session.user_id)
+        .await?
+        .ok_or_else(ApiError::unauthorized)?;
+    let (org, role) = accounts::membership(&client, session.user_id, session.org_id)
+        .await?
+        .ok_or_else(ApiError::unauthorized)?;
+    Ok(web::Json(MeResponse {
+        user: user.into(),
+        organisation: org.into(),
+        role,
+    }))
+}
+
+/// Changes the password; every other session of the user is signed out.
+#[utoipa::path(
+    tag = "auth",
+    security(("bearer" = [])),
+    request_body = ChangePasswordRequest,
+    responses(
+        (status = 204, description = "changed"),
+        (status = 401, body = crate::error::ErrorBody),
+        (status = 422, body = crate::error::ErrorBody),
+    )
+)]
+#[post("/auth/change-password")]
+pub async fn change_password(
+    req: HttpRequest,
+    session: Session,
+    state: web::Data<AppState>,
+    body: web::Json<ChangePasswordRequest>,
+) -> Result<HttpResponse, ApiError> {
+    limit_auth_attempt(&req, &state).await?;
+    let mut problems = Problems::default();
+    problems.password(
+        "new_password",
+        &body.new_password,
+        state.settings.auth.password_min_length,
+    );
+    problems.finish()?;
+
+    let mut client = state.db.get().await.map_err(StoreError::from)?;
+    let user = accounts::user_by_id(&client, session.user_id)
+        .await?
+        .ok_or_else(ApiError::unauthorized)?;
+    if !state
+        .passwords
+        .verify(body.current_password.clone(), user.password_hash.clone())
+        .await
+    {
+        return Err(ApiError::Unauthorized {
+            code: "invalid_credentials",
+            message: "the current password is incorrect",
+        });
+    }
+    let hash = state.passwords.hash(body.new_password.clone()).await?;
+    let keep = match req.cookie(REFRESH_COOKIE) {
+        Some(c) => sessions::family_of(&client, &auth::hash_secret(c.value())).await?,
+        None => None,
+    };
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    accounts::set_password(&tx, user.id, &hash).await?;
+    let revoked = sessions::revoke_all_for_user(&tx, user.id, keep).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    tracing::info!(user_id = %user.id, sessions_revoked = revoked, "password changed");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Deletes the account. When the user is the last owner of an organisation, the organisation
+/// and everything it owns (projects, keys, data) are deleted too, in the same transaction.
+#[utoipa::path(
+    tag = "auth",
+    security(("bearer" = [])),
+    request_body = DeleteAccountRequest,
+    responses((status = 204, description = "deleted"), (status = 401, body = crate::error::ErrorBody))
+)]
+#[post("/auth/delete-account")]
+pub async fn delete_account(
+    req: HttpRequest,
+    session: Session,
+    state: web::Data<AppState>,
+    body: web::Json<DeleteAccountRequest>,
+) -> Result<HttpResponse, ApiError> {
+    limit_auth_attempt(&req, &state).await?;
+    let mut client = state.db.get().await.map_err(StoreError::from)?;
+    let user = accounts::user_by_id(&client, session.user_id)
+        .await?
+        .ok_or_else(ApiError::unauthorized)?;
+    if user.password_hash.is_some() {
+        let given = body.password.clone().unwrap_or_default();
+        if !state
+            .passwords
+            .verify(given, user.password_hash.clone())
+            .await
+        {
+            return Err(ApiError::Unauthorized {
+                code: "invalid_credentials",
+                message: "the password is incorrect",
+            });
+        }
+    }
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let organisations = accounts::delete_user(&tx, user.id).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    tracing::info!(user_id = %user.id, organisations_deleted = organisations.len(), "account deleted");
+    Ok(HttpResponse::NoContent()
+        .cookie(cleared_refresh_cookie(state.settings.auth.cookie_secure))
+        .finish())
+}

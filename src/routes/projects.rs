@@ -1,0 +1,303 @@
+//! Projects and their API keys (SPEC §7). Every handler scopes by the caller's organisation:
+//! another organisation's project is indistinguishable from one that does not exist (404).
+
+use actix_web::{delete, get, post, web, HttpResponse};
+use chrono::{DateTime, Utc};
+use observe_core::auth::new_api_key;
+use observe_core::store::api_keys::{self, ApiKey};
+use observe_core::store::projects::{self, CreateError, Project};
+use observe_core::store::{page, Cursor, StoreError};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::session::Session;
+use crate::state::AppState;
+use crate::validate::Problems;
+
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 200;
+
+/// Cursor pagination: `?limit=&cursor=` (SPEC §10).
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// 1 to 200; default 50.
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl ListQuery {
+    fn parse(&self) -> Result<(usize, Option<Cursor>), ApiError> {
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        if limit == 0 || limit > MAX_LIMIT {
+            return Err(ApiError::InvalidQuery(format!(
+                "limit must be between 1 and {MAX_LIMIT}"
+            )));
+        }
+        let cursor = match &self.cursor {
+            Some(c) => Some(Cursor::decode(c).ok_or_else(|| {
+                ApiError::InvalidQuery("cursor is not one this server issued".into())
+            })?),
+            None => None,
+        };
+        Ok((limit as usize, cursor))
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct List<T: ToSchema> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateProject {
+    #[schema(example = "Web shop")]
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectView {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Project> for ProjectView {
+    fn from(p: Project) -> Self {
+        Self {
+            id: p.id,
+            name: p.name,
+            created_at: p.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateApiKey {
+    #[schema(example = "production backend")]
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ApiKeyView {
+    pub id: Uuid,
+    pub name: String,
+    /// The start of the key, to tell keys apart; the key itself is never shown again.
+    #[schema(example = "obs_3kT9xQ2a")]
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<ApiKey> for ApiKeyView {
+    fn from(k: ApiKey) -> Self {
+        Self {
+            id: k.id,
+            name: k.name,
+            prefix: k.prefix,
+            created_at: k.created_at,
+            last_used_at: k.last_used_at,
+            revoked_at: k.revoked_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedApiKey {
+    pub id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    /// The secret: shown only in this response. Send it as `Authorization: Bearer <key>` or
+    /// `X-API-Key: <key>`.
+    pub key: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The caller's organisation's projects.
+#[utoipa::path(
+    tag = "projects",
+    security(("bearer" = [])),
+    params(ListQuery),
+    responses((status = 200, body = List<ProjectView>), (status = 401, body = crate::error::ErrorBody))
+)]
+#[get("/projects")]
+pub async fn list_projects(
+    session: Session,
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> Result<web::Json<List<ProjectView>>, ApiError> {
+    let (limit, after) = query.parse()?;
+    let client = state.db.get().await.map_err(StoreError::from)?;
+    let rows = projects::list(&client, session.org_id, limit, after).await?;
+    let (rows, next_cursor) = page(rows, limit, Project::cursor);
+    Ok(web::Json(List {
+        items: rows.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+/// Creates a project, within the organisation tier's project limit.
+#[utoipa::path(
+    tag = "projects",
+    security(("bearer" = [])),
+    request_body = CreateProject,
+    responses(
+        (status = 201, body = ProjectView),
+        (status = 403, body = crate::error::ErrorBody, description = "`tier_limit`: the tier's project limit is reached; `details.limit` says it"),
+        (status = 422, body = crate::error::ErrorBody),
+    )
+)]
+#[post("/projects")]
+pub async fn create_project(
+    session: Session,
+    state: web::Data<AppState>,
+    body: web::Json<CreateProject>,
+) -> Result<HttpResponse, ApiError> {
+    let mut problems = Problems::default();
+    let name = problems.name("name", &body.name, 100);
+    problems.finish()?;
+    let mut client = state.db.get().await.map_err(StoreError::from)?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let project =
+        match projects::create_within_limit(&tx, &state.tiers, session.org_id, &name).await {
+            Ok(p) => p,
+            Err(CreateError::Limit(limit)) => return Err(ApiError::TierLimit(limit)),
+            Err(CreateError::Store(e)) => return Err(e.into()),
+        };
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(HttpResponse::Created().json(ProjectView::from(project)))
+}
+
+/// One project of the caller's organisation.
+#[utoipa::path(
+    tag = "projects",
+    security(("bearer" = [])),
+    responses((status = 200, body = ProjectView), (status = 404, body = crate::error::ErrorBody))
+)]
+#[get("/projects/{project_id}")]
+pub async fn get_project(
+    session: Session,
+    state: web::Data<AppState>,
+    path: web::Path<Uuid>,
+) -> Result<web::Json<ProjectView>, ApiError> {
+    let client = state.db.get().await.map_err(StoreError::from)?;
+    let project = projects::get(&client, session.org_id, path.into_inner())
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(web::Json(project.into()))
+}
+
+/// Deletes a project with its keys and data.
+#[utoipa::path(
+    tag = "projects",
+    security(("bearer" = [])),
+    responses((status = 204, description = "deleted"), (status = 404, body = crate::error::ErrorBody))
+)]
+#[delete("/projects/{project_id}")]
+pub async fn delete_project(
+    session: Session,
+    state: web::Data<AppState>,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let client = state.db.get().await.map_err(StoreError::from)?;
+    if projects::delete(&client, session.org_id, path.into_inner()).await? {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::NotFound)
+    }
+}
+
+/// 404 unless the project belongs to the caller's organisation.
+async fn own_project(
+    client: &impl observe_core::store::GenericClient,
+    session: &Session,
+    project_id: Uuid,
+) -> Result<Project, ApiError> {
+    projects::get(client, session.org_id, project_id)
+        .await?
+        .ok_or(ApiError::NotFound)
+}
+
+/// The project's API keys (revoked ones included, with `revoked_at`).
+#[utoipa::path(
+    tag = "projects",
+    security(("bearer" = [])),
+    params(ListQuery),
+    responses((status = 200, body = List<ApiKeyView>), (status = 404, body = crate::error::ErrorBody))
+)]
+#[get("/projects/{project_id}/api-keys")]
+pub async fn list_api_keys(
+    session: Session,
+    state: web::Data<AppState>,
+    path: web::Path<Uuid>,
+    query: web::Query<ListQuery>,
+) -> Result<web::Json<List<ApiKeyView>>, ApiError> {
+    let (limit, after) = query.parse()?;
+    let client = state.db.get().await.map_err(StoreError::from)?;
+    let project = own_project(&client, &session, path.into_inner()).await?;
+    let rows = api_keys::list(&client, session.org_id, project.id, limit, after).await?;
+    let (rows, next_cursor) = page(rows, limit, ApiKey::cursor);
+    Ok(web::Json(List {
+        items: rows.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+/// Creates an API key. Its secret is in this response only; observe stores a hash.
+#[utoipa::path(
+    tag = "projects",
+    security(("bearer" = [])),
+    request_body = CreateApiKey,
+    responses(
+        (status = 201, body = CreatedApiKey),
+        (status = 404, body = crate::error::ErrorBody),
+        (status = 422, body = crate::error::ErrorBody),
+    )
+)]
+#[post("/projects/{project_id}/api-keys")]
+pub async fn create_api_key(
+    session: Session,
+    state: web::Data<AppState>,
+    path: web::Path<Uuid>,
+    body: web::Json<CreateApiKey>,
+) -> Result<HttpResponse, ApiError> {
+    let mut problems = Problems::default();
+    let name = problems.name("name", &body.name, 100);
+    problems.finish()?;
+    let client = state.db.get().await.map_err(StoreError::from)?;
+    let project = own_project(&client, &session, path.into_inner()).await?;
+    let (key, shown) = new_api_key();
+    let created = api_keys::create(&client, project.id, &name, &shown, &key.hash).await?;
+    Ok(HttpResponse::Created().json(CreatedApiKey {
+        id: created.id,
+        name: created.name,
+        prefix: created.prefix,
+        key: key.secret,
+        created_at: created.created_at,
+    }))
+}
+
+/// Revokes an API key: it stops authenticating at once.
+#[utoipa::path(
+    tag = "projects",
+    security(("bearer" = [])),
+    responses((status = 204, description = "revoked"), (status = 404, body = crate::error::ErrorBody))
+)]
+#[delete("/projects/{project_id}/api-keys/{key_id}")]
+pub async fn revoke_api_key(
+    session: Session,
+    state: web::Data<AppState>,
+    path: web::Path<(Uuid, Uuid)>,
+) -> Result<HttpResponse, ApiError> {
+    let (project_id, key_id) = path.into_inner();
+    let client = state.db.get().await.map_err(StoreError::from)?;
+    if api_keys::revoke(&client, session.org_id, project_id, key_id).await? {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::NotFound)
+    }
+}

@@ -1,0 +1,91 @@
+//! Tenant isolation: a user of organisation A gets 404 for every project-scoped route of
+//! organisation B, and nothing of B changes. Each later issue adds its routes to `ROUTES`.
+
+use awc::http::Method;
+use serde_json::json;
+
+use crate::helpers::{call, create_project, register, spawn_app};
+
+/// (method, path with `{project}` and `{key}` placeholders, JSON body if the route takes one)
+const ROUTES: &[(&str, &str, Option<&str>)] = &[
+    ("GET", "/projects/{project}", None),
+    ("DELETE", "/projects/{project}", None),
+    ("GET", "/projects/{project}/api-keys", None),
+    (
+        "POST",
+        "/projects/{project}/api-keys",
+        Some(r#"{"name": "intruder"}"#),
+    ),
+    ("DELETE", "/projects/{project}/api-keys/{key}", None),
+];
+
+#[actix_web::test]
+async fn one_organisation_never_reaches_another_organisations_projects() {
+    let app = spawn_app().await;
+    let alice = register(&app).await;
+    let bob = register(&app).await;
+    let bobs_project = create_project(&app, &bob.token, "bob's").await;
+    let reply = call(
+        &app,
+        Method::POST,
+        &format!("/projects/{bobs_project}/api-keys"),
+        Some(&bob.token),
+        Some(json!({"name": "bob key"})),
+    )
+    .await;
+    let bobs_key = reply.json()["id"].as_str().unwrap().to_string();
+
+    for (method, template, body) in ROUTES {
+        let path = template
+            .replace("{project}", &bobs_project)
+            .replace("{key}", &bobs_key);
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let body = body.map(|b| serde_json::from_str(b).unwrap());
+        let reply = call(
+            &app,
+            method.clone(),
+            &path,
+            Some(&alice.token),
+            body.clone(),
+        )
+        .await;
+        assert_eq!(
+            reply.status, 404,
+            "{method} {path} as another organisation: {}",
+            reply.text
+        );
+        assert_eq!(reply.json()["error"]["code"], "not_found");
+        let reply = call(&app, method.clone(), &path, None, body).await;
+        assert_eq!(reply.status, 401, "{method} {path} without a token");
+    }
+
+    // Alice's list shows nothing of Bob's; Bob's project and key are untouched.
+    let list = call(&app, Method::GET, "/projects", Some(&alice.token), None)
+        .await
+        .json();
+    assert_eq!(list["items"].as_array().unwrap().len(), 0);
+    let reply = call(
+        &app,
+        Method::GET,
+        &format!("/projects/{bobs_project}"),
+        Some(&bob.token),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let keys = call(
+        &app,
+        Method::GET,
+        &format!("/projects/{bobs_project}/api-keys"),
+        Some(&bob.token),
+        None,
+    )
+    .await
+    .json();
+    let items = keys["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "no key was added by the intruder");
+    assert!(
+        items[0]["revoked_at"].is_null(),
+        "the key was not revoked by the intruder"
+    );
+}
