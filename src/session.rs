@@ -61,6 +61,43 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// An SDK authenticated by a project API key: `Authorization: Bearer <key>` or
+/// `X-API-Key: <key>`. Answered from memory after the first use of a key.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiKey(pub observe_core::store::api_keys::KeyOwner);
+
+impl FromRequest for ApiKey {
+    type Error = ApiError;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let secret = req
+            .headers()
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .or_else(|| bearer(req))
+            .map(str::to_string);
+        Box::pin(async move {
+            let state =
+                state.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("app state missing")))?;
+            let invalid = ApiError::Unauthorized {
+                code: "invalid_api_key",
+                message: "send a valid project API key as `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+            };
+            let secret = secret
+                .filter(|s| s.starts_with(observe_core::auth::API_KEY_PREFIX))
+                .ok_or(invalid)?;
+            let owner = state.keys.authenticate(&state.db, &secret).await?;
+            owner.map(ApiKey).ok_or(ApiError::Unauthorized {
+                code: "invalid_api_key",
+                message: "the API key is unknown or revoked",
+            })
+        })
+    }
+}
+
 /// The refresh-token cookie carrying `value`, valid for `max_age`.
 pub fn refresh_cookie(value: String, max_age: Duration, secure: bool) -> Cookie<'static> {
     Cookie::build(REFRESH_COOKIE, value)

@@ -70,7 +70,13 @@ impl Application {
     ) -> Result<Self, StartupError> {
         migrate_with_retry(&settings).await?;
         let metrics = Metrics::new()?;
+        let keys = observe_core::keys::KeyCache::new(
+            Duration::from_secs(settings.api_keys.cache_ttl_secs),
+            Duration::from_secs(settings.api_keys.unknown_ttl_secs),
+            metrics.clone(),
+        );
         let state = AppState {
+            keys,
             passwords: observe_core::auth::Passwords::new(&settings.auth)?,
             tokens: observe_core::auth::AccessTokens::new(&settings.auth),
             tiers: observe_core::tiers::TierPolicy::new(settings.tiers.clone()),
@@ -80,6 +86,14 @@ impl Application {
             metrics,
             settings: Arc::new(settings),
         };
+        // Actors run on this (the main) arbiter; HTTP workers reach them through AppState.
+        observe_actors::keys::start(
+            &state.supervisor,
+            &actix::Arbiter::current(),
+            state.settings.clone(),
+            state.db.clone(),
+            state.keys.clone(),
+        );
         let bind = state.settings.server.bind.clone();
         let listener = TcpListener::bind(&bind).map_err(|source| StartupError::Bind {
             addr: bind.clone(),

@@ -6,6 +6,7 @@ use observe_actors::Supervisor;
 use observe_core::auth::{AccessTokens, Passwords};
 use observe_core::config::Settings;
 use observe_core::db::PgPool;
+use observe_core::keys::KeyCache;
 use observe_core::metrics::Metrics;
 use observe_core::redis::RedisPool;
 use observe_core::tiers::TierPolicy;
@@ -21,4 +22,6 @@ pub struct AppState {
     pub passwords: Passwords,
     pub tokens: AccessTokens,
     pub tiers: TierPolicy,
+    /// API keys by hash, kept current by the `KeyWatcher` actor.
+    pub keys: KeyCache,
 }

@@ -7,6 +7,7 @@
 //!
 //! This crate depends on `observe-core` and never on the HTTP layer above it.
 
+pub mod keys;
 pub mod mailer;
 pub mod supervisor;
 

@@ -77,6 +77,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub log: LogSettings,
     pub admin: AdminSettings,
+    pub api_keys: ApiKeySettings,
     pub mail: MailSettings,
     pub github: GithubSettings,
     pub resend: ResendSettings,
@@ -133,6 +134,16 @@ pub struct AuthSettings {
     pub cookie_secure: bool,
     pub rate_limit_attempts: u32,
     pub rate_limit_window_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiKeySettings {
+    /// How long a key's owner is cached before it is looked up again.
+    pub cache_ttl_secs: u64,
+    /// How long "no such key" is cached.
+    pub unknown_ttl_secs: u64,
+    /// How often `last_used_at` is written.
+    pub last_used_flush_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -72,13 +72,27 @@ pub async fn ping(pool: &Pool) -> Result<(), DbError> {
     Ok(())
 }
 
+/// A connection of its own, outside the pool (for session state: advisory locks, LISTEN). The
+/// caller drives the returned connection.
+pub async fn connect_dedicated(
+    settings: &DatabaseSettings,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    ),
+    DbError,
+> {
+    pg_config(settings)?
+        .connect(NoTls)
+        .await
+        .map_err(|e| DbError::Unavailable(e.to_string()))
+}
+
 /// Applies pending migrations over a dedicated connection (the advisory lock must live on one
 /// session, which a pooled connection does not guarantee).
 pub async fn migrate(settings: &DatabaseSettings) -> Result<Vec<String>, DbError> {
-    let (mut client, connection) = pg_config(settings)?
-        .connect(NoTls)
-        .await
-        .map_err(|e| DbError::Unavailable(e.to_string()))?;
+    let (mut client, connection) = connect_dedicated(settings).await?;
     let driver = tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "migration connection closed with an error");

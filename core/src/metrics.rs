@@ -22,6 +22,7 @@ pub struct Metrics {
     pub actor_restarts: IntCounterVec,
     pub db_pool: IntGaugeVec,
     pub dependency_up: IntGaugeVec,
+    pub api_key_lookups: IntCounterVec,
 }
 
 impl Metrics {
@@ -63,6 +64,14 @@ impl Metrics {
             ),
             &["dependency"],
         )?;
+        let api_key_lookups = IntCounterVec::new(
+            Opts::new(
+                "observe_api_key_lookups_total",
+                "API key authentications, by where the answer came from: cache or database",
+            ),
+            &["source"],
+        )?;
+        registry.register(Box::new(api_key_lookups.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(actor_restarts.clone()))?;
@@ -75,6 +84,7 @@ impl Metrics {
             actor_restarts,
             db_pool,
             dependency_up,
+            api_key_lookups,
         })
     }
 

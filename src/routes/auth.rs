@@ -9,6 +9,7 @@
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Duration, Utc};
 use observe_core::auth::{self, random_token};
+use observe_core::keys::{self, Scope};
 use observe_core::store::accounts::{self, Organisation, Role, User};
 use observe_core::store::sessions::{self, Rotation};
 use observe_core::store::{GenericClient, StoreError};
@@ -477,7 +478,13 @@ pub async fn delete_account(
     }
     let tx = client.transaction().await.map_err(StoreError::from)?;
     let organisations = accounts::delete_user(&tx, user.id).await?;
+    for org in &organisations {
+        keys::announce(&tx, Scope::Organisation(*org)).await?;
+    }
     tx.commit().await.map_err(StoreError::from)?;
+    for org in &organisations {
+        state.keys.forget(Scope::Organisation(*org));
+    }
     tracing::info!(user_id = %user.id, organisations_deleted = organisations.len(), "account deleted");
     Ok(HttpResponse::NoContent()
         .cookie(cleared_refresh_cookie(state.settings.auth.cookie_secure))

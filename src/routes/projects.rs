@@ -4,6 +4,7 @@
 use actix_web::{delete, get, post, web, HttpResponse};
 use chrono::{DateTime, Utc};
 use observe_core::auth::new_api_key;
+use observe_core::keys::{self, Scope};
 use observe_core::store::api_keys::{self, ApiKey};
 use observe_core::store::projects::{self, CreateError, Project};
 use observe_core::store::{page, Cursor, StoreError};
@@ -203,12 +204,16 @@ pub async fn delete_project(
     state: web::Data<AppState>,
     path: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let client = state.db.get().await.map_err(StoreError::from)?;
-    if projects::delete(&client, session.org_id, path.into_inner()).await? {
-        Ok(HttpResponse::NoContent().finish())
-    } else {
-        Err(ApiError::NotFound)
+    let project_id = path.into_inner();
+    let mut client = state.db.get().await.map_err(StoreError::from)?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    if !projects::delete(&tx, session.org_id, project_id).await? {
+        return Err(ApiError::NotFound);
     }
+    keys::announce(&tx, Scope::Project(project_id)).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    state.keys.forget(Scope::Project(project_id));
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// 404 unless the project belongs to the caller's organisation.
@@ -294,10 +299,14 @@ pub async fn revoke_api_key(
     path: web::Path<(Uuid, Uuid)>,
 ) -> Result<HttpResponse, ApiError> {
     let (project_id, key_id) = path.into_inner();
-    let client = state.db.get().await.map_err(StoreError::from)?;
-    if api_keys::revoke(&client, session.org_id, project_id, key_id).await? {
-        Ok(HttpResponse::NoContent().finish())
-    } else {
-        Err(ApiError::NotFound)
+    let mut client = state.db.get().await.map_err(StoreError::from)?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    if !api_keys::revoke(&tx, session.org_id, project_id, key_id).await? {
+        return Err(ApiError::NotFound);
     }
+    // Other instances hear of it when this commits; this one forgets the key right away.
+    keys::announce(&tx, Scope::Key(key_id)).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    state.keys.forget(Scope::Key(key_id));
+    Ok(HttpResponse::NoContent().finish())
 }

@@ -18,6 +18,8 @@ pub struct TestApp {
     pub state: AppState,
     pub logs: LogCapture,
     pub client: awc::Client,
+    /// The app's database, for a second instance sharing it.
+    pub db_url: String,
     /// Stops the server as SIGTERM would.
     pub server: ServerHandle,
     /// Resolves once the server stopped and the actors drained.
@@ -145,6 +147,7 @@ pub async fn spawn_app_with(
     let db_url = fresh_database(&settings.database).await;
     settings.database.url = SecretString::from(db_url);
     tweak(&mut settings);
+    let db_url = settings.database.url.expose_secret().to_string();
     settings.validate().expect("valid test settings");
     let app = Application::build_with(settings, extra)
         .await
@@ -154,6 +157,7 @@ pub async fn spawn_app_with(
     let server = app.handle();
     let stopped = actix_web::rt::spawn(app.run_until_stopped(false));
     TestApp {
+        db_url,
         address,
         state,
         logs,
@@ -310,6 +314,11 @@ pub fn test_routes() -> ExtraRoutes {
         .route(
             "/__test/items/{id}",
             web::get().to(|id: web::Path<u32>| async move { id.to_string() }),
+        )
+        .route(
+            "/__test/whoami",
+            web::get()
+                .to(|key: observe::session::ApiKey| async move { key.0.project_id.to_string() }),
         )
         .route(
             "/__test/slow",

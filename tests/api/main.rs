@@ -7,6 +7,7 @@ mod errors;
 mod health;
 mod helpers;
 mod isolation;
+mod key_auth;
 mod logs;
 mod mailer;
 mod metrics;

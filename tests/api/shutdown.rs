@@ -80,5 +80,5 @@ async fn a_graceful_stop_finishes_in_flight_requests_then_drains_actors() {
         .logs
         .json_lines()
         .iter()
-        .any(|l| l["message"] == "actors drained" && l["actors"] == 1));
+        .any(|l| l["message"] == "actors drained" && l["actors"].as_u64() >= Some(1)));
 }

@@ -1,0 +1,190 @@
+//! API-key authentication as the ingest routes will use it: answered from memory after the
+//! first use, revoked at once locally and within moments on another instance, last use
+//! written in batches.
+
+use awc::http::Method;
+use secrecy::SecretString;
+use serde_json::json;
+
+use crate::helpers::{
+    call, create_project, eventually, register, send, spawn_app_with, test_routes, TestApp,
+};
+
+async fn new_key(app: &TestApp, token: &str, project: &str) -> (String, String) {
+    let reply = call(
+        app,
+        Method::POST,
+        &format!("/projects/{project}/api-keys"),
+        Some(token),
+        Some(json!({"name": "sdk"})),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let body = reply.json();
+    (
+        body["id"].as_str().unwrap().to_string(),
+        body["key"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn whoami(app: &TestApp, key: &str) -> (u16, String) {
+    let reply = send(
+        app.req(Method::GET, "/__test/whoami")
+            .insert_header(("X-API-Key", key)),
+        None,
+    )
+    .await;
+    (reply.status, reply.text)
+}
+
+fn lookups(metrics: &str, source: &str) -> u64 {
+    let prefix = format!("observe_api_key_lookups_total{{source=\"{source}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[actix_web::test]
+async fn a_key_is_looked_up_once_then_served_from_memory_and_revoked_at_once() {
+    let app = spawn_app_with(|_| {}, Some(test_routes())).await;
+    let account = register(&app).await;
+    let project = create_project(&app, &account.token, "sdk").await;
+    let (key_id, key) = new_key(&app, &account.token, &project).await;
+
+    for _ in 0..10 {
+        assert_eq!(whoami(&app, &key).await, (200, project.clone()));
+    }
+    let bearer = send(
+        app.req(Method::GET, "/__test/whoami")
+            .insert_header(("Authorization", format!("Bearer {key}"))),
+        None,
+    )
+    .await;
+    assert_eq!((bearer.status, bearer.text), (200, project.clone()));
+    let (_, metrics) = app.get_text("/metrics").await;
+    assert_eq!(lookups(&metrics, "database"), 1, "{metrics}");
+    assert_eq!(lookups(&metrics, "cache"), 10);
+
+    let reply = call(
+        &app,
+        Method::DELETE,
+        &format!("/projects/{project}/api-keys/{key_id}"),
+        Some(&account.token),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 204);
+    let reply = send(
+        app.req(Method::GET, "/__test/whoami")
+            .insert_header(("X-API-Key", key.as_str())),
+        None,
+    )
+    .await;
+    assert_eq!(
+        reply.status, 401,
+        "revoked keys stop at once on the revoking instance"
+    );
+    assert_eq!(reply.json()["error"]["code"], "invalid_api_key");
+
+    // Unknown, malformed, missing.
+    for bad in [
+        "obs_unknownkeyunknownkeyunknownkeyunknownkey1",
+        "not-even-a-key",
+    ] {
+        assert_eq!(whoami(&app, bad).await.0, 401);
+    }
+    assert_eq!(app.get_text("/__test/whoami").await.0, 401);
+}
+
+#[actix_web::test]
+async fn a_revocation_reaches_another_instance_within_moments() {
+    let a = spawn_app_with(|_| {}, Some(test_routes())).await;
+    let shared = a.db_url.clone();
+    let b = spawn_app_with(
+        move |s| s.database.url = SecretString::from(shared),
+        Some(test_routes()),
+    )
+    .await;
+    let account = register(&a).await;
+    let project = create_project(&a, &account.token, "fleet").await;
+    let (key_id, key) = new_key(&a, &account.token, &project).await;
+    let (_, other_key) = new_key(&a, &account.token, &project).await;
+
+    // B has both keys in memory.
+    assert_eq!(whoami(&b, &key).await.0, 200);
+    assert_eq!(whoami(&b, &other_key).await.0, 200);
+    // Both instances' listeners are up (each logs once), so what follows is carried by
+    // NOTIFY, not by a listener's start forgetting everything.
+    assert!(
+        eventually(10, || async {
+            b.logs
+                .contents()
+                .matches("listening for API key changes")
+                .count()
+                >= 2
+        })
+        .await
+    );
+
+    let reply = call(
+        &a,
+        Method::DELETE,
+        &format!("/projects/{project}/api-keys/{key_id}"),
+        Some(&account.token),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 204);
+    assert!(
+        eventually(10, || async { whoami(&b, &key).await.0 == 401 }).await,
+        "instance B still accepts the revoked key"
+    );
+    assert_eq!(
+        whoami(&b, &other_key).await.0,
+        200,
+        "other keys are unaffected"
+    );
+
+    // Deleting the project ends its remaining keys everywhere too.
+    assert_eq!(
+        call(
+            &a,
+            Method::DELETE,
+            &format!("/projects/{project}"),
+            Some(&account.token),
+            None
+        )
+        .await
+        .status,
+        204
+    );
+    assert!(eventually(10, || async { whoami(&b, &other_key).await.0 == 401 }).await);
+}
+
+#[actix_web::test]
+async fn last_use_is_written_in_batches() {
+    let app = spawn_app_with(|s| s.api_keys.last_used_flush_secs = 1, Some(test_routes())).await;
+    let account = register(&app).await;
+    let project = create_project(&app, &account.token, "usage").await;
+    let (_, key) = new_key(&app, &account.token, &project).await;
+    for _ in 0..5 {
+        assert_eq!(whoami(&app, &key).await.0, 200);
+    }
+    assert!(
+        eventually(10, || async {
+            let list = call(
+                &app,
+                Method::GET,
+                &format!("/projects/{project}/api-keys"),
+                Some(&account.token),
+                None,
+            )
+            .await;
+            list.json()["items"][0]["last_used_at"].is_string()
+        })
+        .await,
+        "last_used_at was never written"
+    );
+}
