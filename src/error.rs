@@ -43,6 +43,9 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Conflict(&'static str),
+    /// A token from an email link that is unknown, used or expired.
+    #[error("the link is invalid, already used or expired; ask for a new one")]
+    InvalidToken,
     #[error("{0}")]
     TierLimit(observe_core::tiers::LimitReached),
     #[error("too many attempts; retry in {retry_after_secs} s")]
@@ -77,6 +80,7 @@ impl ApiError {
             ApiError::Validation(_) => "validation_failed",
             ApiError::Unauthorized { code, .. } => code,
             ApiError::Conflict(_) => "conflict",
+            ApiError::InvalidToken => "invalid_token",
             ApiError::TierLimit(_) => "tier_limit",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::MalformedJson(_) => "invalid_json",
@@ -122,6 +126,7 @@ impl ResponseError for ApiError {
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::InvalidToken => StatusCode::BAD_REQUEST,
             ApiError::TierLimit(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

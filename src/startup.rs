@@ -75,18 +75,28 @@ impl Application {
             Duration::from_secs(settings.api_keys.unknown_ttl_secs),
             metrics.clone(),
         );
+        let supervisor = Supervisor::new(metrics.clone(), Backoff::default());
+        let settings = Arc::new(settings);
+        // Actors run on this (the main) arbiter; HTTP workers reach them through AppState.
+        let pool = db::pool(&settings.database)?;
+        let mailer = observe_actors::mailer::start(
+            &supervisor,
+            &actix::Arbiter::current(),
+            settings.clone(),
+            pool.clone(),
+        );
         let state = AppState {
+            mailer,
             keys,
             passwords: observe_core::auth::Passwords::new(&settings.auth)?,
             tokens: observe_core::auth::AccessTokens::new(&settings.auth),
             tiers: observe_core::tiers::TierPolicy::new(settings.tiers.clone()),
-            db: db::pool(&settings.database)?,
+            db: pool,
             redis: observe_core::redis::pool(&settings.redis)?,
-            supervisor: Supervisor::new(metrics.clone(), Backoff::default()),
+            supervisor,
             metrics,
-            settings: Arc::new(settings),
+            settings,
         };
-        // Actors run on this (the main) arbiter; HTTP workers reach them through AppState.
         observe_actors::keys::start(
             &state.supervisor,
             &actix::Arbiter::current(),

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use observe_actors::Supervisor;
+use observe_actors::mailer::Mailer;
+use observe_actors::{Supervised, Supervisor};
 use observe_core::auth::{AccessTokens, Passwords};
 use observe_core::config::Settings;
 use observe_core::db::PgPool;
@@ -24,4 +25,6 @@ pub struct AppState {
     pub tiers: TierPolicy,
     /// API keys by hash, kept current by the `KeyWatcher` actor.
     pub keys: KeyCache,
+    /// Every outgoing email goes through it (after its outbox row is committed).
+    pub mailer: Supervised<Mailer>,
 }

@@ -12,8 +12,10 @@ use observe_core::auth::{self, random_token};
 use observe_core::keys::{self, Scope};
 use observe_core::store::accounts::{self, Organisation, Role, User};
 use observe_core::store::sessions::{self, Rotation};
+use observe_core::store::tokens;
 use observe_core::store::{GenericClient, StoreError};
 use observe_core::tiers::Tier;
+use observe_core::{mail, outbox};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -489,4 +491,259 @@ pub async fn delete_account(
     Ok(HttpResponse::NoContent()
         .cookie(cleared_refresh_cookie(state.settings.auth.cookie_secure))
         .finish())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ForgotPasswordRequest {
+    pub email: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ResetPasswordRequest {
+    /// The token from the reset link.
+    pub token: String,
+    pub new_password: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChangeEmailRequest {
+    pub new_email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ConfirmEmailRequest {
+    /// The token from the confirmation link.
+    pub token: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    #[schema(example = "accepted")]
+    pub status: &'static str,
+}
+
+/// How long emailed links work.
+const EMAIL_TOKEN_MINUTES: i64 = 60;
+
+/// `FRONTEND_URL` + `path` + `?token=`.
+fn frontend_link(state: &AppState, path: &str, token: &str) -> String {
+    format!(
+        "{}{path}?token={token}",
+        state.settings.frontend_url.trim_end_matches('/')
+    )
+}
+
+/// Stores a token and its email in one transaction, then hands the email to the Mailer.
+async fn send_token_email(
+    state: &AppState,
+    user_id: Uuid,
+    purpose: tokens::Purpose,
+    new_email: Option<&str>,
+    make_email: impl FnOnce(&str) -> mail::Email,
+) -> Result<(), ApiError> {
+    let token = random_token();
+    let email = make_email(&token.secret);
+    let mut client = state.db.get().await.map_err(StoreError::from)?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    tokens::create(
+        &tx,
+        user_id,
+        purpose,
+        new_email,
+        &token.hash,
+        auth::expires_in(Duration::minutes(EMAIL_TOKEN_MINUTES)),
+    )
+    .await?;
+    let id = outbox::enqueue(&tx, &email).await.map_err(|e| match e {
+        outbox::OutboxError::Unavailable(m) => ApiError::from(StoreError::Unavailable(m)),
+        other => ApiError::Internal(other.into()),
+    })?;
+    tx.commit().await.map_err(StoreError::from)?;
+    observe_actors::mailer::deliver_soon(&state.mailer, id);
+    Ok(())
+}
+
+/// Sends a password-reset link, valid for an hour, if the email belongs to an account.
+/// Answers 202 either way, so it tells nobody which emails have accounts.
+#[utoipa::path(
+    tag = "auth",
+    request_body = ForgotPasswordRequest,
+    responses((status = 202, body = Accepted), (status = 429, body = crate::error::ErrorBody))
+)]
+#[post("/auth/forgot-password")]
+pub async fn forgot_password(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<ForgotPasswordRequest>,
+) -> Result<HttpResponse, ApiError> {
+    limit_auth_attempt(&req, &state).await?;
+    let client = state.db.get().await.map_err(StoreError::from)?;
+    let user = accounts::user_by_email(&client, body.email.trim()).await?;
+    drop(client);
+    if let Some(user) = user {
+        let link_state = state.clone();
+        send_token_email(
+            &state,
+            user.id,
+            tokens::Purpose::PasswordReset,
+            None,
+            |secret| {
+                let link = frontend_link(&link_state, "/reset-password", secret);
+                mail::password_reset(&user.email, &user.name, &link, EMAIL_TOKEN_MINUTES)
+            },
+        )
+        .await?;
+    }
+    Ok(HttpResponse::Accepted().json(Accepted { status: "accepted" }))
+}
+
+/// Sets a new password with a token from a reset email (once). Signs out every session.
+#[utoipa::path(
+    tag = "auth",
+    request_body = ResetPasswordRequest,
+    responses(
+        (status = 204, description = "password set"),
+        (status = 400, body = crate::error::ErrorBody, description = "`invalid_token`: unknown, used or expired"),
+        (status = 422, body = crate::error::ErrorBody),
+    )
+)]
+#[post("/auth/reset-password")]
+pub async fn reset_password(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<ResetPasswordRequest>,
+) -> Result<HttpResponse, ApiError> {
+    limit_auth_attempt(&req, &state).await?;
+    let mut problems = Problems::default();
+    problems.password(
+        "new_password",
+        &body.new_password,
+        state.settings.auth.password_min_length,
+    );
+    problems.finish()?;
+    let hash = state.passwords.hash(body.new_password.clone()).await?;
+    let mut client = state.db.get().await.map_err(StoreError::from)?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let Some((user_id, _)) = tokens::spend(
+        &tx,
+        &auth::hash_secret(body.token.trim()),
+        tokens::Purpose::PasswordReset,
+    )
+    .await?
+    else {
+        return Err(ApiError::InvalidToken);
+    };
+    accounts::set_password(&tx, user_id, &hash).await?;
+    sessions::revoke_all_for_user(&tx, user_id, None).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    tracing::info!(%user_id, "password reset");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Starts changing the account's email: needs the current password, and completes when the
+/// link sent to the new address is opened (`POST /auth/confirm-email`).
+#[utoipa::path(
+    tag = "auth",
+    security(("bearer" = [])),
+    request_body = ChangeEmailRequest,
+    responses(
+        (status = 202, body = Accepted, description = "a confirmation link was sent to the new address"),
+        (status = 401, body = crate::error::ErrorBody),
+        (status = 409, body = crate::error::ErrorBody),
+        (status = 422, body = crate::error::ErrorBody),
+    )
+)]
+#[post("/auth/change-email")]
+pub async fn change_email(
+    req: HttpRequest,
+    session: Session,
+    state: web::Data<AppState>,
+    body: web::Json<ChangeEmailRequest>,
+) -> Result<HttpResponse, ApiError> {
+    limit_auth_attempt(&req, &state).await?;
+    let mut problems = Problems::default();
+    let new_email = problems.email("new_email", &body.new_email);
+    problems.finish()?;
+    let client = state.db.get().await.map_err(StoreError::from)?;
+    let user = accounts::user_by_id(&client, session.user_id)
+        .await?
+        .ok_or_else(ApiError::unauthorized)?;
+    if !state
+        .passwords
+        .verify(body.password.clone(), user.password_hash.clone())
+        .await
+    {
+        return Err(ApiError::Unauthorized {
+            code: "invalid_credentials",
+            message: "the password is incorrect",
+        });
+    }
+    if accounts::user_by_email(&client, &new_email)
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::Conflict(
+            "an account with this email already exists",
+        ));
+    }
+    drop(client);
+    let link_state = state.clone();
+    let name = user.name.clone();
+    let to = new_email.clone();
+    send_token_email(
+        &state,
+        user.id,
+        tokens::Purpose::EmailChange,
+        Some(&new_email),
+        |secret| {
+            let link = frontend_link(&link_state, "/confirm-email", secret);
+            mail::email_change(&name, &to, &link)
+        },
+    )
+    .await?;
+    Ok(HttpResponse::Accepted().json(Accepted { status: "accepted" }))
+}
+
+/// Completes an email change with the token from the link sent to the new address.
+#[utoipa::path(
+    tag = "auth",
+    request_body = ConfirmEmailRequest,
+    responses(
+        (status = 200, body = UserView),
+        (status = 400, body = crate::error::ErrorBody, description = "`invalid_token`: unknown, used or expired"),
+        (status = 409, body = crate::error::ErrorBody),
+    )
+)]
+#[post("/auth/confirm-email")]
+pub async fn confirm_email(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    body: web::Json<ConfirmEmailRequest>,
+) -> Result<web::Json<UserView>, ApiError> {
+    limit_auth_attempt(&req, &state).await?;
+    let mut client = state.db.get().await.map_err(StoreError::from)?;
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let Some((user_id, Some(new_email))) = tokens::spend(
+        &tx,
+        &auth::hash_secret(body.token.trim()),
+        tokens::Purpose::EmailChange,
+    )
+    .await?
+    else {
+        return Err(ApiError::InvalidToken);
+    };
+    match accounts::set_email(&tx, user_id, &new_email).await {
+        Err(StoreError::Conflict(_)) => {
+            return Err(ApiError::Conflict(
+                "an account with this email already exists",
+            ))
+        }
+        other => other?,
+    }
+    let user = accounts::user_by_id(&tx, user_id)
+        .await?
+        .ok_or(ApiError::InvalidToken)?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(web::Json(user.into()))
 }

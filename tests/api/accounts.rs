@@ -352,6 +352,10 @@ async fn bad_input_gets_the_error_shape_never_a_500() {
         ("/auth/login", false),
         ("/auth/change-password", true),
         ("/auth/delete-account", true),
+        ("/auth/forgot-password", false),
+        ("/auth/reset-password", false),
+        ("/auth/change-email", true),
+        ("/auth/confirm-email", false),
         ("/projects", true),
     ];
     for (path, authed) in endpoints {

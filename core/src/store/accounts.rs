@@ -182,6 +182,21 @@ pub async fn set_password(
     Ok(())
 }
 
+/// Sets a user's email (confirmed by a link sent to it). A taken address is a `Conflict`.
+pub async fn set_email(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    email: &str,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "UPDATE users SET email = $2, email_verified = true, updated_at = now() WHERE id = $1",
+            &[&user_id, &email],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Deletes a user; each organisation of which they are the last owner goes too, with all it
 /// owns (the schema cascades). Run it in a transaction. Returns the organisations deleted.
 pub async fn delete_user(

@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod api_keys;
 pub mod projects;
 pub mod sessions;
+pub mod tokens;
 
 pub use deadpool_postgres::GenericClient;
 

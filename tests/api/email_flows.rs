@@ -1,0 +1,193 @@
+//! Password reset and email change, with the emails really sent through the Mailer to a
+//! local fake Resend server and the links taken from what it received.
+
+use awc::http::Method;
+use serde_json::json;
+
+use crate::helpers::{call, eventually, register, send, spawn_app_with, TEST_PASSWORD};
+use crate::mailer::{api_key, towards, FakeResend};
+
+/// The token in the link of the last email sent to `to`.
+fn token_sent_to(fake: &FakeResend, to: &str) -> Option<String> {
+    let received = fake.received();
+    let email = received.iter().rev().find(|r| r.body["to"][0] == to)?;
+    let text = email.body["text"].as_str()?;
+    let (_, rest) = text.split_once("token=")?;
+    Some(
+        rest.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect(),
+    )
+}
+
+#[actix_web::test]
+async fn forgot_password_emails_a_single_use_link_that_resets_it() {
+    let fake = FakeResend::start(&[], 200).await;
+    let app = spawn_app_with(towards(&fake, &api_key()), None).await;
+    let account = register(&app).await;
+
+    // An unknown address is answered the same, and nothing is sent.
+    let reply = call(
+        &app,
+        Method::POST,
+        "/auth/forgot-password",
+        None,
+        Some(json!({"email": "nobody@example.com"})),
+    )
+    .await;
+    assert_eq!(reply.status, 202);
+    let reply = call(
+        &app,
+        Method::POST,
+        "/auth/forgot-password",
+        None,
+        Some(json!({"email": account.email})),
+    )
+    .await;
+    assert_eq!(reply.status, 202);
+    assert_eq!(reply.json()["status"], "accepted");
+    assert!(
+        eventually(10, || async {
+            token_sent_to(&fake, &account.email).is_some()
+        })
+        .await,
+        "no reset email arrived"
+    );
+    assert_eq!(
+        fake.received().len(),
+        1,
+        "only the real account got an email"
+    );
+    let email = &fake.received()[0].body;
+    assert!(email["subject"]
+        .as_str()
+        .unwrap()
+        .to_lowercase()
+        .contains("password"));
+    assert!(email["text"]
+        .as_str()
+        .unwrap()
+        .contains("http://localhost:3000/reset-password?token="));
+    let token = token_sent_to(&fake, &account.email).unwrap();
+    // The token never reached the logs: only its email body carries it.
+    assert!(!app.logs.contents().contains(&token));
+
+    let reset = |token: String, password: &'static str| {
+        call(
+            &app,
+            Method::POST,
+            "/auth/reset-password",
+            None,
+            Some(json!({"token": token, "new_password": password})),
+        )
+    };
+    let reply = reset(token.clone(), "short").await;
+    assert_eq!(reply.status, 422);
+    let reply = reset(token.clone(), "a fresh new password").await;
+    assert_eq!(reply.status, 204, "{}", reply.text);
+    let reply = reset(token, "another new password").await;
+    assert_eq!(reply.status, 400, "single use");
+    assert_eq!(reply.json()["error"]["code"], "invalid_token");
+    let reply = reset("made-up-token".into(), "another new password").await;
+    assert_eq!(reply.status, 400);
+
+    let login = |password: &'static str| {
+        call(
+            &app,
+            Method::POST,
+            "/auth/login",
+            None,
+            Some(json!({"email": account.email, "password": password})),
+        )
+    };
+    assert_eq!(
+        login(TEST_PASSWORD).await.status,
+        401,
+        "the old password no longer works"
+    );
+    assert_eq!(login("a fresh new password").await.status, 200);
+    let old_session = send(
+        app.req(Method::POST, "/auth/refresh")
+            .insert_header(("Cookie", format!("refresh_token={}", account.refresh))),
+        None,
+    )
+    .await;
+    assert_eq!(old_session.status, 401, "a reset signs out every session");
+}
+
+#[actix_web::test]
+async fn an_email_change_needs_the_password_and_a_link_sent_to_the_new_address() {
+    let fake = FakeResend::start(&[], 200).await;
+    let app = spawn_app_with(towards(&fake, &api_key()), None).await;
+    let account = register(&app).await;
+    let other = register(&app).await;
+    let new_email = format!("moved-{}@example.com", uuid::Uuid::new_v4().simple());
+
+    let change = |body: serde_json::Value| {
+        call(
+            &app,
+            Method::POST,
+            "/auth/change-email",
+            Some(&account.token),
+            Some(body),
+        )
+    };
+    assert_eq!(
+        change(json!({"new_email": new_email, "password": "wrong password here"}))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        change(json!({"new_email": other.email, "password": TEST_PASSWORD}))
+            .await
+            .status,
+        409
+    );
+    assert_eq!(
+        change(json!({"new_email": "not-an-email", "password": TEST_PASSWORD}))
+            .await
+            .status,
+        422
+    );
+    let reply = change(json!({"new_email": new_email, "password": TEST_PASSWORD})).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+
+    assert!(
+        eventually(10, || async { token_sent_to(&fake, &new_email).is_some() }).await,
+        "no confirmation email arrived"
+    );
+    let token = token_sent_to(&fake, &new_email).unwrap();
+    // Not changed until confirmed.
+    let me = call(&app, Method::GET, "/auth/me", Some(&account.token), None)
+        .await
+        .json();
+    assert_eq!(me["user"]["email"], account.email.as_str());
+
+    let confirm = |token: String| {
+        call(
+            &app,
+            Method::POST,
+            "/auth/confirm-email",
+            None,
+            Some(json!({"token": token})),
+        )
+    };
+    let reply = confirm(token.clone()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.json()["email"], new_email.as_str());
+    assert_eq!(reply.json()["email_verified"], true);
+    assert_eq!(confirm(token).await.status, 400, "single use");
+
+    let login = |email: String| {
+        call(
+            &app,
+            Method::POST,
+            "/auth/login",
+            None,
+            Some(json!({"email": email, "password": TEST_PASSWORD})),
+        )
+    };
+    assert_eq!(login(new_email.clone()).await.status, 200);
+    assert_eq!(login(account.email.clone()).await.status, 401);
+}
