@@ -3,6 +3,7 @@
 
 use utoipa_actix_web::service_config::ServiceConfig;
 
+pub mod admin;
 pub mod auth;
 pub mod health;
 pub mod metrics;
@@ -13,6 +14,7 @@ pub fn register(cfg: &mut ServiceConfig) {
     cfg.service(health::live)
         .service(health::ready)
         .service(metrics::metrics)
+        .service(admin::stats)
         .service(auth::register)
         .service(auth::login)
         .service(auth::refresh)

@@ -9,6 +9,7 @@ use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 pub mod accounts;
+pub mod admin;
 pub mod api_keys;
 pub mod projects;
 pub mod sessions;
