@@ -43,6 +43,9 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Conflict(&'static str),
+    /// A feature whose outside service is not configured (no GitHub client, say).
+    #[error("{0}")]
+    NotConfigured(&'static str),
     /// A token from an email link that is unknown, used or expired.
     #[error("the link is invalid, already used or expired; ask for a new one")]
     InvalidToken,
@@ -81,6 +84,7 @@ impl ApiError {
             ApiError::Unauthorized { code, .. } => code,
             ApiError::Conflict(_) => "conflict",
             ApiError::InvalidToken => "invalid_token",
+            ApiError::NotConfigured(_) => "not_configured",
             ApiError::TierLimit(_) => "tier_limit",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::MalformedJson(_) => "invalid_json",
@@ -127,6 +131,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::InvalidToken => StatusCode::BAD_REQUEST,
+            ApiError::NotConfigured(_) => StatusCode::NOT_FOUND,
             ApiError::TierLimit(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -123,6 +123,8 @@ impl Application {
             let (app, doc) = App::new()
                 .wrap(from_fn(request_context))
                 .app_data(web::Data::new(app_state.clone()))
+                // One outgoing HTTP client per worker (awc clients are not Send).
+                .app_data(web::Data::new(observe_core::mail::http_client()))
                 .app_data(json)
                 .app_data(query)
                 .app_data(path)

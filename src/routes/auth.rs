@@ -127,13 +127,13 @@ const INVALID_CREDENTIALS: ApiError = ApiError::Unauthorized {
 };
 
 /// A new session's secrets: the access token, and the refresh token for the cookie.
-struct NewSession {
-    access_token: String,
-    refresh_token: String,
+pub(crate) struct NewSession {
+    pub(crate) access_token: String,
+    pub(crate) refresh_token: String,
 }
 
 /// Starts a session (a new refresh-token family) for a user acting for an organisation.
-async fn start_session(
+pub(crate) async fn start_session(
     client: &impl GenericClient,
     state: &AppState,
     user_id: Uuid,
@@ -161,7 +161,10 @@ fn refresh_expiry(state: &AppState) -> DateTime<Utc> {
     ))
 }
 
-fn session_cookie(state: &AppState, value: String) -> actix_web::cookie::Cookie<'static> {
+pub(crate) fn session_cookie(
+    state: &AppState,
+    value: String,
+) -> actix_web::cookie::Cookie<'static> {
     let days = state.settings.auth.refresh_token_expire_days.max(0) as u64;
     refresh_cookie(
         value,

@@ -5,6 +5,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 pub mod admin;
 pub mod auth;
+pub mod github;
 pub mod health;
 pub mod metrics;
 pub mod projects;
@@ -26,6 +27,8 @@ pub fn register(cfg: &mut ServiceConfig) {
         .service(auth::reset_password)
         .service(auth::change_email)
         .service(auth::confirm_email)
+        .service(github::github_login)
+        .service(github::github_callback)
         .service(projects::list_projects)
         .service(projects::create_project)
         .service(projects::get_project)

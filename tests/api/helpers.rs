@@ -163,8 +163,10 @@ pub async fn spawn_app_with(
         logs,
         server,
         stopped,
+        // Redirects are what some tests check, so they are not followed.
         client: awc::Client::builder()
             .timeout(Duration::from_secs(30))
+            .disable_redirects()
             .finish(),
     }
 }

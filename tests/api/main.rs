@@ -6,6 +6,7 @@ mod accounts;
 mod admin;
 mod email_flows;
 mod errors;
+mod github;
 mod health;
 mod helpers;
 mod isolation;

@@ -182,6 +182,40 @@ pub async fn set_password(
     Ok(())
 }
 
+/// The user a GitHub account is linked to.
+pub async fn user_by_github_id(
+    client: &impl GenericClient,
+    github_id: i64,
+) -> Result<Option<User>, StoreError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {USER_COLUMNS} FROM users u JOIN github_identities g ON g.user_id = u.id
+                 WHERE g.github_id = $1"
+            ),
+            &[&github_id],
+        )
+        .await?;
+    Ok(row.as_ref().map(user))
+}
+
+/// Links a GitHub account to a user (or refreshes the login name of an existing link).
+pub async fn link_github(
+    client: &impl GenericClient,
+    github_id: i64,
+    user_id: Uuid,
+    login: &str,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "INSERT INTO github_identities (github_id, user_id, login) VALUES ($1, $2, $3)
+             ON CONFLICT (github_id) DO UPDATE SET login = EXCLUDED.login",
+            &[&github_id, &user_id, &login],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Sets a user's email (confirmed by a link sent to it). A taken address is a `Conflict`.
 pub async fn set_email(
     client: &impl GenericClient,
