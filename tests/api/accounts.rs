@@ -346,6 +346,8 @@ async fn a_proxy_header_is_trusted_only_when_configured() {
 async fn bad_input_gets_the_error_shape_never_a_500() {
     let app = spawn_app_with(|s| s.server.body_limit_bytes = 4096, None).await;
     let account = register(&app).await;
+    let project = create_project(&app, &account.token, "inputs").await;
+    let keys_path = format!("/projects/{project}/api-keys");
     // (path, needs a token)
     let endpoints = [
         ("/auth/register", false),
@@ -357,6 +359,7 @@ async fn bad_input_gets_the_error_shape_never_a_500() {
         ("/auth/change-email", true),
         ("/auth/confirm-email", false),
         ("/projects", true),
+        (keys_path.as_str(), true),
     ];
     for (path, authed) in endpoints {
         let token = authed.then_some(account.token.as_str());
