@@ -300,6 +300,19 @@ impl From<observe_core::store::StoreError> for ApiError {
     }
 }
 
+/// A pool checkout, a transaction or a commit that failed: storage trouble, said once here.
+impl From<observe_core::db::PoolError> for ApiError {
+    fn from(e: observe_core::db::PoolError) -> Self {
+        observe_core::store::StoreError::from(e).into()
+    }
+}
+
+impl From<observe_core::db::PgError> for ApiError {
+    fn from(e: observe_core::db::PgError) -> Self {
+        observe_core::store::StoreError::from(e).into()
+    }
+}
+
 impl From<observe_core::auth::AuthError> for ApiError {
     fn from(e: observe_core::auth::AuthError) -> Self {
         ApiError::Internal(e.into())

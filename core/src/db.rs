@@ -13,6 +13,8 @@ use crate::config::DatabaseSettings;
 use crate::migrate::{self, MigrateError};
 
 pub use deadpool_postgres::Pool as PgPool;
+pub use deadpool_postgres::PoolError;
+pub use tokio_postgres::Error as PgError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {

@@ -4,7 +4,7 @@
 //! never set one exposes nothing. The token is compared in constant time.
 
 use actix_web::{get, web, HttpRequest};
-use observe_core::store::{admin, StoreError};
+use observe_core::store::admin;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
@@ -82,7 +82,7 @@ pub async fn stats(
     state: web::Data<AppState>,
 ) -> Result<web::Json<AdminStats>, ApiError> {
     check_token(&req, &state)?;
-    let client = state.db.get().await.map_err(StoreError::from)?;
+    let client = state.db.get().await?;
     let c = admin::counts(&client).await?;
     let billing = &state.settings.billing;
     let mrr = c.organisations_pro * billing.pro_amount as i64

@@ -210,8 +210,8 @@ pub async fn register(
     problems.finish()?;
 
     let hash = state.passwords.hash(body.password.clone()).await?;
-    let mut client = state.db.get().await.map_err(StoreError::from)?;
-    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let mut client = state.db.get().await?;
+    let tx = client.transaction().await?;
     let org_name = format!("{name}'s organisation");
     let (user, org) = match accounts::create_user_with_organisation(
         &tx,
@@ -231,7 +231,7 @@ pub async fn register(
         other => other?,
     };
     let session = start_session(&tx, &state, user.id, org.id).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     tracing::info!(user_id = %user.id, org_id = %org.id, "account registered");
 
     Ok(HttpResponse::Created()
@@ -272,7 +272,7 @@ pub async fn login(
     }
     problems.finish()?;
 
-    let client = state.db.get().await.map_err(StoreError::from)?;
+    let client = state.db.get().await?;
     let user = accounts::user_by_email(&client, body.email.trim()).await?;
     let hash = user.as_ref().and_then(|u| u.password_hash.clone());
     // Verified even when the user is unknown (against a dummy hash), so timing says nothing.
@@ -314,11 +314,11 @@ pub async fn refresh(
     };
     let old = auth::hash_secret(cookie.value());
     let new = random_token();
-    let mut client = state.db.get().await.map_err(StoreError::from)?;
-    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let mut client = state.db.get().await?;
+    let tx = client.transaction().await?;
     let rotation = sessions::rotate(&tx, &old, &new.hash, refresh_expiry(&state)).await?;
     // Committed whatever the outcome: a detected reuse must stay revoked.
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     // The error stays attached to the response (the middleware renders its code), and the
     // browser is told to forget the dead token.
     let refused = |code, message| {
@@ -357,7 +357,7 @@ pub async fn logout(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     if let Some(cookie) = req.cookie(REFRESH_COOKIE).filter(|c| !c.value().is_empty()) {
-        let client = state.db.get().await.map_err(StoreError::from)?;
+        let client = state.db.get().await?;
         if let Some(family) =
             sessions::family_of(&client, &auth::hash_secret(cookie.value())).await?
         {
@@ -380,7 +380,7 @@ pub async fn me(
     session: Session,
     state: web::Data<AppState>,
 ) -> Result<web::Json<MeResponse>, ApiError> {
-    let client = state.db.get().await.map_err(StoreError::from)?;
+    let client = state.db.get().await?;
     let user = accounts::user_by_id(&client, session.user_id)
         .await?
         .ok_or_else(ApiError::unauthorized)?;
@@ -421,7 +421,7 @@ pub async fn change_password(
     );
     problems.finish()?;
 
-    let mut client = state.db.get().await.map_err(StoreError::from)?;
+    let mut client = state.db.get().await?;
     let user = accounts::user_by_id(&client, session.user_id)
         .await?
         .ok_or_else(ApiError::unauthorized)?;
@@ -440,10 +440,10 @@ pub async fn change_password(
         Some(c) => sessions::family_of(&client, &auth::hash_secret(c.value())).await?,
         None => None,
     };
-    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let tx = client.transaction().await?;
     accounts::set_password(&tx, user.id, &hash).await?;
     let revoked = sessions::revoke_all_for_user(&tx, user.id, keep).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     tracing::info!(user_id = %user.id, sessions_revoked = revoked, "password changed");
     Ok(HttpResponse::NoContent().finish())
 }
@@ -464,7 +464,7 @@ pub async fn delete_account(
     body: web::Json<DeleteAccountRequest>,
 ) -> Result<HttpResponse, ApiError> {
     limit_auth_attempt(&req, &state).await?;
-    let mut client = state.db.get().await.map_err(StoreError::from)?;
+    let mut client = state.db.get().await?;
     let user = accounts::user_by_id(&client, session.user_id)
         .await?
         .ok_or_else(ApiError::unauthorized)?;
@@ -481,12 +481,12 @@ pub async fn delete_account(
             });
         }
     }
-    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let tx = client.transaction().await?;
     let organisations = accounts::delete_user(&tx, user.id).await?;
     for org in &organisations {
         keys::announce(&tx, Scope::Organisation(*org)).await?;
     }
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     for org in &organisations {
         state.keys.forget(Scope::Organisation(*org));
     }
@@ -547,8 +547,8 @@ async fn send_token_email(
 ) -> Result<(), ApiError> {
     let token = random_token();
     let email = make_email(&token.secret);
-    let mut client = state.db.get().await.map_err(StoreError::from)?;
-    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let mut client = state.db.get().await?;
+    let tx = client.transaction().await?;
     tokens::create(
         &tx,
         user_id,
@@ -562,7 +562,7 @@ async fn send_token_email(
         outbox::OutboxError::Unavailable(m) => ApiError::from(StoreError::Unavailable(m)),
         other => ApiError::Internal(other.into()),
     })?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     observe_actors::mailer::deliver_soon(&state.mailer, id);
     Ok(())
 }
@@ -581,7 +581,7 @@ pub async fn forgot_password(
     body: web::Json<ForgotPasswordRequest>,
 ) -> Result<HttpResponse, ApiError> {
     limit_auth_attempt(&req, &state).await?;
-    let client = state.db.get().await.map_err(StoreError::from)?;
+    let client = state.db.get().await?;
     let user = accounts::user_by_email(&client, body.email.trim()).await?;
     drop(client);
     if let Some(user) = user {
@@ -626,8 +626,8 @@ pub async fn reset_password(
     );
     problems.finish()?;
     let hash = state.passwords.hash(body.new_password.clone()).await?;
-    let mut client = state.db.get().await.map_err(StoreError::from)?;
-    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let mut client = state.db.get().await?;
+    let tx = client.transaction().await?;
     let Some((user_id, _)) = tokens::spend(
         &tx,
         &auth::hash_secret(body.token.trim()),
@@ -639,7 +639,7 @@ pub async fn reset_password(
     };
     accounts::set_password(&tx, user_id, &hash).await?;
     sessions::revoke_all_for_user(&tx, user_id, None).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     tracing::info!(%user_id, "password reset");
     Ok(HttpResponse::NoContent().finish())
 }
@@ -668,7 +668,7 @@ pub async fn change_email(
     let mut problems = Problems::default();
     let new_email = problems.email("new_email", &body.new_email);
     problems.finish()?;
-    let client = state.db.get().await.map_err(StoreError::from)?;
+    let client = state.db.get().await?;
     let user = accounts::user_by_id(&client, session.user_id)
         .await?
         .ok_or_else(ApiError::unauthorized)?;
@@ -725,8 +725,8 @@ pub async fn confirm_email(
     body: web::Json<ConfirmEmailRequest>,
 ) -> Result<web::Json<UserView>, ApiError> {
     limit_auth_attempt(&req, &state).await?;
-    let mut client = state.db.get().await.map_err(StoreError::from)?;
-    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let mut client = state.db.get().await?;
+    let tx = client.transaction().await?;
     let Some((user_id, Some(new_email))) = tokens::spend(
         &tx,
         &auth::hash_secret(body.token.trim()),
@@ -747,6 +747,6 @@ pub async fn confirm_email(
     let user = accounts::user_by_id(&tx, user_id)
         .await?
         .ok_or(ApiError::InvalidToken)?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     Ok(web::Json(user.into()))
 }

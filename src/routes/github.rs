@@ -10,7 +10,7 @@ use actix_web::http::header;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use observe_core::auth::random_token;
 use observe_core::github::{self, GithubError};
-use observe_core::store::{accounts, StoreError};
+use observe_core::store::accounts;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use utoipa::IntoParams;
@@ -126,8 +126,8 @@ pub async fn github_callback(
         }
     };
 
-    let mut client = state.db.get().await.map_err(StoreError::from)?;
-    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let mut client = state.db.get().await?;
+    let tx = client.transaction().await?;
     let user = match accounts::user_by_github_id(&tx, gh.id).await? {
         Some(user) => user,
         // Same verified email: the same person; link the accounts.
@@ -153,7 +153,7 @@ pub async fn github_callback(
         return fail("no_organisation");
     };
     let session = start_session(&tx, &state, user.id, org.id).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     tracing::info!(user_id = %user.id, github_login = %gh.login, "signed in with GitHub");
     Ok(HttpResponse::Found()
         .insert_header((header::LOCATION, state.settings.frontend_url.clone()))

@@ -7,7 +7,7 @@ use observe_core::auth::new_api_key;
 use observe_core::keys::{self, Scope};
 use observe_core::store::api_keys::{self, ApiKey};
 use observe_core::store::projects::{self, CreateError, Project};
-use observe_core::store::{page, Cursor, StoreError};
+use observe_core::store::{page, Cursor};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -132,7 +132,7 @@ pub async fn list_projects(
     query: web::Query<ListQuery>,
 ) -> Result<web::Json<List<ProjectView>>, ApiError> {
     let (limit, after) = query.parse()?;
-    let client = state.db.get().await.map_err(StoreError::from)?;
+    let client = state.db.get().await?;
     let rows = projects::list(&client, session.org_id, limit, after).await?;
     let (rows, next_cursor) = page(rows, limit, Project::cursor);
     Ok(web::Json(List {
@@ -161,15 +161,15 @@ pub async fn create_project(
     let mut problems = Problems::default();
     let name = problems.name("name", &body.name, 100);
     problems.finish()?;
-    let mut client = state.db.get().await.map_err(StoreError::from)?;
-    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let mut client = state.db.get().await?;
+    let tx = client.transaction().await?;
     let project =
         match projects::create_within_limit(&tx, &state.tiers, session.org_id, &name).await {
             Ok(p) => p,
             Err(CreateError::Limit(limit)) => return Err(ApiError::TierLimit(limit)),
             Err(CreateError::Store(e)) => return Err(e.into()),
         };
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     Ok(HttpResponse::Created().json(ProjectView::from(project)))
 }
 
@@ -185,7 +185,7 @@ pub async fn get_project(
     state: web::Data<AppState>,
     path: web::Path<Uuid>,
 ) -> Result<web::Json<ProjectView>, ApiError> {
-    let client = state.db.get().await.map_err(StoreError::from)?;
+    let client = state.db.get().await?;
     let project = projects::get(&client, session.org_id, path.into_inner())
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -205,13 +205,13 @@ pub async fn delete_project(
     path: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let project_id = path.into_inner();
-    let mut client = state.db.get().await.map_err(StoreError::from)?;
-    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let mut client = state.db.get().await?;
+    let tx = client.transaction().await?;
     if !projects::delete(&tx, session.org_id, project_id).await? {
         return Err(ApiError::NotFound);
     }
     keys::announce(&tx, Scope::Project(project_id)).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     state.keys.forget(Scope::Project(project_id));
     Ok(HttpResponse::NoContent().finish())
 }
@@ -242,7 +242,7 @@ pub async fn list_api_keys(
     query: web::Query<ListQuery>,
 ) -> Result<web::Json<List<ApiKeyView>>, ApiError> {
     let (limit, after) = query.parse()?;
-    let client = state.db.get().await.map_err(StoreError::from)?;
+    let client = state.db.get().await?;
     let project = own_project(&client, &session, path.into_inner()).await?;
     let rows = api_keys::list(&client, session.org_id, project.id, limit, after).await?;
     let (rows, next_cursor) = page(rows, limit, ApiKey::cursor);
@@ -273,7 +273,7 @@ pub async fn create_api_key(
     let mut problems = Problems::default();
     let name = problems.name("name", &body.name, 100);
     problems.finish()?;
-    let client = state.db.get().await.map_err(StoreError::from)?;
+    let client = state.db.get().await?;
     let project = own_project(&client, &session, path.into_inner()).await?;
     let (key, shown) = new_api_key();
     let created = api_keys::create(&client, project.id, &name, &shown, &key.hash).await?;
@@ -299,14 +299,14 @@ pub async fn revoke_api_key(
     path: web::Path<(Uuid, Uuid)>,
 ) -> Result<HttpResponse, ApiError> {
     let (project_id, key_id) = path.into_inner();
-    let mut client = state.db.get().await.map_err(StoreError::from)?;
-    let tx = client.transaction().await.map_err(StoreError::from)?;
+    let mut client = state.db.get().await?;
+    let tx = client.transaction().await?;
     if !api_keys::revoke(&tx, session.org_id, project_id, key_id).await? {
         return Err(ApiError::NotFound);
     }
     // Other instances hear of it when this commits; this one forgets the key right away.
     keys::announce(&tx, Scope::Key(key_id)).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     state.keys.forget(Scope::Key(key_id));
     Ok(HttpResponse::NoContent().finish())
 }
