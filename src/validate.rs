@@ -23,7 +23,7 @@ impl Problems {
     pub fn email(&mut self, field: &str, value: &str) -> String {
         let email = value.trim().to_lowercase();
         let plausible = email.len() <= 254
-            && !email.chars().any(char::is_whitespace)
+            && !email.chars().any(|c| c.is_whitespace() || c.is_control())
             && email.split_once('@').is_some_and(|(local, domain)| {
                 !local.is_empty()
                     && domain.contains('.')
@@ -71,12 +71,13 @@ mod tests {
         let mut p = Problems::default();
         assert_eq!(p.email("email", "  Ada@Example.COM "), "ada@example.com");
         p.email("email2", "not-an-email");
+        p.email("email3", "nul\u{0}@example.com");
         p.password("password", "short", 10);
         p.name("name", "   ", 100);
         match p.finish() {
             Err(ApiError::Validation(fields)) => {
                 let names: Vec<_> = fields.iter().map(|f| f.field.as_str()).collect();
-                assert_eq!(names, vec!["email2", "password", "name"]);
+                assert_eq!(names, vec!["email2", "email3", "password", "name"]);
             }
             other => panic!("{other:?}"),
         }

@@ -76,6 +76,9 @@ pub struct KeyCache {
     entries: Arc<Mutex<HashMap<Vec<u8>, Entry>>>,
     used: Arc<Mutex<HashMap<Uuid, DateTime<Utc>>>>,
     metrics: Metrics,
+    /// Bumped by every forget: a lookup that started before one must not store its answer,
+    /// which may predate the revocation.
+    generation: Arc<std::sync::atomic::AtomicU64>,
     ttl: Duration,
     unknown_ttl: Duration,
 }
@@ -86,6 +89,7 @@ impl KeyCache {
             entries: Arc::default(),
             used: Arc::default(),
             metrics,
+            generation: Arc::default(),
             ttl,
             unknown_ttl,
         }
@@ -105,6 +109,7 @@ impl KeyCache {
             return Ok(answer);
         }
         self.count(false);
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let client = pool.get().await?;
         let owner = api_keys::owner_by_hash(&client, &hash).await?;
         let now = Instant::now();
@@ -114,10 +119,13 @@ impl KeyCache {
         };
         {
             let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-            if entries.len() >= MAX_ENTRIES {
-                entries.clear();
+            // Checked under the lock that `forget` takes: no forget can slip in between.
+            if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
+                if entries.len() >= MAX_ENTRIES {
+                    entries.clear();
+                }
+                entries.insert(hash, entry);
             }
-            entries.insert(hash, entry);
         }
         self.note_use(owner.as_ref());
         Ok(owner)
@@ -152,6 +160,8 @@ impl KeyCache {
     /// Forgets every cached key the change concerns.
     pub fn forget(&self, scope: Scope) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         entries.retain(|_, entry| match entry {
             Entry::Valid(owner, _) => !scope.covers(owner),
             Entry::Unknown(_) => true,
@@ -160,10 +170,10 @@ impl KeyCache {
 
     /// Forgets everything (after notifications may have been missed).
     pub fn forget_all(&self) {
-        self.entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        entries.clear();
     }
 
     /// The uses noted since the last call.

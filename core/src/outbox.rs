@@ -258,8 +258,13 @@ pub async fn mark_sent(
 ) -> Result<bool, OutboxError> {
     let n = client
         .execute(
+            // Once a provider has it, the body is dropped: bodies carry single-use links whose
+            // tokens are otherwise stored only as hashes. The `log` provider's rows keep
+            // theirs, as that is where a self-hoster reads them.
             "UPDATE email_outbox \
-             SET status = 'sent', provider = $2, provider_message_id = $3, sent_at = now() \
+             SET status = 'sent', provider = $2, provider_message_id = $3, sent_at = now(), \
+                 text_body = CASE WHEN $2 = 'log' THEN text_body ELSE '' END, \
+                 html_body = CASE WHEN $2 = 'log' THEN html_body ELSE '' END \
              WHERE id = $1 AND status = 'pending'",
             &[&id, &provider, &provider_message_id],
         )
@@ -295,7 +300,8 @@ pub async fn mark_failed(
 ) -> Result<bool, OutboxError> {
     let n = client
         .execute(
-            "UPDATE email_outbox SET status = 'failed', last_error = $2 \
+            "UPDATE email_outbox SET status = 'failed', last_error = $2, \
+                 text_body = '', html_body = '' \
              WHERE id = $1 AND status = 'pending'",
             &[&id, &error],
         )

@@ -264,16 +264,14 @@ pub async fn login(
 ) -> Result<HttpResponse, ApiError> {
     limit_auth_attempt(&req, &state).await?;
     let mut problems = Problems::default();
-    if body.email.trim().is_empty() {
-        problems.add("email", "must not be empty");
-    }
+    let email = problems.email("email", &body.email);
     if body.password.is_empty() {
         problems.add("password", "must not be empty");
     }
     problems.finish()?;
 
     let client = state.db.get().await?;
-    let user = accounts::user_by_email(&client, body.email.trim()).await?;
+    let user = accounts::user_by_email(&client, &email).await?;
     let hash = user.as_ref().and_then(|u| u.password_hash.clone());
     // Verified even when the user is unknown (against a dummy hash), so timing says nothing.
     if !state.passwords.verify(body.password.clone(), hash).await {
@@ -581,24 +579,38 @@ pub async fn forgot_password(
     body: web::Json<ForgotPasswordRequest>,
 ) -> Result<HttpResponse, ApiError> {
     limit_auth_attempt(&req, &state).await?;
-    let client = state.db.get().await?;
-    let user = accounts::user_by_email(&client, body.email.trim()).await?;
-    drop(client);
-    if let Some(user) = user {
-        let link_state = state.clone();
-        send_token_email(
-            &state,
-            user.id,
-            tokens::Purpose::PasswordReset,
-            None,
-            |secret| {
-                let link = frontend_link(&link_state, "/reset-password", secret);
-                mail::password_reset(&user.email, &user.name, &link, EMAIL_TOKEN_MINUTES)
-            },
-        )
-        .await?;
-    }
+    let mut problems = Problems::default();
+    let email = problems.email("email", &body.email);
+    problems.finish()?;
+    // Looked up and sent off the request path: the answer, and its timing, are the same
+    // whether or not the account exists.
+    let state = state.into_inner();
+    actix_web::rt::spawn(async move {
+        if let Err(e) = send_reset_link(&state, &email).await {
+            tracing::warn!(error = %e, "password reset email not queued");
+        }
+    });
     Ok(HttpResponse::Accepted().json(Accepted { status: "accepted" }))
+}
+
+async fn send_reset_link(state: &AppState, email: &str) -> Result<(), ApiError> {
+    let client = state.db.get().await?;
+    let user = accounts::user_by_email(&client, email).await?;
+    drop(client);
+    let Some(user) = user else {
+        return Ok(());
+    };
+    send_token_email(
+        state,
+        user.id,
+        tokens::Purpose::PasswordReset,
+        None,
+        |secret| {
+            let link = frontend_link(state, "/reset-password", secret);
+            mail::password_reset(&user.email, &user.name, &link, EMAIL_TOKEN_MINUTES)
+        },
+    )
+    .await
 }
 
 /// Sets a new password with a token from a reset email (once). Signs out every session.

@@ -10,7 +10,8 @@ use actix_web::http::header;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use observe_core::auth::random_token;
 use observe_core::github::{self, GithubError};
-use observe_core::store::accounts;
+use observe_core::store::sessions;
+use observe_core::store::{accounts, StoreError};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use utoipa::IntoParams;
@@ -130,9 +131,18 @@ pub async fn github_callback(
     let tx = client.transaction().await?;
     let user = match accounts::user_by_github_id(&tx, gh.id).await? {
         Some(user) => user,
-        // Same verified email: the same person; link the accounts.
         None => match accounts::user_by_email(&tx, &gh.email).await? {
-            Some(user) => user,
+            // Same proven address: the same person; link the accounts.
+            Some(user) if user.email_verified => user,
+            // An account whose registrant never proved the address: GitHub just proved it
+            // belongs to this person, so they get it, and a password or session someone else
+            // may have set up on it in advance stops working.
+            Some(user) => {
+                accounts::claim_unverified(&tx, user.id).await?;
+                sessions::revoke_all_for_user(&tx, user.id, None).await?;
+                tracing::warn!(user_id = %user.id, "unverified account taken over by the GitHub user who proved its address");
+                user
+            }
             None => {
                 let name = gh
                     .name
@@ -140,11 +150,16 @@ pub async fn github_callback(
                     .filter(|n| !n.trim().is_empty())
                     .unwrap_or_else(|| gh.login.clone());
                 let org_name = format!("{name}'s organisation");
-                accounts::create_user_with_organisation(
+                match accounts::create_user_with_organisation(
                     &tx, &gh.email, &name, None, true, &org_name,
                 )
-                .await?
-                .0
+                .await
+                {
+                    Ok((user, _)) => user,
+                    // A second callback for the same new account raced this one.
+                    Err(StoreError::Conflict(_)) => return fail("try_again"),
+                    Err(e) => return Err(e.into()),
+                }
             }
         },
     };

@@ -167,6 +167,7 @@ pub async fn create_project(
         match projects::create_within_limit(&tx, &state.tiers, session.org_id, &name).await {
             Ok(p) => p,
             Err(CreateError::Limit(limit)) => return Err(ApiError::TierLimit(limit)),
+            Err(CreateError::NoOrganisation) => return Err(ApiError::unauthorized()),
             Err(CreateError::Store(e)) => return Err(e.into()),
         };
     tx.commit().await?;
@@ -273,10 +274,15 @@ pub async fn create_api_key(
     let mut problems = Problems::default();
     let name = problems.name("name", &body.name, 100);
     problems.finish()?;
-    let client = state.db.get().await?;
-    let project = own_project(&client, &session, path.into_inner()).await?;
+    let mut client = state.db.get().await?;
+    let tx = client.transaction().await?;
+    // Locked, so the project cannot be deleted between this check and the insert.
+    let project = projects::get_locked(&tx, session.org_id, path.into_inner())
+        .await?
+        .ok_or(ApiError::NotFound)?;
     let (key, shown) = new_api_key();
-    let created = api_keys::create(&client, project.id, &name, &shown, &key.hash).await?;
+    let created = api_keys::create(&tx, project.id, &name, &shown, &key.hash).await?;
+    tx.commit().await?;
     Ok(HttpResponse::Created().json(CreatedApiKey {
         id: created.id,
         name: created.name,

@@ -5,8 +5,8 @@ use awc::http::Method;
 use serde_json::json;
 
 use crate::helpers::{
-    call, create_project, register, send, set_cookie, spawn_app, spawn_app_with, Reply, TestApp,
-    TEST_PASSWORD,
+    call, create_project, register, send, set_cookie, spawn_app, spawn_app_with, test_routes,
+    Reply, TestApp, TEST_PASSWORD,
 };
 
 async fn refresh_with(app: &TestApp, cookie: &str) -> Reply {
@@ -189,7 +189,7 @@ async fn change_password_signs_out_other_sessions_only() {
 
 #[actix_web::test]
 async fn delete_account_removes_the_organisation_and_its_data() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(|_| {}, Some(test_routes())).await;
     let account = register(&app).await;
     let project = create_project(&app, &account.token, "doomed").await;
     let key = call(
@@ -201,6 +201,15 @@ async fn delete_account_removes_the_organisation_and_its_data() {
     )
     .await;
     assert_eq!(key.status, 201);
+    let secret = key.json()["key"].as_str().unwrap().to_string();
+    let whoami = || {
+        send(
+            app.req(Method::GET, "/__test/whoami")
+                .insert_header(("X-API-Key", secret.as_str())),
+            None,
+        )
+    };
+    assert_eq!(whoami().await.status, 200, "the key works and is cached");
     let org_id = call(&app, Method::GET, "/auth/me", Some(&account.token), None)
         .await
         .json()["organisation"]["id"]
@@ -234,6 +243,21 @@ async fn delete_account_removes_the_organisation_and_its_data() {
             .status,
         401
     );
+    assert_eq!(
+        whoami().await.status,
+        401,
+        "the organisation's keys stop at once"
+    );
+    // A token still within its lifetime cannot create anything for the gone organisation.
+    let reply = call(
+        &app,
+        Method::POST,
+        "/projects",
+        Some(&account.token),
+        Some(json!({"name": "ghost"})),
+    )
+    .await;
+    assert_eq!(reply.status, 401, "{}", reply.text);
     let db = app.state.db.get().await.unwrap();
     let org_id: uuid::Uuid = org_id.parse().unwrap();
     for (table, column) in [
@@ -389,6 +413,18 @@ async fn bad_input_gets_the_error_shape_never_a_500() {
             );
             assert!(reply.json()["error"]["request_id"].is_string());
         }
+    }
+    // Control characters never reach the database as text (a 422, not a 500).
+    for path in ["/auth/register", "/auth/login", "/auth/forgot-password"] {
+        let reply = call(
+            &app,
+            Method::POST,
+            path,
+            None,
+            Some(json!({"email": "nul\u{0}@example.com", "password": TEST_PASSWORD, "name": "N"})),
+        )
+        .await;
+        assert_eq!(reply.status, 422, "{path}: {}", reply.text);
     }
     // Missing fields and weak values: 422 naming every field.
     let reply = call(

@@ -227,6 +227,11 @@ async fn an_existing_account_with_the_same_verified_email_is_linked() {
     .await;
     assert_eq!(reply.status, 201);
     let user_id = reply.json()["user"]["id"].clone();
+    // The owner proved the address (as a confirmed email change does).
+    let db = app.state.db.get().await.unwrap();
+    db.execute("UPDATE users SET email_verified = true", &[])
+        .await
+        .unwrap();
 
     let (state, cookie) = begin(&app, &fake).await;
     let reply = callback(
@@ -249,6 +254,56 @@ async fn an_existing_account_with_the_same_verified_email_is_linked() {
     )
     .await;
     assert_eq!(login.status, 200);
+}
+
+#[actix_web::test]
+async fn an_unproven_account_with_the_address_cannot_be_used_to_take_over_the_github_user() {
+    let fake = FakeGithub::start("victim@example.com", true).await;
+    let app = app_for(&fake).await;
+    // Someone registers the victim's address first, with a password of their own.
+    let reply = call(
+        &app,
+        Method::POST,
+        "/auth/register",
+        None,
+        Some(json!({"email": "victim@example.com", "password": TEST_PASSWORD, "name": "Squatter"})),
+    )
+    .await;
+    assert_eq!(reply.status, 201);
+    let squatter_refresh = set_cookie(&reply, "refresh_token").unwrap().0;
+
+    // The victim signs in with GitHub, which proves the address is theirs.
+    let (state, cookie) = begin(&app, &fake).await;
+    let reply = callback(
+        &app,
+        &format!("code={GOOD_CODE}&state={state}"),
+        Some(&cookie),
+    )
+    .await;
+    assert_eq!(
+        reply.header("location").as_deref(),
+        Some("http://dashboard.test")
+    );
+    let me = me_after(&app, &reply).await;
+    assert_eq!(me["user"]["email_verified"], true);
+
+    // The squatter's password and session are gone.
+    let login = call(
+        &app,
+        Method::POST,
+        "/auth/login",
+        None,
+        Some(json!({"email": "victim@example.com", "password": TEST_PASSWORD})),
+    )
+    .await;
+    assert_eq!(login.status, 401);
+    let refreshed = send(
+        app.req(Method::POST, "/auth/refresh")
+            .insert_header(("Cookie", format!("refresh_token={squatter_refresh}"))),
+        None,
+    )
+    .await;
+    assert_eq!(refreshed.status, 401);
 }
 
 #[actix_web::test]

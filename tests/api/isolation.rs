@@ -59,11 +59,52 @@ async fn one_organisation_never_reaches_another_organisations_projects() {
         assert_eq!(reply.status, 401, "{method} {path} without a token");
     }
 
-    // Alice's list shows nothing of Bob's; Bob's project and key are untouched.
+    // Alice's own project with Bob's key id: still not Bob's key.
+    let alices_project = create_project(&app, &alice.token, "alice's").await;
+    let reply = call(
+        &app,
+        Method::DELETE,
+        &format!("/projects/{alices_project}/api-keys/{bobs_key}"),
+        Some(&alice.token),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 404);
+    // An API key is not a session: it opens no dashboard route, not even its own project's.
+    let reply = call(
+        &app,
+        Method::POST,
+        &format!("/projects/{alices_project}/api-keys"),
+        Some(&alice.token),
+        Some(json!({"name": "sdk"})),
+    )
+    .await;
+    let alices_key = reply.json()["key"].as_str().unwrap().to_string();
+    for path in [
+        format!("/projects/{alices_project}"),
+        format!("/projects/{bobs_project}"),
+        "/projects".to_string(),
+    ] {
+        assert_eq!(
+            call(&app, Method::GET, &path, Some(&alices_key), None)
+                .await
+                .status,
+            401,
+            "{path}"
+        );
+    }
+
+    // Alice's list shows only her own; Bob's project and key are untouched.
     let list = call(&app, Method::GET, "/projects", Some(&alice.token), None)
         .await
         .json();
-    assert_eq!(list["items"].as_array().unwrap().len(), 0);
+    let names: Vec<_> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].clone())
+        .collect();
+    assert_eq!(names, vec![json!("alice's")]);
     let reply = call(
         &app,
         Method::GET,

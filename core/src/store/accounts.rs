@@ -216,6 +216,23 @@ pub async fn link_github(
     Ok(())
 }
 
+/// Takes over an account whose address was never proved, for someone who just proved it
+/// (through GitHub): whatever password its registrant set stops working, and the address
+/// counts as verified. The caller also revokes its sessions.
+pub async fn claim_unverified(
+    client: &impl GenericClient,
+    user_id: Uuid,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "UPDATE users SET password_hash = NULL, email_verified = true, updated_at = now()
+             WHERE id = $1 AND NOT email_verified",
+            &[&user_id],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Sets a user's email (confirmed by a link sent to it). A taken address is a `Conflict`.
 pub async fn set_email(
     client: &impl GenericClient,

@@ -35,10 +35,26 @@ impl From<tokio_postgres::Error> for StoreError {
                 StoreError::Conflict(db.constraint().unwrap_or("unique").to_string())
             }
             Some(_) => StoreError::Db(e),
-            // No server answer: the connection is gone or never came up.
-            None => StoreError::Unavailable(e.to_string()),
+            // No server answer because the connection is gone or never came up: storage
+            // trouble, worth a retry. Anything else (a row count, a conversion) is a bug.
+            None if e.is_closed() || connection_trouble(&e) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            None => StoreError::Db(e),
         }
     }
+}
+
+/// Whether an error without a server answer came from the network (I/O, timeout).
+fn connection_trouble(e: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    e.to_string().contains("timeout") || e.to_string().contains("connection")
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {

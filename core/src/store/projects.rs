@@ -29,6 +29,9 @@ impl Project {
 pub enum CreateError {
     #[error(transparent)]
     Limit(#[from] LimitReached),
+    /// The organisation no longer exists (deleted while a token for it was still valid).
+    #[error("the organisation does not exist")]
+    NoOrganisation,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -51,12 +54,13 @@ pub async fn create_within_limit(
     name: &str,
 ) -> Result<Project, CreateError> {
     let row = client
-        .query_one(
+        .query_opt(
             "SELECT tier FROM organisations WHERE id = $1 FOR UPDATE",
             &[&org_id],
         )
         .await
-        .map_err(StoreError::from)?;
+        .map_err(StoreError::from)?
+        .ok_or(CreateError::NoOrganisation)?;
     let tier: Tier = row.get::<_, &str>(0).parse().unwrap_or(Tier::Hobby);
     let count: i64 = client
         .query_one(
@@ -98,6 +102,22 @@ pub async fn list(
         )
         .await?;
     Ok(rows.iter().map(project).collect())
+}
+
+/// Like [`get`], and the project cannot be deleted until the caller's transaction ends.
+pub async fn get_locked(
+    client: &impl GenericClient,
+    org_id: Uuid,
+    id: Uuid,
+) -> Result<Option<Project>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT id, organisation_id, name, created_at FROM projects
+             WHERE id = $1 AND organisation_id = $2 FOR SHARE",
+            &[&id, &org_id],
+        )
+        .await?;
+    Ok(row.as_ref().map(project))
 }
 
 pub async fn get(
