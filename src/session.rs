@@ -21,6 +21,8 @@ pub const REFRESH_COOKIE: &str = "refresh_token";
 pub struct Session {
     pub user_id: Uuid,
     pub org_id: Uuid,
+    /// When the access token was issued (seconds since the epoch).
+    pub issued_at: i64,
 }
 
 impl FromRequest for Session {
@@ -48,6 +50,7 @@ fn session(req: &HttpRequest) -> Result<Session, ApiError> {
     Ok(Session {
         user_id: claims.sub,
         org_id: claims.org,
+        issued_at: claims.iat,
     })
 }
 

@@ -140,7 +140,11 @@ impl AccessTokens {
     }
 
     pub fn issue(&self, user: Uuid, org: Uuid) -> Result<String, AuthError> {
-        let now = Utc::now();
+        self.issue_at(user, org, Utc::now())
+    }
+
+    /// A token as if issued at `now` (tests of token age use it).
+    pub fn issue_at(&self, user: Uuid, org: Uuid, now: DateTime<Utc>) -> Result<String, AuthError> {
         let claims = Claims {
             sub: user,
             org,

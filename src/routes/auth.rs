@@ -446,6 +446,9 @@ pub async fn change_password(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// How recent a sign-in must be to delete an account that has no password.
+const RECENT_SIGN_IN_SECS: i64 = 600;
+
 /// Deletes the account. When the user is the last owner of an organisation, the organisation
 /// and everything it owns (projects, keys, data) are deleted too, in the same transaction.
 #[utoipa::path(
@@ -478,6 +481,12 @@ pub async fn delete_account(
                 message: "the password is incorrect",
             });
         }
+    } else if Utc::now().timestamp() - session.issued_at > RECENT_SIGN_IN_SECS {
+        // No password to confirm with (a GitHub-only account): a fresh sign-in stands in for it.
+        return Err(ApiError::Unauthorized {
+            code: "reauthentication_required",
+            message: "sign in again (within the last 10 minutes) to delete this account",
+        });
     }
     let tx = client.transaction().await?;
     let organisations = accounts::delete_user(&tx, user.id).await?;

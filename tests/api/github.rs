@@ -369,6 +369,53 @@ async fn forged_state_denied_consent_bad_code_and_unverified_email_end_without_a
 }
 
 #[actix_web::test]
+async fn a_github_only_account_is_deleted_with_a_recent_sign_in_only() {
+    let fake = FakeGithub::start("gone@example.com", true).await;
+    let app = app_for(&fake).await;
+    let (state, cookie) = begin(&app, &fake).await;
+    let reply = callback(
+        &app,
+        &format!("code={GOOD_CODE}&state={state}"),
+        Some(&cookie),
+    )
+    .await;
+    let me = me_after(&app, &reply).await;
+    let user_id: uuid::Uuid = me["user"]["id"].as_str().unwrap().parse().unwrap();
+    let org_id: uuid::Uuid = me["organisation"]["id"].as_str().unwrap().parse().unwrap();
+
+    // A token signed 59 minutes ago (as a stolen, older token would be) is not enough.
+    let tokens = &app.state.tokens;
+    let old = tokens
+        .issue_at(
+            user_id,
+            org_id,
+            chrono::Utc::now() - chrono::Duration::minutes(59),
+        )
+        .unwrap();
+    let reply = call(
+        &app,
+        Method::POST,
+        "/auth/delete-account",
+        Some(&old),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(reply.status, 401, "{}", reply.text);
+    assert_eq!(reply.json()["error"]["code"], "reauthentication_required");
+
+    let fresh = tokens.issue(user_id, org_id).unwrap();
+    let reply = call(
+        &app,
+        Method::POST,
+        "/auth/delete-account",
+        Some(&fresh),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(reply.status, 204, "{}", reply.text);
+}
+
+#[actix_web::test]
 async fn without_a_github_client_sign_in_is_not_offered() {
     let app = spawn_app_with(|_| {}, None).await;
     let reply = send(app.req(Method::GET, "/auth/github/login"), None).await;
