@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod fingerprint;
 pub mod github;
 pub mod keys;
 pub mod mail;
