@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod fingerprint;
 pub mod github;
+pub mod ingest;
 pub mod keys;
 pub mod mail;
 pub mod metrics;

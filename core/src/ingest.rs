@@ -1,0 +1,829 @@
+//! Ingest payloads (SPEC §6): one JSON object, `{"batch": [...]}` or a JSON array, parsed into
+//! typed items and validated item by item.
+//!
+//! Validation collects every problem of every item (index, field, reason), so one 422 tells an
+//! SDK everything at once; a request with any invalid item stores nothing. Timestamps more than
+//! [`MAX_FUTURE_SKEW`] ahead of the receive time are clamped to it; items older than the
+//! organisation's retention are invalid.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::fingerprint::{self, Frame, StackTrace};
+
+/// How far in the future a timestamp may be before it is clamped to the receive time.
+pub const MAX_FUTURE_SKEW: Duration = Duration::minutes(5);
+/// Most items one request may carry.
+pub const MAX_BATCH: usize = 1000;
+const MAX_NAME: usize = 200;
+const MAX_TEXT: usize = 2048;
+const MAX_MESSAGE: usize = 8192;
+const MAX_STACK: usize = 64 * 1024;
+const MAX_OBJECT_BYTES: usize = 16 * 1024;
+const MAX_LABELS: usize = 20;
+
+/// One invalid field of one item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ItemError {
+    pub index: usize,
+    pub field: String,
+    pub reason: String,
+}
+
+/// Why a body is not a batch of items at all (400: nothing per item to report).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body is not valid JSON: {0}")]
+    Malformed(String),
+    #[error("request body must be a JSON object, an array of objects, or {{\"batch\": [...]}}")]
+    Shape,
+    #[error("a batch holds at most {MAX_BATCH} items")]
+    TooMany,
+    #[error("the batch is empty")]
+    Empty,
+}
+
+/// The items of a body, before validation.
+pub fn split(body: &[u8]) -> Result<Vec<Value>, BodyError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| BodyError::Malformed(e.to_string()))?;
+    let items = match value {
+        Value::Array(items) => items,
+        Value::Object(mut object) => match object.remove("batch") {
+            Some(Value::Array(items)) if object.is_empty() => items,
+            Some(_) => return Err(BodyError::Shape),
+            None => vec![Value::Object(object)],
+        },
+        _ => return Err(BodyError::Shape),
+    };
+    if items.is_empty() {
+        return Err(BodyError::Empty);
+    }
+    if items.len() > MAX_BATCH {
+        return Err(BodyError::TooMany);
+    }
+    Ok(items)
+}
+
+/// What validation needs to know besides the item.
+#[derive(Debug, Clone, Copy)]
+pub struct Context {
+    pub received_at: DateTime<Utc>,
+    pub retention_days: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub name: String,
+    pub visitor_id: String,
+    pub user_id: Option<String>,
+    pub url: Option<String>,
+    pub referrer: Option<String>,
+    pub properties: Map<String, Value>,
+    pub timestamp: DateTime<Utc>,
+}
+
+impl Event {
+    /// `$pageview` and `page_view` are page views.
+    pub fn is_page_view(&self) -> bool {
+        self.name == "$pageview" || self.name == "page_view"
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Identify {
+    pub visitor_id: String,
+    pub user_id: String,
+    pub traits: Map<String, Value>,
+    pub timestamp: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorItem {
+    pub error_type: String,
+    pub message: String,
+    /// Frames or text, kept as sent (JSON) for the detail view.
+    pub stack_trace: Option<Value>,
+    pub level: String,
+    pub environment: Option<String>,
+    pub release: Option<String>,
+    pub url: Option<String>,
+    pub user_id: Option<String>,
+    pub visitor_id: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub fingerprint: String,
+    pub timestamp: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RequestItem {
+    pub method: String,
+    pub route: String,
+    pub status_code: u16,
+    pub duration_ms: f64,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+    pub request_size: Option<i64>,
+    pub response_size: Option<i64>,
+    pub timestamp: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricItem {
+    pub name: String,
+    pub value: f64,
+    pub kind: MetricKind,
+    pub labels: BTreeMap<String, String>,
+    pub timestamp: DateTime<Utc>,
+}
+
+/// Reads the fields of one item, noting every problem.
+struct Fields<'a> {
+    index: usize,
+    object: &'a Map<String, Value>,
+    problems: &'a mut Vec<ItemError>,
+}
+
+impl Fields<'_> {
+    fn problem(&mut self, field: &str, reason: impl Into<String>) {
+        self.problems.push(ItemError {
+            index: self.index,
+            field: field.to_string(),
+            reason: reason.into(),
+        });
+    }
+
+    /// An optional string of at most `max` characters (empty counts as absent).
+    fn string(&mut self, field: &str, max: usize) -> Option<String> {
+        match self.object.get(field) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.trim().is_empty() => None,
+            Some(Value::String(s)) if s.chars().count() > max => {
+                self.problem(field, format!("must be at most {max} characters"));
+                None
+            }
+            Some(Value::String(s)) if s.contains('\0') => {
+                self.problem(field, "must not contain NUL characters");
+                None
+            }
+            Some(Value::String(s)) => Some(s.trim().to_string()),
+            // Ids are often numbers in SDKs; take them as text.
+            Some(Value::Number(n)) if field.ends_with("_id") => Some(n.to_string()),
+            Some(_) => {
+                self.problem(field, "must be a string");
+                None
+            }
+        }
+    }
+
+    /// A required string: "is required" unless reading it already found a problem.
+    fn required_string(&mut self, field: &str, max: usize) -> String {
+        let before = self.problems.len();
+        self.string(field, max).unwrap_or_else(|| {
+            if self.problems.len() == before {
+                self.problem(field, "is required");
+            }
+            String::new()
+        })
+    }
+
+    /// A required number: "is required" unless reading it already found a problem.
+    fn required_number(&mut self, field: &str) -> Option<f64> {
+        let before = self.problems.len();
+        let n = self.number(field);
+        if n.is_none() && self.problems.len() == before {
+            self.problem(field, "is required");
+        }
+        n
+    }
+
+    fn number(&mut self, field: &str) -> Option<f64> {
+        match self.object.get(field) {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(f) if f.is_finite() => Some(f),
+                _ => {
+                    self.problem(field, "must be a finite number");
+                    None
+                }
+            },
+            Some(_) => {
+                self.problem(field, "must be a number");
+                None
+            }
+        }
+    }
+
+    /// An optional JSON object, bounded in size.
+    fn object(&mut self, field: &str) -> Map<String, Value> {
+        match self.object.get(field) {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(map)) => {
+                if serde_json::to_vec(map)
+                    .map(|v| v.len())
+                    .unwrap_or(usize::MAX)
+                    > MAX_OBJECT_BYTES
+                {
+                    self.problem(
+                        field,
+                        format!("must be at most {MAX_OBJECT_BYTES} bytes of JSON"),
+                    );
+                    Map::new()
+                } else {
+                    map.clone()
+                }
+            }
+            Some(_) => {
+                self.problem(field, "must be an object");
+                Map::new()
+            }
+        }
+    }
+
+    /// An optional object of string values (tags, labels).
+    fn string_map(&mut self, field: &str) -> BTreeMap<String, String> {
+        let map = self.object(field);
+        if map.len() > MAX_LABELS {
+            self.problem(field, format!("must have at most {MAX_LABELS} entries"));
+            return BTreeMap::new();
+        }
+        let mut out = BTreeMap::new();
+        for (key, value) in map {
+            match value {
+                Value::String(s)
+                    if s.chars().count() <= MAX_NAME && key.chars().count() <= MAX_NAME =>
+                {
+                    out.insert(key, s);
+                }
+                Value::Number(_) | Value::Bool(_) => {
+                    out.insert(key, value.to_string());
+                }
+                _ => {
+                    self.problem(
+                        &format!("{field}.{key}"),
+                        format!("must be a string of at most {MAX_NAME} characters"),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// The item's time: RFC 3339, default the receive time; clamped when too far ahead;
+    /// invalid when older than the retention.
+    fn timestamp(&mut self, ctx: &Context) -> DateTime<Utc> {
+        let at = match self.object.get("timestamp") {
+            None | Some(Value::Null) => return ctx.received_at,
+            Some(Value::String(s)) => match DateTime::parse_from_rfc3339(s.trim()) {
+                Ok(t) => t.with_timezone(&Utc),
+                Err(_) => {
+                    self.problem(
+                        "timestamp",
+                        "must be an RFC 3339 time, e.g. 2026-11-22T10:00:00Z",
+                    );
+                    return ctx.received_at;
+                }
+            },
+            Some(_) => {
+                self.problem("timestamp", "must be an RFC 3339 string");
+                return ctx.received_at;
+            }
+        };
+        if at > ctx.received_at + MAX_FUTURE_SKEW {
+            return ctx.received_at;
+        }
+        if at < ctx.received_at - Duration::days(i64::from(ctx.retention_days)) {
+            self.problem(
+                "timestamp",
+                format!(
+                    "is older than this organisation's retention of {} days",
+                    ctx.retention_days
+                ),
+            );
+        }
+        at
+    }
+}
+
+/// Validates every item with `parse`; all items, or every problem found.
+fn validate_all<T>(
+    items: &[Value],
+    mut parse: impl FnMut(&mut Fields<'_>) -> T,
+) -> Result<Vec<T>, Vec<ItemError>> {
+    let mut problems = Vec::new();
+    let mut parsed = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let Some(object) = item.as_object() else {
+            problems.push(ItemError {
+                index,
+                field: "item".into(),
+                reason: "must be a JSON object".into(),
+            });
+            continue;
+        };
+        let mut fields = Fields {
+            index,
+            object,
+            problems: &mut problems,
+        };
+        parsed.push(parse(&mut fields));
+    }
+    if problems.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(problems)
+    }
+}
+
+pub fn events(items: &[Value], ctx: &Context) -> Result<Vec<Event>, Vec<ItemError>> {
+    validate_all(items, |f| Event {
+        name: f.required_string("event", MAX_NAME),
+        visitor_id: f.required_string("visitor_id", MAX_NAME),
+        user_id: f.string("user_id", MAX_NAME),
+        url: f.string("url", MAX_TEXT),
+        referrer: f.string("referrer", MAX_TEXT),
+        properties: f.object("properties"),
+        timestamp: f.timestamp(ctx),
+    })
+}
+
+pub fn identifies(items: &[Value], ctx: &Context) -> Result<Vec<Identify>, Vec<ItemError>> {
+    validate_all(items, |f| Identify {
+        visitor_id: f.required_string("visitor_id", MAX_NAME),
+        user_id: f.required_string("user_id", MAX_NAME),
+        traits: f.object("traits"),
+        timestamp: f.timestamp(ctx),
+    })
+}
+
+pub fn errors(items: &[Value], ctx: &Context) -> Result<Vec<ErrorItem>, Vec<ItemError>> {
+    validate_all(items, |f| {
+        let error_type = f.required_string("type", MAX_NAME);
+        let message = f.string("message", MAX_MESSAGE).unwrap_or_default();
+        let (stack_trace, frames, text) = stack_trace(f);
+        let stack = match (&frames, &text) {
+            (Some(frames), _) => StackTrace::Frames(frames),
+            (None, Some(text)) => StackTrace::Text(text),
+            _ => StackTrace::None,
+        };
+        let given = f.string("fingerprint", MAX_NAME);
+        let fingerprint = fingerprint::fingerprint(&error_type, &message, stack, given.as_deref());
+        let level = f.string("level", 20).unwrap_or_else(|| "error".into());
+        if !matches!(
+            level.as_str(),
+            "debug" | "info" | "warning" | "error" | "fatal"
+        ) {
+            f.problem("level", "must be one of debug, info, warning, error, fatal");
+        }
+        ErrorItem {
+            error_type,
+            message,
+            stack_trace,
+            level,
+            environment: f.string("environment", MAX_NAME),
+            release: f.string("release", MAX_NAME),
+            url: f.string("url", MAX_TEXT),
+            user_id: f.string("user_id", MAX_NAME),
+            visitor_id: f.string("visitor_id", MAX_NAME),
+            tags: f.string_map("tags"),
+            fingerprint,
+            timestamp: f.timestamp(ctx),
+        }
+    })
+}
+
+/// The stack trace as sent, and as frames or text for the fingerprint.
+fn stack_trace(f: &mut Fields<'_>) -> (Option<Value>, Option<Vec<Frame>>, Option<String>) {
+    match f.object.get("stack_trace") {
+        None | Some(Value::Null) => (None, None, None),
+        Some(Value::String(s)) if s.len() > MAX_STACK => {
+            f.problem("stack_trace", format!("must be at most {MAX_STACK} bytes"));
+            (None, None, None)
+        }
+        Some(Value::String(s)) => (Some(Value::String(s.clone())), None, Some(s.clone())),
+        Some(Value::Array(raw)) => {
+            if serde_json::to_vec(raw)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX)
+                > MAX_STACK
+            {
+                f.problem(
+                    "stack_trace",
+                    format!("must be at most {MAX_STACK} bytes of JSON"),
+                );
+                return (None, None, None);
+            }
+            let mut frames = Vec::with_capacity(raw.len());
+            for (n, frame) in raw.iter().enumerate() {
+                let Some(obj) = frame.as_object() else {
+                    f.problem(&format!("stack_trace[{n}]"), "must be an object");
+                    continue;
+                };
+                let text = |key: &str| obj.get(key).and_then(Value::as_str).map(str::to_string);
+                frames.push(Frame {
+                    function: text("function"),
+                    module: text("module").or_else(|| text("filename")),
+                    lineno: obj
+                        .get("lineno")
+                        .and_then(Value::as_u64)
+                        .and_then(|n| u32::try_from(n).ok()),
+                    in_app: obj.get("in_app").and_then(Value::as_bool),
+                });
+            }
+            (Some(Value::Array(raw.clone())), Some(frames), None)
+        }
+        Some(_) => {
+            f.problem("stack_trace", "must be a string or an array of frames");
+            (None, None, None)
+        }
+    }
+}
+
+pub fn requests(items: &[Value], ctx: &Context) -> Result<Vec<RequestItem>, Vec<ItemError>> {
+    validate_all(items, |f| {
+        let method = f.required_string("method", 16).to_ascii_uppercase();
+        let route = match f.string("route", MAX_TEXT) {
+            Some(route) => route,
+            None => f.required_string("path", MAX_TEXT),
+        };
+        let status_code = match f.required_number("status_code") {
+            Some(code) if (100.0..=599.0).contains(&code) && code.fract() == 0.0 => code as u16,
+            Some(_) => {
+                f.problem("status_code", "must be an HTTP status code (100 to 599)");
+                0
+            }
+            None => 0,
+        };
+        let duration_ms = match f.required_number("duration_ms") {
+            Some(d) if d >= 0.0 => d,
+            Some(_) => {
+                f.problem("duration_ms", "must not be negative");
+                0.0
+            }
+            None => 0.0,
+        };
+        let size = |f: &mut Fields<'_>, field: &str| match f.number(field) {
+            Some(n) if n >= 0.0 && n.fract() == 0.0 => Some(n as i64),
+            Some(_) => {
+                f.problem(field, "must be a whole number of bytes");
+                None
+            }
+            None => None,
+        };
+        RequestItem {
+            method,
+            route,
+            status_code,
+            duration_ms,
+            user_agent: f.string("user_agent", MAX_TEXT),
+            ip: f.string("ip", 64),
+            request_size: size(f, "request_size"),
+            response_size: size(f, "response_size"),
+            timestamp: f.timestamp(ctx),
+        }
+    })
+}
+
+pub fn metrics(items: &[Value], ctx: &Context) -> Result<Vec<MetricItem>, Vec<ItemError>> {
+    validate_all(items, |f| {
+        let name = f.required_string("name", MAX_NAME);
+        if !name.is_empty()
+            && !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
+        {
+            f.problem(
+                "name",
+                "may hold only letters, digits, '_', '.', ':' and '-'",
+            );
+        }
+        let value = f.required_number("value").unwrap_or(0.0);
+        let kind = match f.string("kind", 20).as_deref() {
+            None | Some("gauge") => MetricKind::Gauge,
+            Some("counter") => MetricKind::Counter,
+            Some("histogram") => MetricKind::Histogram,
+            Some(_) => {
+                f.problem("kind", "must be one of counter, gauge, histogram");
+                MetricKind::Gauge
+            }
+        };
+        if kind == MetricKind::Counter && value < 0.0 {
+            f.problem("value", "a counter only goes up: it must not be negative");
+        }
+        MetricItem {
+            name,
+            value,
+            kind,
+            labels: f.string_map("labels"),
+            timestamp: f.timestamp(ctx),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ctx() -> Context {
+        Context {
+            received_at: DateTime::parse_from_rfc3339("2026-11-22T12:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            retention_days: 7,
+        }
+    }
+
+    fn items(v: Value) -> Vec<Value> {
+        split(v.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn bodies_are_one_object_a_batch_or_an_array() {
+        assert_eq!(split(br#"{"event":"a"}"#).unwrap().len(), 1);
+        assert_eq!(
+            split(br#"{"batch":[{"event":"a"},{"event":"b"}]}"#)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            split(br#"[{"event":"a"},{"event":"b"},{"event":"c"}]"#)
+                .unwrap()
+                .len(),
+            3
+        );
+        assert!(matches!(split(b"{"), Err(BodyError::Malformed(_))));
+        assert_eq!(split(b"42"), Err(BodyError::Shape));
+        assert_eq!(split(br#"{"batch": 3}"#), Err(BodyError::Shape));
+        assert_eq!(
+            split(br#"{"batch": [], "event": "x"}"#),
+            Err(BodyError::Shape)
+        );
+        assert_eq!(split(b"[]"), Err(BodyError::Empty));
+        let big = format!("[{}]", vec!["{}"; MAX_BATCH + 1].join(","));
+        assert_eq!(split(big.as_bytes()), Err(BodyError::TooMany));
+    }
+
+    #[test]
+    fn every_invalid_item_is_listed_with_its_field() {
+        let batch = items(json!([
+            {"event": "ok", "visitor_id": "v1"},
+            {"visitor_id": "v2"},
+            {"event": "x", "visitor_id": true, "properties": "nope", "timestamp": "yesterday"},
+            "not an object",
+        ]));
+        let problems = events(&batch, &ctx()).unwrap_err();
+        let found: Vec<(usize, &str)> = problems
+            .iter()
+            .map(|p| (p.index, p.field.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (1, "event"),
+                (2, "visitor_id"),
+                (2, "properties"),
+                (2, "timestamp"),
+                (3, "item")
+            ]
+        );
+    }
+
+    #[test]
+    fn timestamps_default_clamp_and_respect_retention() {
+        let c = ctx();
+        let batch = items(json!([
+            {"event": "now", "visitor_id": "v"},
+            {"event": "future", "visitor_id": "v", "timestamp": "2026-11-22T13:00:00Z"},
+            {"event": "soon", "visitor_id": "v", "timestamp": "2026-11-22T12:04:00+00:00"},
+            {"event": "past", "visitor_id": "v", "timestamp": "2026-11-20T08:00:00Z"},
+        ]));
+        let parsed = events(&batch, &c).unwrap();
+        assert_eq!(parsed[0].timestamp, c.received_at);
+        assert_eq!(
+            parsed[1].timestamp, c.received_at,
+            "an hour ahead is clamped"
+        );
+        assert_eq!(
+            parsed[2].timestamp,
+            c.received_at + Duration::minutes(4),
+            "within skew is kept"
+        );
+        assert_eq!(
+            parsed[3].timestamp.to_rfc3339(),
+            "2026-11-20T08:00:00+00:00"
+        );
+        let old =
+            items(json!({"event": "old", "visitor_id": "v", "timestamp": "2026-11-01T00:00:00Z"}));
+        let problems = events(&old, &c).unwrap_err();
+        assert_eq!(problems[0].field, "timestamp");
+        assert!(problems[0].reason.contains("retention of 7 days"));
+    }
+
+    #[test]
+    fn page_views_by_either_name() {
+        let parsed = events(&items(json!([{"event": "$pageview", "visitor_id": "v"}, {"event": "page_view", "visitor_id": "v"}, {"event": "click", "visitor_id": "v"}])), &ctx()).unwrap();
+        let views: Vec<bool> = parsed.iter().map(Event::is_page_view).collect();
+        assert_eq!(views, vec![true, true, false]);
+    }
+
+    #[test]
+    fn errors_get_fingerprints_from_frames_or_text_and_sdk_ones_win() {
+        let batch = items(json!([
+            {"type": "KeyError", "message": "user 1", "stack_trace": [{"function": "load", "module": "app.db", "lineno": 3, "in_app": true}]},
+            {"type": "KeyError", "message": "user 2", "stack_trace": [{"function": "load", "filename": "app.db", "lineno": 9, "in_app": true}]},
+            {"type": "KeyError", "message": "user 3", "stack_trace": "Traceback...\n  File app.py, line 3"},
+            {"type": "KeyError", "message": "x", "fingerprint": "my-group"},
+            {"type": "KeyError", "message": "y", "fingerprint": "my-group", "level": "warning", "tags": {"region": "eu", "shard": 3}},
+        ]));
+        let parsed = errors(&batch, &ctx()).unwrap();
+        assert_eq!(
+            parsed[0].fingerprint, parsed[1].fingerprint,
+            "module or filename, any line"
+        );
+        assert_ne!(parsed[0].fingerprint, parsed[2].fingerprint);
+        assert_eq!(parsed[3].fingerprint, parsed[4].fingerprint);
+        assert_eq!(parsed[0].level, "error");
+        assert_eq!(parsed[4].tags.get("shard").map(String::as_str), Some("3"));
+
+        let bad = items(json!({"message": "no type", "level": "panic", "stack_trace": 5}));
+        let fields: Vec<String> = errors(&bad, &ctx())
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.field)
+            .collect();
+        assert_eq!(fields, vec!["type", "stack_trace", "level"]);
+    }
+
+    #[test]
+    fn requests_take_route_or_path_and_check_numbers() {
+        let batch = items(json!([
+            {"method": "get", "route": "/users/{id}", "status_code": 200, "duration_ms": 12.5},
+            {"method": "POST", "path": "/login", "status_code": 401, "duration_ms": 3, "response_size": 120},
+        ]));
+        let parsed = requests(&batch, &ctx()).unwrap();
+        assert_eq!(parsed[0].method, "GET");
+        assert_eq!(parsed[1].route, "/login");
+        assert_eq!(parsed[1].response_size, Some(120));
+        let bad = items(
+            json!({"method": "GET", "status_code": 700, "duration_ms": -1, "request_size": 1.5}),
+        );
+        let fields: Vec<String> = requests(&bad, &ctx())
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.field)
+            .collect();
+        assert_eq!(
+            fields,
+            vec!["path", "status_code", "duration_ms", "request_size"]
+        );
+    }
+
+    #[test]
+    fn metrics_have_kinds_labels_and_sane_values() {
+        let batch = items(json!([
+            {"name": "revenue", "value": 1200.5, "kind": "counter", "labels": {"plan": "pro"}},
+            {"name": "queue.depth", "value": -3},
+        ]));
+        let parsed = metrics(&batch, &ctx()).unwrap();
+        assert_eq!(parsed[0].kind, MetricKind::Counter);
+        assert_eq!(parsed[1].kind, MetricKind::Gauge);
+        let bad = items(json!([
+            {"name": "bad name!", "value": 1},
+            {"name": "c", "value": -1, "kind": "counter"},
+            {"name": "k", "value": "1", "kind": "summary"},
+        ]));
+        let found: Vec<(usize, String)> = metrics(&bad, &ctx())
+            .unwrap_err()
+            .into_iter()
+            .map(|p| (p.index, p.field))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (0, "name".into()),
+                (1, "value".into()),
+                (2, "value".into()),
+                (2, "kind".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn identify_needs_both_ids_and_takes_numeric_ids() {
+        let parsed = identifies(
+            &items(json!({"visitor_id": "v1", "user_id": 42, "traits": {"plan": "pro"}})),
+            &ctx(),
+        )
+        .unwrap();
+        assert_eq!(parsed[0].user_id, "42");
+        let problems = identifies(&items(json!({"visitor_id": "  "})), &ctx()).unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, vec!["visitor_id", "user_id"]);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(vec![
+                    "event",
+                    "visitor_id",
+                    "user_id",
+                    "url",
+                    "referrer",
+                    "properties",
+                    "timestamp",
+                    "traits",
+                    "type",
+                    "message",
+                    "stack_trace",
+                    "level",
+                    "tags",
+                    "fingerprint",
+                    "method",
+                    "route",
+                    "path",
+                    "status_code",
+                    "duration_ms",
+                    "request_size",
+                    "name",
+                    "value",
+                    "kind",
+                    "labels",
+                    "function",
+                    "module",
+                    "lineno",
+                    "in_app",
+                ])
+                .prop_map(str::to_string),
+                "[a-z]{1,6}",
+            ]
+        }
+
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| json!(n)),
+                (-1.0e12f64..1.0e12).prop_map(|f| json!(f)),
+                "\\PC{0,16}".prop_map(Value::String),
+                Just(json!("2026-11-22T11:59:00Z")),
+            ];
+            leaf.prop_recursive(3, 48, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                    prop::collection::btree_map(key(), inner, 0..8)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn validation_never_panics_and_blames_real_items(items in prop::collection::vec(json(), 1..6)) {
+                let c = ctx();
+                let blamed = [
+                    events(&items, &c).err(),
+                    identifies(&items, &c).err(),
+                    errors(&items, &c).err(),
+                    requests(&items, &c).err(),
+                    metrics(&items, &c).err(),
+                ];
+                for problems in blamed.into_iter().flatten() {
+                    prop_assert!(!problems.is_empty());
+                    prop_assert!(problems.iter().all(|p| p.index < items.len() && !p.reason.is_empty()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_and_nul_values_are_refused() {
+        let long = "x".repeat(MAX_NAME + 1);
+        let props: Map<String, Value> = (0..2000)
+            .map(|i| (format!("k{i}"), json!("vvvvvvvvvv")))
+            .collect();
+        let batch = items(json!({"event": long, "visitor_id": "a\u{0}b", "properties": props}));
+        let fields: Vec<String> = events(&batch, &ctx())
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.field)
+            .collect();
+        assert_eq!(fields, vec!["event", "visitor_id", "properties"]);
+    }
+}
