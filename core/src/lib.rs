@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod fingerprint;
+pub mod gcra;
 pub mod github;
 pub mod ingest;
 pub mod keys;

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub db_pool: IntGaugeVec,
     pub dependency_up: IntGaugeVec,
     pub api_key_lookups: IntCounterVec,
+    pub ratelimit_degraded: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -72,6 +73,11 @@ impl Metrics {
             &["source"],
         )?;
         registry.register(Box::new(api_key_lookups.clone()))?;
+        let ratelimit_degraded = prometheus::IntGauge::new(
+            "observe_ratelimit_degraded",
+            "1 while Redis is unavailable and rate limits are enforced per instance",
+        )?;
+        registry.register(Box::new(ratelimit_degraded.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(actor_restarts.clone()))?;
@@ -85,6 +91,7 @@ impl Metrics {
             db_pool,
             dependency_up,
             api_key_lookups,
+            ratelimit_degraded,
         })
     }
 

@@ -25,10 +25,10 @@ async fn live_and_ready_answer_200_when_dependencies_are_up() {
 }
 
 /// A redis-server of the test's own, killed when dropped.
-struct OwnRedis(std::process::Child);
+pub(crate) struct OwnRedis(std::process::Child);
 
 impl OwnRedis {
-    fn start(port: u16) -> Self {
+    pub(crate) fn start(port: u16) -> Self {
         let child = std::process::Command::new("redis-server")
             .args([
                 "--port",

@@ -18,5 +18,6 @@ mod migrations;
 mod openapi;
 mod process;
 mod projects;
+mod ratelimit;
 mod shutdown;
 mod supervision;

@@ -1,0 +1,326 @@
+//! Per-key rate limits for ingestion: GCRA (the generic cell rate algorithm), enforced across
+//! instances in Redis and per instance while Redis is away.
+//!
+//! GCRA keeps one number per key, the theoretical arrival time (TAT): when the key's budget
+//! would be whole again. A request is allowed if the TAT is at most one burst ahead of now;
+//! each allowed request pushes the TAT by one emission interval (period / limit). So a key may
+//! send `limit` at once, and after that one request per interval: the sustained rate is
+//! `limit` per `period`, and over any stretch of time `d` at most `limit + d / interval` pass
+//! (from idle, a burst plus a minute's refill can reach twice the limit in the first minute).
+//! There are no window edges to game, and it needs a single read-modify-write: done atomically
+//! in a Lua script that takes Redis's own clock, so instances with skewed clocks agree.
+//!
+//! When Redis fails, [`Limiter`] keeps enforcing the same limits per instance (so N instances
+//! allow up to N × the limit), logs one warning per outage, sets
+//! `observe_ratelimit_degraded` to 1, and returns to Redis by itself when it answers again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bb8_redis::redis;
+
+use crate::metrics::Metrics;
+use crate::redis::RedisPool;
+
+/// The outcome of one request against a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub limit: u32,
+    /// Requests still allowed right now.
+    pub remaining: u32,
+    /// Until the budget is whole again (`X-RateLimit-Reset`).
+    pub reset_after: Duration,
+    /// When denied, until the next request would be allowed (`Retry-After`).
+    pub retry_after: Duration,
+}
+
+/// One GCRA step: the decision for a request at `now_ms` and the TAT to store if allowed.
+/// `tat_ms` is the stored TAT (`None`: never seen, or expired).
+pub fn step(
+    tat_ms: Option<u64>,
+    now_ms: u64,
+    limit: u32,
+    period_ms: u64,
+) -> (Decision, Option<u64>) {
+    let limit = limit.max(1);
+    let interval = (period_ms / u64::from(limit)).max(1);
+    // A burst of `limit` fits: the TAT may run up to this far ahead of now.
+    let tolerance = interval * u64::from(limit - 1);
+    let tat = tat_ms.unwrap_or(now_ms).max(now_ms);
+    if tat - now_ms > tolerance {
+        let retry = tat - now_ms - tolerance;
+        return (
+            Decision {
+                allowed: false,
+                limit,
+                remaining: 0,
+                reset_after: Duration::from_millis(tat - now_ms),
+                retry_after: Duration::from_millis(retry),
+            },
+            None,
+        );
+    }
+    let new_tat = tat + interval;
+    let ahead = new_tat - now_ms;
+    let remaining = ((tolerance + interval).saturating_sub(ahead) / interval) as u32;
+    (
+        Decision {
+            allowed: true,
+            limit,
+            remaining,
+            reset_after: Duration::from_millis(ahead),
+            retry_after: Duration::ZERO,
+        },
+        Some(new_tat),
+    )
+}
+
+/// The same step in Redis, atomically, on Redis's clock. Returns
+/// `{allowed, remaining, reset_ms, retry_ms}`.
+const SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit = math.max(tonumber(ARGV[1]), 1)
+local period = tonumber(ARGV[2])
+local interval = math.max(math.floor(period / limit), 1)
+local tolerance = interval * (limit - 1)
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+if tat - now > tolerance then
+  return {0, 0, tat - now, tat - now - tolerance}
+end
+local new_tat = tat + interval
+local ahead = new_tat - now
+redis.call('SET', KEYS[1], new_tat, 'PX', ahead)
+return {1, math.floor((tolerance + interval - ahead) / interval), ahead, 0}
+";
+
+/// Rate limits shared through Redis, with a per-instance fallback.
+#[derive(Clone)]
+pub struct Limiter {
+    redis: RedisPool,
+    prefix: String,
+    local: Arc<Mutex<HashMap<String, u64>>>,
+    degraded: Arc<AtomicBool>,
+    /// When Redis was last probed during an outage (ms since the epoch).
+    last_probe_ms: Arc<AtomicU64>,
+    metrics: Metrics,
+}
+
+/// How often, during an outage, a background probe asks whether Redis is back.
+const PROBE_EVERY_MS: u64 = 1_000;
+
+impl Limiter {
+    pub fn new(redis: RedisPool, prefix: impl Into<String>, metrics: Metrics) -> Self {
+        Self {
+            redis,
+            prefix: prefix.into(),
+            local: Arc::default(),
+            degraded: Arc::default(),
+            last_probe_ms: Arc::default(),
+            metrics,
+        }
+    }
+
+    /// Counts one request of `key` against `limit` per `period`. During a Redis outage no
+    /// request waits on Redis: they are counted locally while a background probe (at most
+    /// once a second) watches for Redis to come back.
+    pub async fn check(&self, key: &str, limit: u32, period: Duration) -> Decision {
+        let full_key = format!("{}rl:{key}", self.prefix);
+        if self.degraded() {
+            self.probe_in_background();
+            return self.locally(&full_key, limit, period);
+        }
+        match self.in_redis(&full_key, limit, period).await {
+            Ok(decision) => decision,
+            Err(e) => {
+                if !self.degraded.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(error = %e, "Redis unavailable: rate limits enforced per instance until it returns");
+                    self.metrics.ratelimit_degraded.set(1);
+                    self.last_probe_ms.store(now_ms(), Ordering::SeqCst);
+                }
+                self.locally(&full_key, limit, period)
+            }
+        }
+    }
+
+    fn probe_in_background(&self) {
+        let now = now_ms();
+        let last = self.last_probe_ms.load(Ordering::SeqCst);
+        if now.saturating_sub(last) < PROBE_EVERY_MS
+            || self
+                .last_probe_ms
+                .compare_exchange(last, now, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+        {
+            return;
+        }
+        let limiter = self.clone();
+        tokio::spawn(async move {
+            if crate::redis::ping(&limiter.redis).await.is_ok()
+                && limiter.degraded.swap(false, Ordering::SeqCst)
+            {
+                tracing::info!("rate limits shared through Redis again");
+                limiter.metrics.ratelimit_degraded.set(0);
+                // Local state is stale by now; Redis holds the truth again.
+                limiter
+                    .local
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clear();
+            }
+        });
+    }
+
+    /// Whether limits are currently per instance (Redis unavailable).
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(Ordering::SeqCst)
+    }
+
+    async fn in_redis(&self, key: &str, limit: u32, period: Duration) -> Result<Decision, String> {
+        let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
+        let (allowed, remaining, reset_ms, retry_ms): (i64, i64, i64, i64) = redis::cmd("EVAL")
+            .arg(SCRIPT)
+            .arg(1)
+            .arg(key)
+            .arg(limit)
+            .arg(period.as_millis() as u64)
+            .query_async(&mut *conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let ms = |v: i64| Duration::from_millis(v.max(0) as u64);
+        Ok(Decision {
+            allowed: allowed == 1,
+            limit: limit.max(1),
+            remaining: remaining.max(0) as u32,
+            reset_after: ms(reset_ms),
+            retry_after: ms(retry_ms),
+        })
+    }
+
+    fn locally(&self, key: &str, limit: u32, period: Duration) -> Decision {
+        let now = now_ms();
+        let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
+        // Drop keys whose budget is whole again, so the map holds only active keys.
+        if local.len() > 10_000 {
+            local.retain(|_, tat| *tat > now);
+        }
+        let (decision, new_tat) = step(
+            local.get(key).copied(),
+            now,
+            limit,
+            period.as_millis() as u64,
+        );
+        if let Some(tat) = new_tat {
+            local.insert(key.to_string(), tat);
+        }
+        decision
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MINUTE: u64 = 60_000;
+
+    /// Runs requests at the given times; returns how many were allowed.
+    fn run(times: &[u64], limit: u32, period: u64) -> usize {
+        let mut tat = None;
+        let mut allowed = 0;
+        for &t in times {
+            let (d, new_tat) = step(tat, t, limit, period);
+            if d.allowed {
+                allowed += 1;
+                tat = new_tat;
+            }
+        }
+        allowed
+    }
+
+    #[test]
+    fn a_full_burst_then_one_per_interval() {
+        // 100 per minute: 100 at once, then one every 600 ms.
+        let burst = vec![0u64; 150];
+        assert_eq!(run(&burst, 100, MINUTE), 100);
+        let (d, _) = step(Some(60_000), 0, 100, MINUTE);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after, Duration::from_millis(600));
+        assert_eq!(d.remaining, 0);
+        let (d, _) = step(Some(60_000), 600, 100, MINUTE);
+        assert!(d.allowed, "one interval later, one more");
+    }
+
+    #[test]
+    fn remaining_counts_down_from_the_limit() {
+        let (first, tat) = step(None, 1_000, 5, MINUTE);
+        assert!(first.allowed);
+        assert_eq!(first.remaining, 4);
+        assert_eq!(first.reset_after, Duration::from_millis(12_000));
+        let (second, _) = step(tat, 1_000, 5, MINUTE);
+        assert_eq!(second.remaining, 3);
+    }
+
+    proptest! {
+        #[test]
+        fn never_more_than_the_burst_plus_what_the_rate_refilled(
+            limit in 1u32..500,
+            mut times in proptest::collection::vec(0u64..MINUTE, 1..1500),
+        ) {
+            times.sort_unstable();
+            let interval = (MINUTE / u64::from(limit)).max(1);
+            let span = times[times.len() - 1] - times[0];
+            let bound = limit as usize + (span / interval) as usize;
+            prop_assert!(run(&times, limit, MINUTE) <= bound);
+        }
+
+        #[test]
+        fn at_once_never_more_than_the_limit(limit in 1u32..500, n in 1usize..1500) {
+            prop_assert_eq!(run(&vec![5_000; n], limit, MINUTE), n.min(limit as usize));
+        }
+
+        #[test]
+        fn evenly_spaced_requests_at_the_rate_are_all_allowed(limit in 1u32..1000, n in 1usize..2000) {
+            let interval = MINUTE / u64::from(limit);
+            let times: Vec<u64> = (0..n as u64).map(|i| i * interval).collect();
+            prop_assert_eq!(run(&times, limit, MINUTE), n);
+        }
+
+        #[test]
+        fn over_any_long_run_the_rate_holds(
+            limit in 1u32..200,
+            mut times in proptest::collection::vec(0u64..(10 * MINUTE), 1..3000),
+        ) {
+            times.sort_unstable();
+            // Over ten periods: at most the burst plus one per interval.
+            let bound = limit as usize + (10 * MINUTE / (MINUTE / u64::from(limit)).max(1)) as usize;
+            prop_assert!(run(&times, limit, MINUTE) <= bound);
+        }
+
+        #[test]
+        fn a_denied_request_is_allowed_after_retry_after(limit in 1u32..100, burst in 1usize..300) {
+            let mut tat = None;
+            let mut last = None;
+            for _ in 0..burst {
+                let (d, new_tat) = step(tat, 0, limit, MINUTE);
+                if d.allowed { tat = new_tat; } else { last = Some(d); }
+            }
+            if let Some(denied) = last {
+                let later = denied.retry_after.as_millis() as u64;
+                let (d, _) = step(tat, later, limit, MINUTE);
+                prop_assert!(d.allowed);
+            }
+        }
+    }
+}

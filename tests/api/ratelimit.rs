@@ -1,0 +1,98 @@
+//! Ingest rate limits (GCRA) against real Redis: shared by instances, and enforced per
+//! instance while Redis is away, recovering by itself.
+
+use std::time::Duration;
+
+use observe_core::gcra::Limiter;
+use observe_core::metrics::Metrics;
+use secrecy::SecretString;
+
+use crate::health::OwnRedis;
+use crate::helpers::{eventually, free_port, test_settings};
+
+fn limiter(redis_url: String, prefix: &str, metrics: Metrics) -> Limiter {
+    let mut settings = test_settings().redis;
+    settings.url = SecretString::from(redis_url);
+    settings.connect_timeout_secs = 1;
+    let pool = observe_core::redis::pool(&settings).unwrap();
+    Limiter::new(pool, prefix, metrics)
+}
+
+async fn allowed(limiter: &Limiter, key: &str, n: usize) -> usize {
+    let mut count = 0;
+    for _ in 0..n {
+        if limiter.check(key, 5, Duration::from_secs(60)).await.allowed {
+            count += 1;
+        }
+    }
+    count
+}
+
+#[actix_web::test]
+async fn two_instances_share_one_budget_through_redis() {
+    let url = test_settings().redis.url;
+    let url = secrecy::ExposeSecret::expose_secret(&url).to_string();
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    let a = limiter(url.clone(), &prefix, Metrics::new().unwrap());
+    let b = limiter(url, &prefix, Metrics::new().unwrap());
+    assert_eq!(allowed(&a, "key-1", 3).await, 3);
+    assert_eq!(
+        allowed(&b, "key-1", 5).await,
+        2,
+        "the other instance sees the same budget"
+    );
+    let denied = a.check("key-1", 5, Duration::from_secs(60)).await;
+    assert!(!denied.allowed);
+    assert_eq!(denied.remaining, 0);
+    assert!(denied.retry_after > Duration::ZERO && denied.retry_after <= Duration::from_secs(12));
+    assert_eq!(allowed(&a, "key-2", 1).await, 1, "keys are independent");
+    assert!(!a.degraded() && !b.degraded());
+}
+
+#[actix_web::test]
+async fn without_redis_limits_hold_per_instance_and_recover_when_it_returns() {
+    let logs = observe_core::telemetry::capture();
+    let port = free_port();
+    let metrics = Metrics::new().unwrap();
+    let limiter = limiter(
+        format!("redis://127.0.0.1:{port}/"),
+        "test:down:",
+        metrics.clone(),
+    );
+
+    assert_eq!(
+        allowed(&limiter, "key", 8).await,
+        5,
+        "still limited while Redis is down"
+    );
+    assert!(limiter.degraded());
+    assert!(metrics
+        .render()
+        .unwrap()
+        .contains("observe_ratelimit_degraded 1"));
+    let warnings = logs
+        .json_lines()
+        .iter()
+        .filter(|l| {
+            l["message"] == "Redis unavailable: rate limits enforced per instance until it returns"
+        })
+        .count();
+    assert_eq!(warnings, 1, "one warning per outage, not per request");
+
+    let _redis = OwnRedis::start(port);
+    assert!(
+        eventually(15, || async {
+            limiter
+                .check("other", 5, Duration::from_secs(60))
+                .await
+                .allowed
+                && !limiter.degraded()
+        })
+        .await,
+        "did not return to Redis"
+    );
+    assert!(metrics
+        .render()
+        .unwrap()
+        .contains("observe_ratelimit_degraded 0"));
+}
