@@ -24,30 +24,8 @@ use crate::mail::Email;
 /// Ids of outbox rows (re-exported for crates that do not depend on `uuid`).
 pub use uuid::Uuid;
 
-#[derive(Debug, thiserror::Error)]
-pub enum OutboxError {
-    /// No connection, or it broke: worth trying again later.
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
-    #[error("database error: {0}")]
-    Db(#[source] tokio_postgres::Error),
-}
-
-impl From<tokio_postgres::Error> for OutboxError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        match e.as_db_error() {
-            Some(_) => OutboxError::Db(e),
-            // No server answer: the connection is gone or never came up.
-            None => OutboxError::Unavailable(e.to_string()),
-        }
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for OutboxError {
-    fn from(e: deadpool_postgres::PoolError) -> Self {
-        OutboxError::Unavailable(e.to_string())
-    }
-}
+/// Outbox errors are storage errors: one mapping (connection trouble → unavailable) for all.
+pub type OutboxError = crate::store::StoreError;
 
 /// Where a row stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

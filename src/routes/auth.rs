@@ -565,10 +565,7 @@ async fn send_token_email(
         auth::expires_in(Duration::minutes(EMAIL_TOKEN_MINUTES)),
     )
     .await?;
-    let id = outbox::enqueue(&tx, &email).await.map_err(|e| match e {
-        outbox::OutboxError::Unavailable(m) => ApiError::from(StoreError::Unavailable(m)),
-        other => ApiError::Internal(other.into()),
-    })?;
+    let id = outbox::enqueue(&tx, &email).await?;
     tx.commit().await?;
     observe_actors::mailer::deliver_soon(&state.mailer, id);
     Ok(())
