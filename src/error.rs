@@ -57,6 +57,19 @@ pub enum ApiError {
     MalformedJson(String),
     #[error("request body must be sent as application/json")]
     UnsupportedMediaType,
+    #[error("a batch holds at most {max} items; send it in smaller batches")]
+    BatchTooLarge { max: usize },
+    /// Ingest items that failed validation: every problem, by item index and field.
+    #[error("{} invalid item field(s); nothing from this request was stored", .0.len())]
+    InvalidItems(Vec<observe_core::ingest::ItemError>),
+    #[error("Content-Encoding {0:?} is not supported; send gzip, deflate or no encoding")]
+    UnsupportedEncoding(String),
+    /// The organisation's monthly cap for a category is reached (SPEC §5).
+    #[error("the monthly {category} quota of this organisation's tier is used up; it renews on the 1st (UTC) or with an upgrade")]
+    QuotaExceeded {
+        category: &'static str,
+        retry_after_secs: u64,
+    },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("invalid query string: {0}")]
@@ -89,6 +102,10 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::MalformedJson(_) => "invalid_json",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::UnsupportedEncoding(_) => "unsupported_encoding",
+            ApiError::BatchTooLarge { .. } => "batch_too_large",
+            ApiError::InvalidItems(_) => "validation_failed",
+            ApiError::QuotaExceeded { .. } => "quota_exceeded",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::InvalidQuery(_) => "invalid_query",
             ApiError::NotFound => "not_found",
@@ -104,6 +121,10 @@ impl ApiError {
     pub fn details(&self) -> Option<serde_json::Value> {
         match self {
             ApiError::Validation(fields) => serde_json::to_value(fields).ok(),
+            ApiError::InvalidItems(items) => serde_json::to_value(items).ok(),
+            ApiError::QuotaExceeded { category, .. } => {
+                Some(serde_json::json!({ "category": category }))
+            }
             ApiError::TierLimit(l) => Some(serde_json::json!({
                 "tier": l.tier,
                 "resource": l.resource.as_str(),
@@ -127,14 +148,18 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) | ApiError::MalformedJson(_) | ApiError::InvalidQuery(_) => {
                 StatusCode::BAD_REQUEST
             }
-            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Validation(_) | ApiError::InvalidItems(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::InvalidToken => StatusCode::BAD_REQUEST,
             ApiError::NotConfigured(_) => StatusCode::NOT_FOUND,
             ApiError::TierLimit(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnsupportedMediaType | ApiError::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            ApiError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -167,6 +192,11 @@ impl ResponseError for ApiError {
             }
             ApiError::Unauthorized { .. } => {
                 res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            ApiError::QuotaExceeded {
+                retry_after_secs, ..
+            } => {
+                res.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
             _ => {}
         }

@@ -30,7 +30,8 @@ use crate::error::ApiError;
 )]
 pub struct ApiDoc;
 
-/// Declares the `bearer` scheme the dashboard routes name: an access token from login.
+/// Declares the `bearer` scheme the dashboard routes name (an access token from login) and the
+/// `api_key` scheme of the ingest routes.
 struct BearerAuth;
 
 impl utoipa::Modify for BearerAuth {
@@ -45,6 +46,13 @@ impl utoipa::Modify for BearerAuth {
                     .bearer_format("JWT")
                     .build(),
             ),
+        );
+        // The ingest routes take a project API key (`Authorization: Bearer obs_...` works too).
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Header(
+                utoipa::openapi::security::ApiKeyValue::new("X-API-Key"),
+            )),
         );
     }
 }

@@ -85,14 +85,35 @@ impl Application {
             settings.clone(),
             pool.clone(),
         );
+        let redis = observe_core::redis::pool(&settings.redis)?;
+        let limiter = observe_core::gcra::Limiter::new(
+            redis.clone(),
+            settings.redis.key_prefix.clone(),
+            metrics.clone(),
+        );
+        let ingest = observe_actors::ingest::IngestRegistry::new(
+            supervisor.clone(),
+            actix::Arbiter::current(),
+            Arc::new(settings.ingest.clone()),
+            pool.clone(),
+            metrics.clone(),
+        );
+        observe_actors::partitions::start(
+            &supervisor,
+            &actix::Arbiter::current(),
+            pool.clone(),
+            settings.ingest.partitions_ahead_days,
+        );
         let state = AppState {
+            limiter,
+            ingest,
             mailer,
             keys,
             passwords: observe_core::auth::Passwords::new(&settings.auth)?,
             tokens: observe_core::auth::AccessTokens::new(&settings.auth),
             tiers: observe_core::tiers::TierPolicy::new(settings.tiers.clone()),
             db: pool,
-            redis: observe_core::redis::pool(&settings.redis)?,
+            redis,
             supervisor,
             metrics,
             settings,

@@ -2,11 +2,13 @@
 
 use std::sync::Arc;
 
+use observe_actors::ingest::IngestRegistry;
 use observe_actors::mailer::Mailer;
 use observe_actors::{Supervised, Supervisor};
 use observe_core::auth::{AccessTokens, Passwords};
 use observe_core::config::Settings;
 use observe_core::db::PgPool;
+use observe_core::gcra::Limiter;
 use observe_core::keys::KeyCache;
 use observe_core::metrics::Metrics;
 use observe_core::redis::RedisPool;
@@ -27,4 +29,8 @@ pub struct AppState {
     pub keys: KeyCache,
     /// Every outgoing email goes through it (after its outbox row is committed).
     pub mailer: Supervised<Mailer>,
+    /// Per-key ingest rate limits (Redis, with a per-instance fallback).
+    pub limiter: Limiter,
+    /// The IngestActors of this instance, one per active project.
+    pub ingest: IngestRegistry,
 }

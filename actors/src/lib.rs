@@ -7,8 +7,10 @@
 //!
 //! This crate depends on `observe-core` and never on the HTTP layer above it.
 
+pub mod ingest;
 pub mod keys;
 pub mod mailer;
+pub mod partitions;
 pub mod supervisor;
 
 pub use supervisor::{Backoff, Drain, Exit, Lifeline, Supervised, SupervisedActor, Supervisor};

@@ -83,7 +83,48 @@ pub struct Settings {
     pub resend: ResendSettings,
     pub squad: SquadSettings,
     pub billing: BillingSettings,
+    pub ingest: IngestSettings,
     pub tiers: Tiers,
+}
+
+/// When an ingest request is answered 202.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ack {
+    /// Once its items are committed to PostgreSQL (durable; the default).
+    Commit,
+    /// Once its items are in the project's buffer (faster; a crash loses the buffer).
+    Enqueue,
+}
+
+/// The ingest path: buffers, flushes, limits (see `[ingest]` in config/default.toml).
+#[derive(Debug, Clone, Deserialize)]
+pub struct IngestSettings {
+    pub ack: Ack,
+    /// Largest body accepted, after decompression.
+    pub max_body_bytes: usize,
+    /// A project's buffer is flushed once it holds this many items...
+    pub flush_items: usize,
+    /// ...or its oldest item has waited this long.
+    pub flush_interval_ms: u64,
+    /// Items one flush (one COPY, one commit) takes at most.
+    pub flush_max_items: usize,
+    /// Items a project's buffer holds at most; beyond, requests get 503.
+    pub buffer_items: usize,
+    /// How long a request waits while its batch is retried against an unavailable database.
+    pub retry_deadline_ms: u64,
+    /// An IngestActor with nothing to do for this long stops; the next request starts one.
+    pub idle_stop_secs: u64,
+    /// Daily partitions of the raw tables are kept this many days ahead.
+    pub partitions_ahead_days: u32,
+    /// LLM prices per model, in US dollars per million tokens.
+    pub llm_prices: std::collections::BTreeMap<String, LlmPrice>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+pub struct LlmPrice {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -398,6 +439,35 @@ impl Settings {
         ] {
             if secs == 0 {
                 problems.push(format!("{name} must be at least 1 (seconds)"));
+            }
+        }
+        for (name, value) in [
+            (
+                "OBSERVE__INGEST__MAX_BODY_BYTES",
+                self.ingest.max_body_bytes,
+            ),
+            ("OBSERVE__INGEST__FLUSH_ITEMS", self.ingest.flush_items),
+            (
+                "OBSERVE__INGEST__FLUSH_MAX_ITEMS",
+                self.ingest.flush_max_items,
+            ),
+            ("OBSERVE__INGEST__BUFFER_ITEMS", self.ingest.buffer_items),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name} must be at least 1"));
+            }
+        }
+        if self.ingest.buffer_items < crate::ingest::MAX_BATCH {
+            problems.push(format!(
+                "OBSERVE__INGEST__BUFFER_ITEMS must hold at least one full batch ({})",
+                crate::ingest::MAX_BATCH
+            ));
+        }
+        for (model, price) in &self.ingest.llm_prices {
+            if !(price.input_per_million >= 0.0 && price.output_per_million >= 0.0) {
+                problems.push(format!(
+                    "ingest.llm_prices.{model}: prices must be numbers of dollars, 0 or more"
+                ));
             }
         }
         if self.database.pool_max_size == 0 {

@@ -37,35 +37,52 @@ pub struct Decision {
     pub retry_after: Duration,
 }
 
-/// One GCRA step: the decision for a request at `now_ms` and the TAT to store if allowed.
-/// `tat_ms` is the stored TAT (`None`: never seen, or expired).
+/// One GCRA step for a single request; see [`step_n`].
 pub fn step(
     tat_ms: Option<u64>,
     now_ms: u64,
     limit: u32,
     period_ms: u64,
 ) -> (Decision, Option<u64>) {
+    step_n(tat_ms, now_ms, limit, period_ms, 1)
+}
+
+/// One GCRA step for `cost` units at once (a batch of items): the decision at `now_ms` and
+/// the TAT to store if allowed. `tat_ms` is the stored TAT (`None`: never seen, or expired).
+/// A batch is allowed whole or not at all; one larger than `limit` is never allowed, and its
+/// `retry_after` is a whole period.
+pub fn step_n(
+    tat_ms: Option<u64>,
+    now_ms: u64,
+    limit: u32,
+    period_ms: u64,
+    cost: u32,
+) -> (Decision, Option<u64>) {
     let limit = limit.max(1);
     let interval = (period_ms / u64::from(limit)).max(1);
     // A burst of `limit` fits: the TAT may run up to this far ahead of now.
-    let tolerance = interval * u64::from(limit - 1);
+    let capacity = interval * u64::from(limit);
     let tat = tat_ms.unwrap_or(now_ms).max(now_ms);
-    if tat - now_ms > tolerance {
-        let retry = tat - now_ms - tolerance;
+    let new_tat = tat + interval * u64::from(cost);
+    if new_tat - now_ms > capacity {
+        let retry = if cost > limit {
+            period_ms
+        } else {
+            new_tat - now_ms - capacity
+        };
         return (
             Decision {
                 allowed: false,
                 limit,
-                remaining: 0,
+                remaining: ((capacity.saturating_sub(tat - now_ms)) / interval) as u32,
                 reset_after: Duration::from_millis(tat - now_ms),
                 retry_after: Duration::from_millis(retry),
             },
             None,
         );
     }
-    let new_tat = tat + interval;
     let ahead = new_tat - now_ms;
-    let remaining = ((tolerance + interval).saturating_sub(ahead) / interval) as u32;
+    let remaining = ((capacity - ahead) / interval) as u32;
     (
         Decision {
             allowed: true,
@@ -85,17 +102,20 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit = math.max(tonumber(ARGV[1]), 1)
 local period = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
 local interval = math.max(math.floor(period / limit), 1)
-local tolerance = interval * (limit - 1)
+local capacity = interval * limit
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-if tat - now > tolerance then
-  return {0, 0, tat - now, tat - now - tolerance}
+local new_tat = tat + interval * cost
+if new_tat - now > capacity then
+  local retry = new_tat - now - capacity
+  if cost > limit then retry = period end
+  return {0, math.floor(math.max(capacity - (tat - now), 0) / interval), tat - now, retry}
 end
-local new_tat = tat + interval
 local ahead = new_tat - now
-redis.call('SET', KEYS[1], new_tat, 'PX', ahead)
-return {1, math.floor((tolerance + interval - ahead) / interval), ahead, 0}
+redis.call('SET', KEYS[1], new_tat, 'PX', math.max(ahead, 1))
+return {1, math.floor((capacity - ahead) / interval), ahead, 0}
 ";
 
 /// Rate limits shared through Redis, with a per-instance fallback.
@@ -129,12 +149,17 @@ impl Limiter {
     /// request waits on Redis: they are counted locally while a background probe (at most
     /// once a second) watches for Redis to come back.
     pub async fn check(&self, key: &str, limit: u32, period: Duration) -> Decision {
+        self.check_n(key, limit, period, 1).await
+    }
+
+    /// Counts `cost` units (a batch's items) of `key` at once: all allowed, or none.
+    pub async fn check_n(&self, key: &str, limit: u32, period: Duration, cost: u32) -> Decision {
         let full_key = format!("{}rl:{key}", self.prefix);
         if self.degraded() {
             self.probe_in_background();
-            return self.locally(&full_key, limit, period);
+            return self.locally(&full_key, limit, period, cost);
         }
-        match self.in_redis(&full_key, limit, period).await {
+        match self.in_redis(&full_key, limit, period, cost).await {
             Ok(decision) => decision,
             Err(e) => {
                 if !self.degraded.swap(true, Ordering::SeqCst) {
@@ -142,7 +167,7 @@ impl Limiter {
                     self.metrics.ratelimit_degraded.set(1);
                     self.last_probe_ms.store(now_ms(), Ordering::SeqCst);
                 }
-                self.locally(&full_key, limit, period)
+                self.locally(&full_key, limit, period, cost)
             }
         }
     }
@@ -180,7 +205,13 @@ impl Limiter {
         self.degraded.load(Ordering::SeqCst)
     }
 
-    async fn in_redis(&self, key: &str, limit: u32, period: Duration) -> Result<Decision, String> {
+    async fn in_redis(
+        &self,
+        key: &str,
+        limit: u32,
+        period: Duration,
+        cost: u32,
+    ) -> Result<Decision, String> {
         let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
         let (allowed, remaining, reset_ms, retry_ms): (i64, i64, i64, i64) = redis::cmd("EVAL")
             .arg(SCRIPT)
@@ -188,6 +219,7 @@ impl Limiter {
             .arg(key)
             .arg(limit)
             .arg(period.as_millis() as u64)
+            .arg(cost)
             .query_async(&mut *conn)
             .await
             .map_err(|e| e.to_string())?;
@@ -201,18 +233,19 @@ impl Limiter {
         })
     }
 
-    fn locally(&self, key: &str, limit: u32, period: Duration) -> Decision {
+    fn locally(&self, key: &str, limit: u32, period: Duration, cost: u32) -> Decision {
         let now = now_ms();
         let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
         // Drop keys whose budget is whole again, so the map holds only active keys.
         if local.len() > 10_000 {
             local.retain(|_, tat| *tat > now);
         }
-        let (decision, new_tat) = step(
+        let (decision, new_tat) = step_n(
             local.get(key).copied(),
             now,
             limit,
             period.as_millis() as u64,
+            cost,
         );
         if let Some(tat) = new_tat {
             local.insert(key.to_string(), tat);
@@ -272,7 +305,43 @@ mod tests {
         assert_eq!(second.remaining, 3);
     }
 
+    #[test]
+    fn batches_count_their_items_and_pass_whole_or_not_at_all() {
+        let (d, tat) = step_n(None, 0, 100, MINUTE, 60);
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 40);
+        let (d, _) = step_n(tat, 0, 100, MINUTE, 41);
+        assert!(!d.allowed, "41 more do not fit in the 40 left");
+        assert_eq!(d.remaining, 40, "a denied batch takes nothing");
+        assert_eq!(d.retry_after, Duration::from_millis(600));
+        let (d, _) = step_n(tat, 0, 100, MINUTE, 40);
+        assert!(d.allowed);
+        let (d, _) = step_n(None, 0, 100, MINUTE, 101);
+        assert!(!d.allowed, "bigger than the limit never fits");
+        assert_eq!(d.retry_after, Duration::from_millis(MINUTE));
+    }
+
     proptest! {
+        #[test]
+        fn batches_never_pass_more_items_than_burst_plus_refill(
+            limit in 1u32..500,
+            mut requests in proptest::collection::vec((0u64..MINUTE, 1u32..50), 1..500),
+        ) {
+            requests.sort_unstable();
+            let interval = (MINUTE / u64::from(limit)).max(1);
+            let span = requests[requests.len() - 1].0 - requests[0].0;
+            let mut tat = None;
+            let mut items = 0u64;
+            for (t, cost) in requests {
+                let (d, new_tat) = step_n(tat, t, limit, MINUTE, cost);
+                if d.allowed {
+                    items += u64::from(cost);
+                    tat = new_tat;
+                }
+            }
+            prop_assert!(items <= u64::from(limit) + span / interval);
+        }
+
         #[test]
         fn never_more_than_the_burst_plus_what_the_rate_refilled(
             limit in 1u32..500,

@@ -12,6 +12,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::config::LlmPrice;
 use crate::fingerprint::{self, Frame, StackTrace};
 
 /// How far in the future a timestamp may be before it is clamped to the receive time.
@@ -146,6 +147,125 @@ pub struct MetricItem {
     pub kind: MetricKind,
     pub labels: BTreeMap<String, String>,
     pub timestamp: DateTime<Utc>,
+}
+
+/// The five ingest endpoints, one per kind of item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Events,
+    Identify,
+    Errors,
+    Requests,
+    Metrics,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Events,
+        Kind::Identify,
+        Kind::Errors,
+        Kind::Requests,
+        Kind::Metrics,
+    ];
+
+    /// The endpoint's last path segment, also the `kind` label in `/metrics`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Events => "events",
+            Kind::Identify => "identify",
+            Kind::Errors => "errors",
+            Kind::Requests => "requests",
+            Kind::Metrics => "metrics",
+        }
+    }
+
+    /// What the items count against: identify calls and custom metrics count as events
+    /// (SPEC §5).
+    pub fn category(self) -> Category {
+        match self {
+            Kind::Events | Kind::Identify | Kind::Metrics => Category::Events,
+            Kind::Errors => Category::Errors,
+            Kind::Requests => Category::ApiRequests,
+        }
+    }
+}
+
+/// A rate-limit and monthly-quota category (SPEC §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Category {
+    Events,
+    Errors,
+    ApiRequests,
+}
+
+impl Category {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Events => "events",
+            Category::Errors => "errors",
+            Category::ApiRequests => "api_requests",
+        }
+    }
+}
+
+/// The validated items of one request, ready to store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Items {
+    Events(Vec<Event>),
+    Identify(Vec<Identify>),
+    Errors(Vec<ErrorItem>),
+    Requests(Vec<RequestItem>),
+    /// `sent` items became `rows` (LLM usage turns into several series).
+    Metrics {
+        sent: usize,
+        rows: Vec<MetricItem>,
+    },
+}
+
+impl Items {
+    /// Validates `items` as `kind`: all of them, or every problem found.
+    pub fn validate(
+        kind: Kind,
+        items: &[Value],
+        ctx: &Context,
+        prices: &BTreeMap<String, LlmPrice>,
+    ) -> Result<Self, Vec<ItemError>> {
+        Ok(match kind {
+            Kind::Events => Items::Events(events(items, ctx)?),
+            Kind::Identify => Items::Identify(identifies(items, ctx)?),
+            Kind::Errors => Items::Errors(errors(items, ctx)?),
+            Kind::Requests => Items::Requests(requests(items, ctx)?),
+            Kind::Metrics => Items::Metrics {
+                sent: items.len(),
+                rows: metrics(items, ctx, prices)?,
+            },
+        })
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            Items::Events(_) => Kind::Events,
+            Items::Identify(_) => Kind::Identify,
+            Items::Errors(_) => Kind::Errors,
+            Items::Requests(_) => Kind::Requests,
+            Items::Metrics { .. } => Kind::Metrics,
+        }
+    }
+
+    /// Items as the client sent them: what `accepted` reports and quotas count.
+    pub fn len(&self) -> usize {
+        match self {
+            Items::Events(v) => v.len(),
+            Items::Identify(v) => v.len(),
+            Items::Errors(v) => v.len(),
+            Items::Requests(v) => v.len(),
+            Items::Metrics { sent, .. } => *sent,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Reads the fields of one item, noting every problem.
@@ -495,40 +615,97 @@ pub fn requests(items: &[Value], ctx: &Context) -> Result<Vec<RequestItem>, Vec<
     })
 }
 
-pub fn metrics(items: &[Value], ctx: &Context) -> Result<Vec<MetricItem>, Vec<ItemError>> {
+/// Metric items. An item with a `model` is LLM usage (`model`, `input_tokens`,
+/// `output_tokens`, optional `labels`): it becomes the counters `llm.tokens.input` and
+/// `llm.tokens.output` and, when `prices` knows the model, `llm.cost_usd`, each labelled with
+/// the model. One item in, one to three series rows out.
+pub fn metrics(
+    items: &[Value],
+    ctx: &Context,
+    prices: &BTreeMap<String, LlmPrice>,
+) -> Result<Vec<MetricItem>, Vec<ItemError>> {
     validate_all(items, |f| {
-        let name = f.required_string("name", MAX_NAME);
-        if !name.is_empty()
-            && !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
-        {
-            f.problem(
-                "name",
-                "may hold only letters, digits, '_', '.', ':' and '-'",
-            );
-        }
-        let value = f.required_number("value").unwrap_or(0.0);
-        let kind = match f.string("kind", 20).as_deref() {
-            None | Some("gauge") => MetricKind::Gauge,
-            Some("counter") => MetricKind::Counter,
-            Some("histogram") => MetricKind::Histogram,
-            Some(_) => {
-                f.problem("kind", "must be one of counter, gauge, histogram");
-                MetricKind::Gauge
-            }
-        };
-        if kind == MetricKind::Counter && value < 0.0 {
-            f.problem("value", "a counter only goes up: it must not be negative");
-        }
-        MetricItem {
-            name,
-            value,
-            kind,
-            labels: f.string_map("labels"),
-            timestamp: f.timestamp(ctx),
+        if f.object.contains_key("model") {
+            llm_usage(f, ctx, prices)
+        } else {
+            vec![metric(f, ctx)]
         }
     })
+    .map(|rows| rows.into_iter().flatten().collect())
+}
+
+fn metric(f: &mut Fields<'_>, ctx: &Context) -> MetricItem {
+    let name = f.required_string("name", MAX_NAME);
+    if !name.is_empty()
+        && !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
+    {
+        f.problem(
+            "name",
+            "may hold only letters, digits, '_', '.', ':' and '-'",
+        );
+    }
+    let value = f.required_number("value").unwrap_or(0.0);
+    let kind = match f.string("kind", 20).as_deref() {
+        None | Some("gauge") => MetricKind::Gauge,
+        Some("counter") => MetricKind::Counter,
+        Some("histogram") => MetricKind::Histogram,
+        Some(_) => {
+            f.problem("kind", "must be one of counter, gauge, histogram");
+            MetricKind::Gauge
+        }
+    };
+    if kind == MetricKind::Counter && value < 0.0 {
+        f.problem("value", "a counter only goes up: it must not be negative");
+    }
+    MetricItem {
+        name,
+        value,
+        kind,
+        labels: f.string_map("labels"),
+        timestamp: f.timestamp(ctx),
+    }
+}
+
+/// Largest token count one usage item may report.
+const MAX_TOKENS: f64 = 1e12;
+
+fn llm_usage(
+    f: &mut Fields<'_>,
+    ctx: &Context,
+    prices: &BTreeMap<String, LlmPrice>,
+) -> Vec<MetricItem> {
+    let model = f.required_string("model", MAX_NAME);
+    let tokens = |f: &mut Fields<'_>, field: &str| match f.required_number(field) {
+        Some(n) if n >= 0.0 && n.fract() == 0.0 && n <= MAX_TOKENS => n,
+        Some(_) => {
+            f.problem(field, "must be a whole number of tokens, 0 or more");
+            0.0
+        }
+        None => 0.0,
+    };
+    let input = tokens(f, "input_tokens");
+    let output = tokens(f, "output_tokens");
+    let mut labels = f.string_map("labels");
+    labels.insert("model".into(), model.clone());
+    let timestamp = f.timestamp(ctx);
+    let series = |name: &str, value: f64| MetricItem {
+        name: name.into(),
+        value,
+        kind: MetricKind::Counter,
+        labels: labels.clone(),
+        timestamp,
+    };
+    let mut rows = vec![
+        series("llm.tokens.input", input),
+        series("llm.tokens.output", output),
+    ];
+    if let Some(price) = prices.get(&model) {
+        let cost = input * price.input_per_million / 1e6 + output * price.output_per_million / 1e6;
+        rows.push(series("llm.cost_usd", cost));
+    }
+    rows
 }
 
 #[cfg(test)]
@@ -697,7 +874,7 @@ mod tests {
             {"name": "revenue", "value": 1200.5, "kind": "counter", "labels": {"plan": "pro"}},
             {"name": "queue.depth", "value": -3},
         ]));
-        let parsed = metrics(&batch, &ctx()).unwrap();
+        let parsed = metrics(&batch, &ctx(), &BTreeMap::new()).unwrap();
         assert_eq!(parsed[0].kind, MetricKind::Counter);
         assert_eq!(parsed[1].kind, MetricKind::Gauge);
         let bad = items(json!([
@@ -705,7 +882,7 @@ mod tests {
             {"name": "c", "value": -1, "kind": "counter"},
             {"name": "k", "value": "1", "kind": "summary"},
         ]));
-        let found: Vec<(usize, String)> = metrics(&bad, &ctx())
+        let found: Vec<(usize, String)> = metrics(&bad, &ctx(), &BTreeMap::new())
             .unwrap_err()
             .into_iter()
             .map(|p| (p.index, p.field))
@@ -719,6 +896,51 @@ mod tests {
                 (2, "kind".into())
             ]
         );
+    }
+
+    #[test]
+    fn llm_usage_becomes_token_and_cost_series() {
+        let prices = BTreeMap::from([(
+            "gpt-4o".to_string(),
+            LlmPrice {
+                input_per_million: 2.5,
+                output_per_million: 10.0,
+            },
+        )]);
+        let batch = items(json!([
+            {"model": "gpt-4o", "input_tokens": 1_000_000, "output_tokens": 500_000, "labels": {"feature": "chat"}},
+            {"model": "unpriced-model", "input_tokens": 10, "output_tokens": 0},
+        ]));
+        let rows = metrics(&batch, &ctx(), &prices).unwrap();
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "llm.tokens.input",
+                "llm.tokens.output",
+                "llm.cost_usd",
+                "llm.tokens.input",
+                "llm.tokens.output"
+            ]
+        );
+        assert_eq!(rows[0].value, 1_000_000.0);
+        assert!((rows[2].value - 7.5).abs() < 1e-9, "2.5 + 5.0 dollars");
+        assert!(rows.iter().all(|r| r.kind == MetricKind::Counter));
+        assert_eq!(
+            rows[2].labels.get("model").map(String::as_str),
+            Some("gpt-4o")
+        );
+        assert_eq!(
+            rows[2].labels.get("feature").map(String::as_str),
+            Some("chat")
+        );
+        let bad = items(json!([{"model": "gpt-4o", "input_tokens": -1, "output_tokens": 1.5}]));
+        let fields: Vec<String> = metrics(&bad, &ctx(), &prices)
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.field)
+            .collect();
+        assert_eq!(fields, vec!["input_tokens", "output_tokens"]);
     }
 
     #[test]
@@ -802,7 +1024,7 @@ mod tests {
                     identifies(&items, &c).err(),
                     errors(&items, &c).err(),
                     requests(&items, &c).err(),
-                    metrics(&items, &c).err(),
+                    metrics(&items, &c, &BTreeMap::new()).err(),
                 ];
                 for problems in blamed.into_iter().flatten() {
                     prop_assert!(!problems.is_empty());

@@ -24,6 +24,81 @@ pub struct Metrics {
     pub dependency_up: IntGaugeVec,
     pub api_key_lookups: IntCounterVec,
     pub ratelimit_degraded: prometheus::IntGauge,
+    pub ingest: IngestMetrics,
+}
+
+/// The ingest path's figures.
+#[derive(Clone)]
+pub struct IngestMetrics {
+    /// Items by endpoint kind, outcome (`accepted`, `rejected`) and reason (`none` when
+    /// accepted). A body rejected as a whole (malformed, too large) counts as one item.
+    pub items: IntCounterVec,
+    pub batch_items: prometheus::Histogram,
+    pub flush_seconds: prometheus::Histogram,
+    pub buffer_items: prometheus::IntGauge,
+    pub actors: prometheus::IntGauge,
+}
+
+impl IngestMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let items = IntCounterVec::new(
+            Opts::new(
+                "observe_ingest_items_total",
+                "Ingested items, by kind, outcome (accepted, rejected) and reason",
+            ),
+            &["kind", "outcome", "reason"],
+        )?;
+        let batch_items = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "observe_ingest_flush_items",
+                "Items written per flush (one COPY and one commit)",
+            )
+            .buckets(vec![
+                1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0,
+            ]),
+        )?;
+        let flush_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "observe_ingest_flush_duration_seconds",
+                "Time from a flush's start to its commit",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )?;
+        let buffer_items = prometheus::IntGauge::new(
+            "observe_ingest_buffer_items",
+            "Items buffered in IngestActors, waiting for or in a flush",
+        )?;
+        let actors = prometheus::IntGauge::new(
+            "observe_ingest_actors",
+            "IngestActors running on this instance (one per active project)",
+        )?;
+        registry.register(Box::new(items.clone()))?;
+        registry.register(Box::new(batch_items.clone()))?;
+        registry.register(Box::new(flush_seconds.clone()))?;
+        registry.register(Box::new(buffer_items.clone()))?;
+        registry.register(Box::new(actors.clone()))?;
+        Ok(Self {
+            items,
+            batch_items,
+            flush_seconds,
+            buffer_items,
+            actors,
+        })
+    }
+
+    pub fn accepted(&self, kind: &str, n: usize) {
+        self.items
+            .with_label_values(&[kind, "accepted", "none"])
+            .inc_by(n as u64);
+    }
+
+    pub fn rejected(&self, kind: &str, reason: &str, n: usize) {
+        self.items
+            .with_label_values(&[kind, "rejected", reason])
+            .inc_by(n as u64);
+    }
 }
 
 impl Metrics {
@@ -83,7 +158,9 @@ impl Metrics {
         registry.register(Box::new(actor_restarts.clone()))?;
         registry.register(Box::new(db_pool.clone()))?;
         registry.register(Box::new(dependency_up.clone()))?;
+        let ingest = IngestMetrics::new(&registry)?;
         Ok(Self {
+            ingest,
             registry,
             http_requests,
             http_duration,

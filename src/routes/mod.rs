@@ -7,6 +7,7 @@ pub mod admin;
 pub mod auth;
 pub mod github;
 pub mod health;
+pub mod ingest;
 pub mod metrics;
 pub mod projects;
 
@@ -35,5 +36,14 @@ pub fn register(cfg: &mut ServiceConfig) {
         .service(projects::delete_project)
         .service(projects::list_api_keys)
         .service(projects::create_api_key)
-        .service(projects::revoke_api_key);
+        .service(projects::revoke_api_key)
+        .service(
+            utoipa_actix_web::scope("/ingest")
+                .wrap(ingest::cors())
+                .service(ingest::events)
+                .service(ingest::identify)
+                .service(ingest::errors)
+                .service(ingest::requests)
+                .service(ingest::metrics),
+        );
 }

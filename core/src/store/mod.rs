@@ -11,6 +11,7 @@ use uuid::Uuid;
 pub mod accounts;
 pub mod admin;
 pub mod api_keys;
+pub mod ingest;
 pub mod projects;
 pub mod sessions;
 pub mod tokens;
@@ -33,6 +34,10 @@ impl From<tokio_postgres::Error> for StoreError {
         match e.as_db_error() {
             Some(db) if db.code() == &SqlState::UNIQUE_VIOLATION => {
                 StoreError::Conflict(db.constraint().unwrap_or("unique").to_string())
+            }
+            // The server is shutting down, restarting or out of resources: storage trouble.
+            Some(db) if ["08", "53", "57"].contains(&&db.code().code()[..2]) => {
+                StoreError::Unavailable(db.message().to_string())
             }
             Some(_) => StoreError::Db(e),
             // No server answer because the connection is gone or never came up: storage

@@ -1,0 +1,595 @@
+//! Writing ingested items: one transaction per flush, shared by every request in it.
+//!
+//! [`write`] takes the requests an IngestActor buffered for one project and, in one
+//! transaction: takes each quota category's usage row for the month under a row lock and
+//! decides, request by request and in order, which ones still fit under the organisation's
+//! monthly cap (a request fits whole or not at all); COPYs (binary) the raw rows of the
+//! accepted requests into `events`, `errors`, `requests` and `metrics`; upserts identities
+//! and people, and error groups with their affected people; adds the accepted counts to the
+//! usage rows; commits. Either all of it is stored or none of it, so a request answered 202
+//! is stored whole and a failed flush can be retried as it is.
+//!
+//! Locks are always taken in the same order (usage rows by category, then error groups by
+//! fingerprint), so concurrent flushes for one organisation, from one instance or several,
+//! queue instead of deadlocking.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::pin::pin;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use deadpool_postgres::Client;
+use serde_json::{json, Map, Value};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{Json, Type};
+use uuid::Uuid;
+
+use super::StoreError;
+use crate::config::Limit;
+use crate::ingest::{
+    Category, ErrorItem, Event, Identify, Items, MetricItem, MetricKind, RequestItem,
+};
+
+/// One request's items, as buffered.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub received_at: DateTime<Utc>,
+    pub items: &'a Items,
+    /// The organisation's monthly cap for the items' category when the request came in.
+    pub cap: Limit,
+}
+
+/// What became of one request of a flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Stored,
+    /// The organisation's monthly cap for the category has no room for it: nothing stored.
+    OverQuota,
+}
+
+/// What one flush wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Raw rows COPYed (events, errors, requests, metrics).
+    pub rows: usize,
+}
+
+/// Stores `requests` of `project_id` (owned by `organisation_id`) in one transaction; see
+/// the module documentation. `month` is the usage month the items count against.
+pub async fn write(
+    client: &mut Client,
+    project_id: Uuid,
+    organisation_id: Uuid,
+    month: NaiveDate,
+    requests: &[Request<'_>],
+) -> Result<(Vec<Verdict>, Written), StoreError> {
+    let tx = client.transaction().await?;
+    let verdicts = apply_quotas(&tx, organisation_id, month, requests).await?;
+    let stored: Vec<&Request<'_>> = requests
+        .iter()
+        .zip(&verdicts)
+        .filter(|(_, v)| **v == Verdict::Stored)
+        .map(|(r, _)| r)
+        .collect();
+
+    let mut rows = 0;
+    let mut events = Vec::new();
+    let mut errors = Vec::new();
+    let mut calls = Vec::new();
+    let mut metrics = Vec::new();
+    let mut identifies = Vec::new();
+    for request in &stored {
+        let at = request.received_at;
+        match request.items {
+            Items::Events(v) => events.extend(v.iter().map(|i| (at, i))),
+            Items::Errors(v) => errors.extend(v.iter().map(|i| (at, i))),
+            Items::Requests(v) => calls.extend(v.iter().map(|i| (at, i))),
+            Items::Metrics { rows, .. } => metrics.extend(rows.iter().map(|i| (at, i))),
+            Items::Identify(v) => identifies.extend(v.iter()),
+        }
+    }
+    rows += copy_events(&tx, project_id, &events).await?;
+    rows += copy_errors(&tx, project_id, &errors).await?;
+    rows += copy_requests(&tx, project_id, &calls).await?;
+    rows += copy_metrics(&tx, project_id, &metrics).await?;
+    upsert_error_groups(&tx, project_id, &errors).await?;
+    upsert_identities(&tx, project_id, &identifies).await?;
+    tx.commit().await?;
+    Ok((verdicts, Written { rows }))
+}
+
+/// Decides which requests fit under their monthly caps and counts them, under the usage rows'
+/// locks (held until the transaction ends).
+async fn apply_quotas(
+    tx: &tokio_postgres::Transaction<'_>,
+    organisation_id: Uuid,
+    month: NaiveDate,
+    requests: &[Request<'_>],
+) -> Result<Vec<Verdict>, StoreError> {
+    let mut verdicts = vec![Verdict::Stored; requests.len()];
+    let categories: BTreeSet<Category> =
+        requests.iter().map(|r| r.items.kind().category()).collect();
+    for category in categories {
+        // Creates the month's row if needed and locks it; returns the count so far.
+        let row = tx
+            .query_one(
+                "INSERT INTO usage (organisation_id, month, category, count)
+                 VALUES ($1, $2, $3, 0)
+                 ON CONFLICT (organisation_id, month, category)
+                 DO UPDATE SET count = usage.count
+                 RETURNING count",
+                &[&organisation_id, &month, &category.as_str()],
+            )
+            .await?;
+        let mut used = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+        let mut added = 0u64;
+        for (request, verdict) in requests.iter().zip(verdicts.iter_mut()) {
+            if request.items.kind().category() != category {
+                continue;
+            }
+            let n = request.items.len() as u64;
+            if request.cap.allows(used, n) {
+                used += n;
+                added += n;
+            } else {
+                *verdict = Verdict::OverQuota;
+            }
+        }
+        if added > 0 {
+            tx.execute(
+                "UPDATE usage SET count = count + $4
+                 WHERE organisation_id = $1 AND month = $2 AND category = $3",
+                &[
+                    &organisation_id,
+                    &month,
+                    &category.as_str(),
+                    &i64::try_from(added).unwrap_or(i64::MAX),
+                ],
+            )
+            .await?;
+        }
+    }
+    Ok(verdicts)
+}
+
+async fn copy_events(
+    tx: &tokio_postgres::Transaction<'_>,
+    project_id: Uuid,
+    rows: &[(DateTime<Utc>, &Event)],
+) -> Result<usize, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let sink = tx
+        .copy_in(
+            "COPY events (project_id, ts, received_at, name, visitor_id, user_id, url, referrer, properties) FROM STDIN BINARY",
+        )
+        .await?;
+    let mut writer = pin!(BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::UUID,
+            Type::TIMESTAMPTZ,
+            Type::TIMESTAMPTZ,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::JSONB,
+        ],
+    ));
+    for (received_at, e) in rows {
+        writer
+            .as_mut()
+            .write(&[
+                &project_id,
+                &e.timestamp,
+                received_at,
+                &e.name,
+                &e.visitor_id,
+                &e.user_id,
+                &e.url,
+                &e.referrer,
+                &Json(&e.properties),
+            ])
+            .await?;
+    }
+    writer.finish().await?;
+    Ok(rows.len())
+}
+
+async fn copy_errors(
+    tx: &tokio_postgres::Transaction<'_>,
+    project_id: Uuid,
+    rows: &[(DateTime<Utc>, &ErrorItem)],
+) -> Result<usize, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let sink = tx
+        .copy_in(
+            "COPY errors (project_id, ts, received_at, fingerprint, type, message, stack_trace, level, environment, release, url, user_id, visitor_id, tags) FROM STDIN BINARY",
+        )
+        .await?;
+    let mut writer = pin!(BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::UUID,
+            Type::TIMESTAMPTZ,
+            Type::TIMESTAMPTZ,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::JSONB,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::JSONB,
+        ],
+    ));
+    for (received_at, e) in rows {
+        let stack = e.stack_trace.as_ref().map(Json);
+        writer
+            .as_mut()
+            .write(&[
+                &project_id,
+                &e.timestamp,
+                received_at,
+                &e.fingerprint,
+                &e.error_type,
+                &e.message,
+                &stack,
+                &e.level,
+                &e.environment,
+                &e.release,
+                &e.url,
+                &e.user_id,
+                &e.visitor_id,
+                &Json(&e.tags),
+            ])
+            .await?;
+    }
+    writer.finish().await?;
+    Ok(rows.len())
+}
+
+async fn copy_requests(
+    tx: &tokio_postgres::Transaction<'_>,
+    project_id: Uuid,
+    rows: &[(DateTime<Utc>, &RequestItem)],
+) -> Result<usize, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let sink = tx
+        .copy_in(
+            "COPY requests (project_id, ts, received_at, method, route, status_code, duration_ms, user_agent, ip, request_size, response_size) FROM STDIN BINARY",
+        )
+        .await?;
+    let mut writer = pin!(BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::UUID,
+            Type::TIMESTAMPTZ,
+            Type::TIMESTAMPTZ,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT4,
+            Type::FLOAT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+        ],
+    ));
+    for (received_at, r) in rows {
+        writer
+            .as_mut()
+            .write(&[
+                &project_id,
+                &r.timestamp,
+                received_at,
+                &r.method,
+                &r.route,
+                &i32::from(r.status_code),
+                &r.duration_ms,
+                &r.user_agent,
+                &r.ip,
+                &r.request_size,
+                &r.response_size,
+            ])
+            .await?;
+    }
+    writer.finish().await?;
+    Ok(rows.len())
+}
+
+fn kind_str(kind: MetricKind) -> &'static str {
+    match kind {
+        MetricKind::Counter => "counter",
+        MetricKind::Gauge => "gauge",
+        MetricKind::Histogram => "histogram",
+    }
+}
+
+async fn copy_metrics(
+    tx: &tokio_postgres::Transaction<'_>,
+    project_id: Uuid,
+    rows: &[(DateTime<Utc>, &MetricItem)],
+) -> Result<usize, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let sink = tx
+        .copy_in(
+            "COPY metrics (project_id, ts, received_at, name, kind, value, labels) FROM STDIN BINARY",
+        )
+        .await?;
+    let mut writer = pin!(BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::UUID,
+            Type::TIMESTAMPTZ,
+            Type::TIMESTAMPTZ,
+            Type::TEXT,
+            Type::TEXT,
+            Type::FLOAT8,
+            Type::JSONB,
+        ],
+    ));
+    for (received_at, m) in rows {
+        writer
+            .as_mut()
+            .write(&[
+                &project_id,
+                &m.timestamp,
+                received_at,
+                &m.name,
+                &kind_str(m.kind),
+                &m.value,
+                &Json(&m.labels),
+            ])
+            .await?;
+    }
+    writer.finish().await?;
+    Ok(rows.len())
+}
+
+/// One error group's share of a flush.
+struct GroupUpdate<'a> {
+    first: &'a ErrorItem,
+    last: &'a ErrorItem,
+    count: i64,
+}
+
+/// The person an error reached: the user if known, else the visitor.
+fn person(e: &ErrorItem) -> Option<String> {
+    e.user_id
+        .as_ref()
+        .map(|u| format!("u:{u}"))
+        .or_else(|| e.visitor_id.as_ref().map(|v| format!("v:{v}")))
+}
+
+/// What the group keeps of its latest occurrence.
+fn occurrence(e: &ErrorItem) -> Value {
+    json!({
+        "timestamp": e.timestamp,
+        "type": e.error_type,
+        "message": e.message,
+        "level": e.level,
+        "stack_trace": e.stack_trace,
+        "environment": e.environment,
+        "release": e.release,
+        "url": e.url,
+        "user_id": e.user_id,
+        "visitor_id": e.visitor_id,
+        "tags": e.tags,
+    })
+}
+
+/// One upsert for every group in the flush, then the distinct people they reached.
+async fn upsert_error_groups(
+    tx: &tokio_postgres::Transaction<'_>,
+    project_id: Uuid,
+    rows: &[(DateTime<Utc>, &ErrorItem)],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    // BTreeMaps: sorted by fingerprint, the order every flush locks groups in.
+    let mut groups: BTreeMap<&str, GroupUpdate<'_>> = BTreeMap::new();
+    let mut people: BTreeSet<(&str, String)> = BTreeSet::new();
+    for (_, e) in rows {
+        let group = groups.entry(e.fingerprint.as_str()).or_insert(GroupUpdate {
+            first: e,
+            last: e,
+            count: 0,
+        });
+        group.count += 1;
+        if e.timestamp < group.first.timestamp {
+            group.first = e;
+        }
+        if e.timestamp >= group.last.timestamp {
+            group.last = e;
+        }
+        if let Some(p) = person(e) {
+            people.insert((e.fingerprint.as_str(), p));
+        }
+    }
+    let mut fingerprints = Vec::with_capacity(groups.len());
+    let mut types = Vec::with_capacity(groups.len());
+    let mut messages = Vec::with_capacity(groups.len());
+    let mut levels = Vec::with_capacity(groups.len());
+    let mut firsts = Vec::with_capacity(groups.len());
+    let mut lasts = Vec::with_capacity(groups.len());
+    let mut counts = Vec::with_capacity(groups.len());
+    let mut occurrences = Vec::with_capacity(groups.len());
+    for (fingerprint, g) in &groups {
+        fingerprints.push(*fingerprint);
+        types.push(g.first.error_type.as_str());
+        messages.push(g.first.message.as_str());
+        levels.push(g.last.level.as_str());
+        firsts.push(g.first.timestamp);
+        lasts.push(g.last.timestamp);
+        counts.push(g.count);
+        occurrences.push(occurrence(g.last));
+    }
+    tx.execute(
+        "INSERT INTO error_groups
+             (project_id, fingerprint, type, message, level, first_seen, last_seen,
+              occurrences, last_occurrence)
+         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::timestamptz[], $7::timestamptz[], $8::int8[], $9::jsonb[])
+         ON CONFLICT (project_id, fingerprint) DO UPDATE SET
+             occurrences = error_groups.occurrences + EXCLUDED.occurrences,
+             first_seen = least(error_groups.first_seen, EXCLUDED.first_seen),
+             last_seen = greatest(error_groups.last_seen, EXCLUDED.last_seen),
+             level = CASE WHEN EXCLUDED.last_seen >= error_groups.last_seen
+                          THEN EXCLUDED.level ELSE error_groups.level END,
+             last_occurrence = CASE WHEN EXCLUDED.last_seen >= error_groups.last_seen
+                                    THEN EXCLUDED.last_occurrence
+                                    ELSE error_groups.last_occurrence END,
+             -- A new occurrence of a resolved error reopens it: a regression.
+             status = CASE WHEN error_groups.status = 'resolved'
+                           THEN 'unresolved' ELSE error_groups.status END,
+             resolved_at = CASE WHEN error_groups.status = 'resolved'
+                                THEN NULL ELSE error_groups.resolved_at END,
+             regressed_at = CASE WHEN error_groups.status = 'resolved'
+                                 THEN now() ELSE error_groups.regressed_at END,
+             regressions = error_groups.regressions
+                           + CASE WHEN error_groups.status = 'resolved' THEN 1 ELSE 0 END",
+        &[
+            &project_id,
+            &fingerprints,
+            &types,
+            &messages,
+            &levels,
+            &firsts,
+            &lasts,
+            &counts,
+            &occurrences,
+        ],
+    )
+    .await?;
+    if !people.is_empty() {
+        let (people_fps, people_ids): (Vec<&str>, Vec<&str>) =
+            people.iter().map(|(f, p)| (*f, p.as_str())).unzip();
+        tx.execute(
+            "WITH added AS (
+                 INSERT INTO error_group_people (project_id, fingerprint, person)
+                 SELECT $1, * FROM unnest($2::text[], $3::text[])
+                 ON CONFLICT DO NOTHING
+                 RETURNING fingerprint
+             )
+             UPDATE error_groups g SET affected_people = g.affected_people + a.n
+             FROM (SELECT fingerprint, count(*) AS n FROM added GROUP BY fingerprint) a
+             WHERE g.project_id = $1 AND g.fingerprint = a.fingerprint",
+            &[&project_id, &people_fps, &people_ids],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Identify calls: visitor → user (the latest call wins) and the user's traits, merged.
+async fn upsert_identities(
+    tx: &tokio_postgres::Transaction<'_>,
+    project_id: Uuid,
+    calls: &[&Identify],
+) -> Result<(), StoreError> {
+    if calls.is_empty() {
+        return Ok(());
+    }
+    // One row per key per statement (ON CONFLICT cannot touch a row twice): fold the calls
+    // in time order first, later ones winning, as the upsert does against stored rows.
+    let mut ordered: Vec<&Identify> = calls.to_vec();
+    ordered.sort_by_key(|c| c.timestamp);
+    let mut visitors: BTreeMap<&str, (&str, DateTime<Utc>, DateTime<Utc>)> = BTreeMap::new();
+    let mut users: BTreeMap<&str, (Map<String, Value>, DateTime<Utc>, DateTime<Utc>)> =
+        BTreeMap::new();
+    for call in ordered {
+        let v = visitors.entry(call.visitor_id.as_str()).or_insert((
+            call.user_id.as_str(),
+            call.timestamp,
+            call.timestamp,
+        ));
+        v.0 = call.user_id.as_str();
+        v.2 = call.timestamp;
+        let u = users
+            .entry(call.user_id.as_str())
+            .or_insert_with(|| (Map::new(), call.timestamp, call.timestamp));
+        u.0.extend(call.traits.iter().map(|(k, v)| (k.clone(), v.clone())));
+        u.2 = call.timestamp;
+    }
+    let (mut vids, mut uids, mut vfirst, mut vlast) = (vec![], vec![], vec![], vec![]);
+    for (visitor, (user, first, last)) in &visitors {
+        vids.push(*visitor);
+        uids.push(*user);
+        vfirst.push(*first);
+        vlast.push(*last);
+    }
+    tx.execute(
+        "INSERT INTO identities (project_id, visitor_id, user_id, first_seen, last_seen)
+         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[])
+         ON CONFLICT (project_id, visitor_id) DO UPDATE SET
+             user_id = CASE WHEN EXCLUDED.last_seen >= identities.last_seen
+                            THEN EXCLUDED.user_id ELSE identities.user_id END,
+             first_seen = least(identities.first_seen, EXCLUDED.first_seen),
+             last_seen = greatest(identities.last_seen, EXCLUDED.last_seen)",
+        &[&project_id, &vids, &uids, &vfirst, &vlast],
+    )
+    .await?;
+    let (mut pids, mut traits, mut pfirst, mut plast) = (vec![], vec![], vec![], vec![]);
+    for (user, (t, first, last)) in users {
+        pids.push(user);
+        traits.push(Value::Object(t));
+        pfirst.push(first);
+        plast.push(last);
+    }
+    tx.execute(
+        "INSERT INTO people (project_id, user_id, traits, first_seen, last_seen)
+         SELECT $1, * FROM unnest($2::text[], $3::jsonb[], $4::timestamptz[], $5::timestamptz[])
+         ON CONFLICT (project_id, user_id) DO UPDATE SET
+             traits = CASE WHEN EXCLUDED.last_seen >= people.last_seen
+                           THEN people.traits || EXCLUDED.traits
+                           ELSE EXCLUDED.traits || people.traits END,
+             first_seen = least(people.first_seen, EXCLUDED.first_seen),
+             last_seen = greatest(people.last_seen, EXCLUDED.last_seen)",
+        &[&project_id, &pids, &traits, &pfirst, &plast],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Creates the raw tables' daily partitions `days_ahead` days ahead; returns how many were new.
+pub async fn ensure_partitions(client: &Client, days_ahead: u32) -> Result<i32, StoreError> {
+    let days = i32::try_from(days_ahead).unwrap_or(i32::MAX);
+    let row = client
+        .query_one("SELECT observe_ensure_partitions($1)", &[&days])
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Items counted this month against an organisation's caps, by category.
+pub async fn usage(
+    client: &impl super::GenericClient,
+    organisation_id: Uuid,
+    month: NaiveDate,
+) -> Result<BTreeMap<String, i64>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT category, count FROM usage WHERE organisation_id = $1 AND month = $2",
+            &[&organisation_id, &month],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// The first day of `at`'s month (UTC): the usage month items count against.
+pub fn month_of(at: DateTime<Utc>) -> NaiveDate {
+    use chrono::Datelike;
+    at.date_naive().with_day(1).unwrap_or(at.date_naive())
+}

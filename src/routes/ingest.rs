@@ -1,0 +1,423 @@
+//! `POST /ingest/{events,identify,errors,requests,metrics}`: where SDKs send everything.
+//!
+//! One request, in order: the API key is authenticated from memory (`session::ApiKey`); the
+//! body is read up to `ingest.max_body_bytes` and inflated if gzip/deflate-encoded, never past
+//! that limit (413); it is split into items (one object, an array, or `{"batch": [...]}`; 400
+//! if it is not JSON) and every item is validated (422 listing every problem, nothing stored);
+//! the key's per-minute limit for the category is taken in Redis for the whole batch (429);
+//! a cap already known to be reached this month is answered 429 `quota_exceeded` at once;
+//! then the items go to the project's IngestActor (`try_send`: a full mailbox is 503) and the
+//! request waits for its flush: 202 `{"accepted": N}` once committed (`ingest.ack =
+//! "commit"`), 429 `quota_exceeded` if the monthly cap had no room, 503 with `Retry-After` if
+//! the database stayed away past the deadline or the buffer is full.
+//!
+//! Every response after authentication carries `X-RateLimit-Limit`, `-Remaining` and
+//! `-Reset` (seconds until the budget is whole). CORS is open to any origin (browser SDKs
+//! send the key in a header, never a cookie).
+
+use std::io::Read;
+use std::time::Duration;
+
+use actix_cors::Cors;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::{post, web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Datelike, TimeZone, Utc};
+use futures_util::StreamExt;
+use observe_actors::ingest::{Ingest, Outcome, SendFailure};
+use observe_core::config::Limit;
+use observe_core::gcra::Decision;
+use observe_core::ingest::{self as domain, BodyError, Category, Context, Items, Kind};
+use observe_core::store::api_keys::KeyOwner;
+use observe_core::store::ingest::month_of;
+use serde::Serialize;
+use tokio::sync::oneshot;
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+use crate::session::ApiKey;
+use crate::state::AppState;
+
+/// Rate limits are per key, per category, per minute (SPEC §5).
+const RATE_PERIOD: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    /// Items stored (as sent: one LLM usage item counts once).
+    #[schema(example = 100)]
+    pub accepted: usize,
+}
+
+/// CORS for the ingest scope: any origin, POST, the key in a header.
+pub fn cors() -> Cors {
+    Cors::default()
+        .allow_any_origin()
+        .send_wildcard()
+        .allowed_methods(["POST"])
+        .allowed_headers([
+            header::CONTENT_TYPE,
+            header::CONTENT_ENCODING,
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("x-ratelimit-limit"),
+            HeaderName::from_static("x-ratelimit-remaining"),
+            HeaderName::from_static("x-ratelimit-reset"),
+            HeaderName::from_static("x-request-id"),
+            header::RETRY_AFTER,
+        ])
+        .max_age(86_400)
+}
+
+macro_rules! endpoint {
+    ($name:ident, $path:literal, $kind:expr, $what:literal) => {
+        #[doc = $what]
+        #[utoipa::path(
+            post,
+            path = concat!("/ingest", $path),
+            tag = "ingest",
+            description = $what,
+            request_body(content = Object, description = "One item, an array of items, or `{\"batch\": [...]}` (at most 1000 items). May be gzip-encoded."),
+            responses(
+                (status = 202, description = "Stored (committed)", body = Accepted),
+                (status = 400, description = "Not JSON, or not a batch of items", body = crate::error::ErrorBody),
+                (status = 401, description = "Unknown or revoked API key", body = crate::error::ErrorBody),
+                (status = 413, description = "Body or batch too large", body = crate::error::ErrorBody),
+                (status = 415, description = "Unsupported Content-Encoding", body = crate::error::ErrorBody),
+                (status = 422, description = "Invalid items: every problem, by index and field; nothing stored", body = crate::error::ErrorBody),
+                (status = 429, description = "Rate limit (`rate_limited`) or monthly quota (`quota_exceeded`)", body = crate::error::ErrorBody),
+                (status = 503, description = "Storage unavailable or buffer full; retry after `Retry-After`", body = crate::error::ErrorBody),
+            ),
+            security(("api_key" = []))
+        )]
+        #[post($path)]
+        pub async fn $name(
+            req: HttpRequest,
+            key: ApiKey,
+            payload: web::Payload,
+            state: web::Data<AppState>,
+        ) -> HttpResponse {
+            ingest($kind, req, key.0, payload, state).await
+        }
+    };
+}
+
+endpoint!(events, "/events", Kind::Events, "Product-analytics events.");
+endpoint!(
+    identify,
+    "/identify",
+    Kind::Identify,
+    "Link a visitor to a user, with traits."
+);
+endpoint!(
+    errors,
+    "/errors",
+    Kind::Errors,
+    "Errors and exceptions, grouped by fingerprint."
+);
+endpoint!(requests, "/requests", Kind::Requests, "API request logs.");
+endpoint!(
+    metrics,
+    "/metrics",
+    Kind::Metrics,
+    "Custom metrics and LLM usage."
+);
+
+/// Runs one ingest request and puts the rate-limit headers on whatever it answers.
+async fn ingest(
+    kind: Kind,
+    req: HttpRequest,
+    owner: KeyOwner,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let mut decision = None;
+    let result = handle(kind, &req, owner, payload, &state, &mut decision).await;
+    let category = kind.category();
+    let decision = match decision {
+        Some(d) => d,
+        // Rejected before the limit was taken: report the budget without spending any.
+        None => rate_check(&state, owner, category, 0).await,
+    };
+    let mut response = match result {
+        Ok(accepted) => HttpResponse::Accepted().json(Accepted { accepted }),
+        Err((error, reason, items)) => {
+            if items > 0 {
+                state.metrics.ingest.rejected(kind.as_str(), reason, items);
+            }
+            HttpResponse::from_error(error)
+        }
+    };
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("x-ratelimit-limit", decision.limit.to_string()),
+        ("x-ratelimit-remaining", decision.remaining.to_string()),
+        (
+            "x-ratelimit-reset",
+            ceil_secs(decision.reset_after).to_string(),
+        ),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
+    response
+}
+
+/// A rejection: the error, its reason label in `/metrics`, and how many items it covers.
+type Rejection = (ApiError, &'static str, usize);
+
+async fn handle(
+    kind: Kind,
+    req: &HttpRequest,
+    owner: KeyOwner,
+    payload: web::Payload,
+    state: &AppState,
+    decision: &mut Option<Decision>,
+) -> Result<usize, Rejection> {
+    let received_at = Utc::now();
+    let settings = &state.settings.ingest;
+    let body = read_body(req, payload, settings.max_body_bytes).await?;
+    let values = domain::split(&body).map_err(|e| match e {
+        BodyError::Malformed(detail) => (ApiError::MalformedJson(detail), "malformed", 1),
+        BodyError::TooMany => (
+            ApiError::BatchTooLarge {
+                max: domain::MAX_BATCH,
+            },
+            "too_large",
+            1,
+        ),
+        other => (ApiError::BadRequest(other.to_string()), "malformed", 1),
+    })?;
+    let ctx = Context {
+        received_at,
+        retention_days: state.tiers.retention_days(owner.tier),
+    };
+    let items = Items::validate(kind, &values, &ctx, &settings.llm_prices)
+        .map_err(|problems| (ApiError::InvalidItems(problems), "invalid", values.len()))?;
+    let n = items.len();
+    let category = kind.category();
+
+    let taken = rate_check(state, owner, category, n).await;
+    *decision = Some(taken);
+    if !taken.allowed {
+        return Err((
+            ApiError::RateLimited {
+                retry_after_secs: ceil_secs(taken.retry_after),
+                limit: taken.limit,
+            },
+            "rate_limited",
+            n,
+        ));
+    }
+
+    let cap = monthly_cap(state, owner, category);
+    let quota_exceeded = || {
+        (
+            ApiError::QuotaExceeded {
+                category: category.as_str(),
+                retry_after_secs: secs_to_next_month(received_at),
+            },
+            "quota_exceeded",
+            n,
+        )
+    };
+    if matches!(cap, Limit::Max(_))
+        && state
+            .ingest
+            .quota
+            .exhausted(owner.organisation_id, category, month_of(received_at))
+    {
+        return Err(quota_exceeded());
+    }
+
+    let (reply, answer) = oneshot::channel();
+    let unavailable = |retry_after_secs| {
+        (
+            ApiError::Unavailable {
+                what: "ingestion",
+                retry_after_secs,
+            },
+            "unavailable",
+            n,
+        )
+    };
+    state
+        .ingest
+        .send(
+            owner.project_id,
+            owner.organisation_id,
+            Ingest {
+                items,
+                received_at,
+                cap,
+                reply,
+            },
+        )
+        .await
+        .map_err(|failure| {
+            let mut rejection = unavailable(1);
+            if failure == SendFailure::MailboxFull {
+                rejection.1 = "buffer_full";
+            }
+            rejection
+        })?;
+    match answer.await {
+        Ok(Outcome::Stored(accepted)) => Ok(accepted),
+        Ok(Outcome::OverQuota) => Err(quota_exceeded()),
+        // Counted by the actor already; the route only answers.
+        Ok(Outcome::Unavailable) => Err((unavailable(5).0, "unavailable", 0)),
+        Ok(Outcome::BufferFull) => Err((unavailable(1).0, "buffer_full", 0)),
+        // The actor went away with the request (a panic): nothing of it was committed.
+        Err(_) => Err(unavailable(1)),
+    }
+}
+
+/// Takes `cost` items from the key's per-minute budget for `category` (0: only looks).
+async fn rate_check(
+    state: &AppState,
+    owner: KeyOwner,
+    category: Category,
+    cost: usize,
+) -> Decision {
+    let limits = state.tiers.rate_limits(owner.tier);
+    let limit = match category {
+        Category::Events => limits.events,
+        Category::Errors => limits.errors,
+        Category::ApiRequests => limits.api_requests,
+    };
+    let key = format!("ingest:{}:{}", owner.key_id, category.as_str());
+    let cost = u32::try_from(cost).unwrap_or(u32::MAX);
+    state.limiter.check_n(&key, limit, RATE_PERIOD, cost).await
+}
+
+fn monthly_cap(state: &AppState, owner: KeyOwner, category: Category) -> Limit {
+    let tier = state.tiers.limits(owner.tier);
+    match category {
+        Category::Events => tier.events_per_month,
+        Category::Errors => tier.errors_per_month,
+        Category::ApiRequests => tier.api_requests_per_month,
+    }
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000) as u64
+}
+
+/// Seconds until the next calendar month (UTC), when quotas renew.
+fn secs_to_next_month(now: DateTime<Utc>) -> u64 {
+    let (y, m) = if now.month() == 12 {
+        (now.year() + 1, 1)
+    } else {
+        (now.year(), now.month() + 1)
+    };
+    Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0)
+        .single()
+        .map(|next| (next - now).num_seconds().max(1) as u64)
+        .unwrap_or(86_400)
+}
+
+/// Reads the body, at most `limit` bytes on the wire and after decompression.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Vec<u8>, Rejection> {
+    let too_large = || (ApiError::PayloadTooLarge { limit }, "too_large", 1);
+    let encoding = req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    if let Some(encoding) = &encoding {
+        if !matches!(
+            encoding.as_str(),
+            "gzip" | "x-gzip" | "deflate" | "identity"
+        ) {
+            return Err((
+                ApiError::UnsupportedEncoding(encoding.clone()),
+                "unsupported_encoding",
+                1,
+            ));
+        }
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(too_large());
+    }
+    let mut raw = Vec::with_capacity(declared.unwrap_or(1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            (
+                ApiError::BadRequest(format!("could not read the request body: {e}")),
+                "malformed",
+                1,
+            )
+        })?;
+        if raw.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        raw.extend_from_slice(&chunk);
+    }
+    match encoding.as_deref() {
+        Some("gzip" | "x-gzip") => inflate(flate2::read::GzDecoder::new(&raw[..]), limit),
+        Some("deflate") => inflate(flate2::read::ZlibDecoder::new(&raw[..]), limit),
+        _ => Ok(raw),
+    }
+}
+
+/// Decompresses, stopping one byte past `limit`: a gzip bomb costs `limit` bytes, not more.
+fn inflate(reader: impl Read, limit: usize) -> Result<Vec<u8>, Rejection> {
+    let mut out = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|_| {
+            (
+                ApiError::BadRequest("the body could not be decompressed".into()),
+                "malformed",
+                1,
+            )
+        })?;
+    if out.len() > limit {
+        return Err((ApiError::PayloadTooLarge { limit }, "too_large", 1));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotas_renew_on_the_first() {
+        let at = Utc
+            .with_ymd_and_hms(2026, 12, 31, 23, 59, 0)
+            .single()
+            .unwrap();
+        assert_eq!(secs_to_next_month(at), 60);
+        let at = Utc.with_ymd_and_hms(2026, 2, 28, 0, 0, 0).single().unwrap();
+        assert_eq!(secs_to_next_month(at), 86_400);
+    }
+
+    #[test]
+    fn inflating_stops_at_the_limit() {
+        use flate2::write::GzEncoder;
+        use std::io::Write;
+        let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&vec![b'a'; 10 * 1024 * 1024]).unwrap();
+        let bomb = gz.finish().unwrap();
+        assert!(
+            bomb.len() < 64 * 1024,
+            "10 MiB of one byte compresses small"
+        );
+        let err = inflate(flate2::read::GzDecoder::new(&bomb[..]), 1024 * 1024).unwrap_err();
+        assert_eq!(err.1, "too_large");
+        let ok = inflate(flate2::read::GzDecoder::new(&bomb[..]), 20 * 1024 * 1024).unwrap();
+        assert_eq!(ok.len(), 10 * 1024 * 1024);
+    }
+}
