@@ -118,15 +118,15 @@ async fn redis_outage_makes_ready_503_naming_redis_and_it_recovers_by_itself() {
 
 /// A TCP forwarder to PostgreSQL that a test can cut and restore, to simulate an outage of
 /// the database without touching the shared server.
-struct CuttableProxy {
-    port: u16,
+pub(crate) struct CuttableProxy {
+    pub(crate) port: u16,
     cut: Arc<Notify>,
     task: Option<tokio::task::JoinHandle<()>>,
     target: u16,
 }
 
 impl CuttableProxy {
-    async fn start(target: u16) -> Self {
+    pub(crate) async fn start(target: u16) -> Self {
         let port = free_port();
         let mut proxy = Self {
             port,
@@ -138,7 +138,7 @@ impl CuttableProxy {
         proxy
     }
 
-    async fn open(&mut self) {
+    pub(crate) async fn open(&mut self) {
         let listener = TcpListener::bind(("127.0.0.1", self.port))
             .await
             .expect("bind proxy");
@@ -166,7 +166,7 @@ impl CuttableProxy {
         }));
     }
 
-    async fn cut(&mut self) {
+    pub(crate) async fn cut(&mut self) {
         self.cut.notify_one();
         if let Some(task) = self.task.take() {
             let _ = task.await;

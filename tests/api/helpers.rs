@@ -428,3 +428,70 @@ pub async fn create_project(app: &TestApp, token: &str, name: &str) -> String {
     assert_eq!(reply.status, 201, "{}", reply.text);
     reply.json()["id"].as_str().expect("id").to_string()
 }
+
+/// An account with a project and an API key for it: what an SDK needs.
+pub struct Sdk {
+    pub account: Account,
+    pub project: String,
+    pub key_id: String,
+    pub key: String,
+}
+
+/// Registers an account, creates a project and an API key.
+pub async fn sdk(app: &TestApp) -> Sdk {
+    let account = register(app).await;
+    let project = create_project(app, &account.token, "sdk").await;
+    let reply = call(
+        app,
+        awc::http::Method::POST,
+        &format!("/projects/{project}/api-keys"),
+        Some(&account.token),
+        Some(serde_json::json!({"name": "sdk"})),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let body = reply.json();
+    Sdk {
+        account,
+        project,
+        key_id: body["id"].as_str().expect("key id").to_string(),
+        key: body["key"].as_str().expect("key").to_string(),
+    }
+}
+
+/// `POST /ingest/{kind}` with `key` and a JSON body.
+pub async fn ingest(app: &TestApp, key: &str, kind: &str, body: serde_json::Value) -> Reply {
+    send(
+        app.req(awc::http::Method::POST, &format!("/ingest/{kind}"))
+            .insert_header(("X-API-Key", key))
+            .insert_header(("content-type", "application/json")),
+        Some(body.to_string().into_bytes()),
+    )
+    .await
+}
+
+/// Sets the tier of the organisation owning `project`, straight in the database (billing
+/// comes later). Call it before the project's key is first used: keys cache their tier.
+pub async fn set_tier(app: &TestApp, project: &str, tier: &str) {
+    let conn = app.state.db.get().await.expect("db");
+    let project: uuid::Uuid = project.parse().expect("project id");
+    let n = conn
+        .execute(
+            "UPDATE organisations SET tier = $2
+             WHERE id = (SELECT organisation_id FROM projects WHERE id = $1)",
+            &[&project, &tier],
+        )
+        .await
+        .expect("set tier");
+    assert_eq!(n, 1);
+}
+
+/// A count from the app's database (`sql` returns one bigint).
+pub async fn count(app: &TestApp, sql: &str, project: &str) -> i64 {
+    let conn = app.state.db.get().await.expect("db");
+    let project: uuid::Uuid = project.parse().expect("project id");
+    conn.query_one(sql, &[&project])
+        .await
+        .expect("count query")
+        .get(0)
+}

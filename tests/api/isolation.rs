@@ -4,7 +4,7 @@
 use awc::http::Method;
 use serde_json::json;
 
-use crate::helpers::{call, create_project, register, spawn_app};
+use crate::helpers::{call, count, create_project, ingest, register, sdk, spawn_app};
 
 /// (method, path with `{project}` and `{key}` placeholders, JSON body if the route takes one)
 const ROUTES: &[(&str, &str, Option<&str>)] = &[
@@ -129,4 +129,47 @@ async fn one_organisation_never_reaches_another_organisations_projects() {
         items[0]["revoked_at"].is_null(),
         "the key was not revoked by the intruder"
     );
+}
+
+/// Ingest routes take no project in the path: the key decides the project. So a key of
+/// project A writes into A, whatever the body says, and never into B.
+#[actix_web::test]
+async fn an_api_key_writes_only_into_its_own_project() {
+    let app = spawn_app().await;
+    let alice = sdk(&app).await;
+    let bob = sdk(&app).await;
+    for kind in ["events", "identify", "errors", "requests", "metrics"] {
+        let body = match kind {
+            "events" => json!({"event": "e", "visitor_id": "v", "project_id": bob.project}),
+            "identify" => json!({"visitor_id": "v", "user_id": "u", "project_id": bob.project}),
+            "errors" => json!({"type": "E", "message": "m", "project_id": bob.project}),
+            "requests" => {
+                json!({"method": "GET", "route": "/", "status_code": 200, "duration_ms": 1, "project_id": bob.project})
+            }
+            _ => json!({"name": "m", "value": 1, "project_id": bob.project}),
+        };
+        let reply = ingest(&app, &alice.key, kind, body).await;
+        assert_eq!(reply.status, 202, "{kind}: {}", reply.text);
+    }
+    for table in [
+        "events",
+        "identities",
+        "errors",
+        "error_groups",
+        "requests",
+        "metrics",
+    ] {
+        let sql = format!("SELECT count(*) FROM {table} WHERE project_id = $1");
+        assert_eq!(
+            count(&app, &sql, &alice.project).await,
+            1,
+            "{table} of alice"
+        );
+        assert_eq!(count(&app, &sql, &bob.project).await, 0, "{table} of bob");
+    }
+    // Usage is counted against alice's organisation only.
+    let usage = "SELECT coalesce(sum(count), 0)::int8 FROM usage u JOIN projects p
+                 ON p.organisation_id = u.organisation_id WHERE p.id = $1";
+    assert_eq!(count(&app, usage, &alice.project).await, 5);
+    assert_eq!(count(&app, usage, &bob.project).await, 0);
 }

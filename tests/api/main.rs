@@ -4,11 +4,13 @@
 
 mod accounts;
 mod admin;
+mod durability;
 mod email_flows;
 mod errors;
 mod github;
 mod health;
 mod helpers;
+mod ingest;
 mod isolation;
 mod key_auth;
 mod logs;

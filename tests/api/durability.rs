@@ -1,0 +1,1 @@
+//! Durability of acknowledged items: kill -9, PostgreSQL outages, Redis outages.
