@@ -75,7 +75,7 @@ macro_rules! endpoint {
         #[doc = $what]
         #[utoipa::path(
             post,
-            path = concat!("/ingest", $path),
+            path = $path,
             tag = "ingest",
             description = $what,
             request_body(content = Object, description = "One item, an array of items, or `{\"batch\": [...]}` (at most 1000 items). May be gzip-encoded."),
