@@ -103,7 +103,10 @@ impl Pending {
 /// Months whose cap an organisation has reached, so routes can answer 429 without a flush.
 /// Entries are hints that expire: the usage row in PostgreSQL decides.
 #[derive(Clone, Default)]
-pub struct QuotaHints(Arc<Mutex<HashMap<(Uuid, Category), (NaiveDate, Instant)>>>);
+pub struct QuotaHints(Arc<Mutex<HashMap<(Uuid, Category), ReachedAt>>>);
+
+/// The month whose cap was reached, and when that was seen.
+type ReachedAt = (NaiveDate, Instant);
 
 /// How long a "cap reached" hint is trusted (an upgrade takes effect within it).
 const QUOTA_HINT_TTL: Duration = Duration::from_secs(30);

@@ -494,6 +494,9 @@ async fn upsert_error_groups(
     Ok(())
 }
 
+/// A user's merged traits and first and last identify time.
+type Person = (Map<String, Value>, DateTime<Utc>, DateTime<Utc>);
+
 /// Identify calls: visitor → user (the latest call wins) and the user's traits, merged.
 async fn upsert_identities(
     tx: &tokio_postgres::Transaction<'_>,
@@ -508,8 +511,7 @@ async fn upsert_identities(
     let mut ordered: Vec<&Identify> = calls.to_vec();
     ordered.sort_by_key(|c| c.timestamp);
     let mut visitors: BTreeMap<&str, (&str, DateTime<Utc>, DateTime<Utc>)> = BTreeMap::new();
-    let mut users: BTreeMap<&str, (Map<String, Value>, DateTime<Utc>, DateTime<Utc>)> =
-        BTreeMap::new();
+    let mut users: BTreeMap<&str, Person> = BTreeMap::new();
     for call in ordered {
         let v = visitors.entry(call.visitor_id.as_str()).or_insert((
             call.user_id.as_str(),
