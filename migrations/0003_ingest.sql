@@ -105,6 +105,20 @@ $$;
 
 SELECT observe_ensure_partitions(7);
 
+CREATE FUNCTION observe_delete_project_rows() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM events WHERE project_id = OLD.id;
+    DELETE FROM errors WHERE project_id = OLD.id;
+    DELETE FROM requests WHERE project_id = OLD.id;
+    DELETE FROM metrics WHERE project_id = OLD.id;
+    RETURN OLD;
+END;
+$$;
+
+CREATE TRIGGER projects_delete_raw_rows AFTER DELETE ON projects
+    FOR EACH ROW EXECUTE FUNCTION observe_delete_project_rows();
+
 -- One row per distinct error (project, fingerprint), upserted once per flush.
 CREATE TABLE error_groups (
     id               uuid        PRIMARY KEY DEFAULT gen_random_uuid(),

@@ -810,3 +810,55 @@ async fn many_concurrent_requests_share_flushes_and_all_land() {
         .unwrap();
     assert!(flushes < 200, "{flushes} flushes for 200 requests");
 }
+
+#[actix_web::test]
+async fn deleting_a_project_deletes_what_was_ingested_for_it() {
+    let app = spawn_app().await;
+    let doomed = sdk(&app).await;
+    let kept = sdk(&app).await;
+    for sdk in [&doomed, &kept] {
+        assert_eq!(
+            ingest(&app, &sdk.key, "events", events(3, "e"))
+                .await
+                .status,
+            202
+        );
+        let error = json!({"type": "E", "message": "m", "user_id": "u"});
+        assert_eq!(ingest(&app, &sdk.key, "errors", error).await.status, 202);
+        let call = json!({"method": "GET", "route": "/", "status_code": 200, "duration_ms": 1});
+        assert_eq!(ingest(&app, &sdk.key, "requests", call).await.status, 202);
+        let metric = json!({"name": "m", "value": 1});
+        assert_eq!(ingest(&app, &sdk.key, "metrics", metric).await.status, 202);
+        let identify = json!({"visitor_id": "v", "user_id": "u"});
+        assert_eq!(
+            ingest(&app, &sdk.key, "identify", identify).await.status,
+            202
+        );
+    }
+    let reply = crate::helpers::call(
+        &app,
+        Method::DELETE,
+        &format!("/projects/{}", doomed.project),
+        Some(&doomed.account.token),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 204, "{}", reply.text);
+    for table in [
+        "events",
+        "errors",
+        "requests",
+        "metrics",
+        "error_groups",
+        "error_group_people",
+        "identities",
+        "people",
+    ] {
+        let sql = format!("SELECT count(*) FROM {table} WHERE project_id = $1");
+        assert_eq!(count(&app, &sql, &doomed.project).await, 0, "{table}");
+        assert!(
+            count(&app, &sql, &kept.project).await > 0,
+            "{table} of the other project"
+        );
+    }
+}
