@@ -22,6 +22,15 @@ pub struct AdminStats {
     /// Monthly recurring revenue in kobo: paying organisations × their tier's price.
     pub mrr_kobo: i64,
     pub emails: EmailCounts,
+    /// Items ingested this calendar month (UTC), all organisations.
+    pub ingested_this_month: IngestedCounts,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IngestedCounts {
+    pub events: i64,
+    pub errors: i64,
+    pub api_requests: i64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -66,7 +75,8 @@ fn check_token(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     }
 }
 
-/// Users, organisations by tier, projects, API keys, MRR and the email outbox.
+/// Users, organisations by tier, projects, API keys, MRR, the email outbox and this month's
+/// ingested items.
 #[utoipa::path(
     tag = "operations",
     params(("x-admin-token" = String, Header, description = "the configured ADMIN_TOKEN")),
@@ -105,6 +115,11 @@ pub async fn stats(
             pending: c.emails_pending,
             sent: c.emails_sent,
             failed: c.emails_failed,
+        },
+        ingested_this_month: IngestedCounts {
+            events: c.events_this_month,
+            errors: c.errors_this_month,
+            api_requests: c.api_requests_this_month,
         },
     }))
 }

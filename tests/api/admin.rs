@@ -95,6 +95,10 @@ async fn admin_stats_count_what_exists_for_the_right_token_only() {
     assert_eq!(stats["api_keys"], json!({"active": 1, "revoked": 1}));
     assert_eq!(stats["mrr_kobo"], 500_000);
     assert!(stats["emails"]["pending"].is_number());
+    assert_eq!(
+        stats["ingested_this_month"],
+        json!({"events": 0, "errors": 0, "api_requests": 0})
+    );
     assert!(
         !app.logs.contents().contains(token),
         "the admin token is never logged"

@@ -16,6 +16,10 @@ pub struct Counts {
     pub emails_pending: i64,
     pub emails_sent: i64,
     pub emails_failed: i64,
+    /// Items accepted this calendar month (UTC), all organisations.
+    pub events_this_month: i64,
+    pub errors_this_month: i64,
+    pub api_requests_this_month: i64,
 }
 
 pub async fn counts(client: &impl GenericClient) -> Result<Counts, StoreError> {
@@ -31,7 +35,13 @@ pub async fn counts(client: &impl GenericClient) -> Result<Counts, StoreError> {
                 (SELECT count(*) FROM api_keys WHERE revoked_at IS NOT NULL),
                 (SELECT count(*) FROM email_outbox WHERE status = 'pending'),
                 (SELECT count(*) FROM email_outbox WHERE status = 'sent'),
-                (SELECT count(*) FROM email_outbox WHERE status = 'failed')",
+                (SELECT count(*) FROM email_outbox WHERE status = 'failed'),
+                (SELECT coalesce(sum(count), 0)::int8 FROM usage
+                  WHERE month = date_trunc('month', now() AT TIME ZONE 'UTC')::date AND category = 'events'),
+                (SELECT coalesce(sum(count), 0)::int8 FROM usage
+                  WHERE month = date_trunc('month', now() AT TIME ZONE 'UTC')::date AND category = 'errors'),
+                (SELECT coalesce(sum(count), 0)::int8 FROM usage
+                  WHERE month = date_trunc('month', now() AT TIME ZONE 'UTC')::date AND category = 'api_requests')",
             &[],
         )
         .await?;
@@ -46,5 +56,8 @@ pub async fn counts(client: &impl GenericClient) -> Result<Counts, StoreError> {
         emails_pending: row.get(7),
         emails_sent: row.get(8),
         emails_failed: row.get(9),
+        events_this_month: row.get(10),
+        errors_this_month: row.get(11),
+        api_requests_this_month: row.get(12),
     })
 }
