@@ -1,7 +1,7 @@
 # observe — the commands people, CI and benchmarks use.
 #   make run     start PostgreSQL + Redis (private, under .data/) and observe in the foreground
 #   make test    start the services and run every test of the workspace
-.PHONY: run test services services-stop build check fmt clippy clean-test-dbs
+.PHONY: run test services services-stop build check fmt clippy clean-test-dbs bench-ingest
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -20,6 +20,14 @@ run: services build
 
 test: services
 	@scripts/test.sh
+
+# Ingest throughput, latency, CPU and RSS against a fresh observe_bench database (see
+# benches/ingest.rs). Knobs: BENCH_CONCURRENCY (256), BENCH_SECS (15), BENCH_THREADS (2),
+# BENCH_BATCH (100), BENCH_COPY_ROWS (500000), BENCH_COPY_CHUNK (10000); OBSERVE__INGEST__*
+# variables are passed to the server.
+bench-ingest: services
+	$(CARGO) build --release --bin observe
+	@set -a; . ./.env; set +a; RUST_LIB_BACKTRACE=0 $(CARGO) bench --bench ingest
 
 fmt:
 	$(CARGO) fmt --all

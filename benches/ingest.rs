@@ -1,0 +1,1228 @@
+//! `make bench-ingest`: how fast `POST /ingest/events` stores events, end to end, on this
+//! machine (a benchmark, not a test: it prints numbers; it fails only when PostgreSQL does not
+//! hold exactly the items that were answered 202, or when setup fails).
+//!
+//! What it does: drops and re-creates the database `observe_bench` on the cluster of
+//! `DATABASE_URL`, starts the release `observe serve` as a child process on a free loopback port
+//! (its own Redis key prefix, a `team` tier made unlimited, every `OBSERVE__INGEST__*` variable of
+//! this environment passed through; its log goes to `target/bench-ingest-observe.log`), makes an
+//! account, a project and an API key through the HTTP API, then drives load from this process
+//! (separate from the server) over loopback, with `BENCH_CONCURRENCY` (default 256) concurrent
+//! connections split over `BENCH_THREADS` (default 2) OS threads, for `BENCH_SECS` (default 15)
+//! seconds per phase after `BENCH_WARMUP_SECS` (default 1) of warm-up:
+//!
+//! - `(a)`   single-event requests, closed loop: each connection sends its next request as soon
+//!   as the previous one is answered;
+//! - `(a/2)` single-event requests, open loop at half the rate `(a)` reached: each connection
+//!   sends on a fixed schedule, and latency is counted from the scheduled send time, so a slow
+//!   server cannot hide its queueing (no coordinated omission);
+//! - `(b)`   `BENCH_BATCH`-event batches (default 100), closed loop;
+//! - `copy`  the raw rate of `COPY events … FROM STDIN BINARY` (`BinaryCopyInWriter`) of the same
+//!   rows into the same table, on one connection: `BENCH_COPY_ROWS` rows (default 500,000) in
+//!   chunks of `BENCH_COPY_CHUNK` (default 10,000) rows per COPY + commit, under a project id of
+//!   its own, deleted afterwards. It runs before the HTTP phases, on the empty table.
+//!
+//! How to read the table: `req/s` counts 202 answers per second and `items/s` the items they
+//! accepted, over the measured window only (closed loop: requests completed in the window; open
+//! loop: requests scheduled in it). `p50/p95/p99` are latencies of 202 answers in milliseconds.
+//! `srv CPU` is the observe process's CPU (utime + stime from `/proc/<pid>/stat` over wall time;
+//! 100% = one core), `pg CPU` the same summed over every `postgres` process of the machine and
+//! `gen CPU` this load generator's own; `srv RSS` is observe's peak RSS during the phase
+//! (`VmHWM` from `/proc/<pid>/status`, reset at the start of each phase through `clear_refs`).
+//! `answers` counts every answer of the phase (warm-up included) by status; `error:` entries are
+//! requests that got no HTTP answer. Under the table: each target with PASS/MISS, and the rows
+//! of the bench project in `events` against the sum of the `accepted` numbers of every 202.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::pin::pin;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::web::Bytes;
+use anyhow::{anyhow, bail, Context as _};
+use futures_util::future::join_all;
+use serde_json::json;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+const BENCH_DB: &str = "observe_bench";
+const TARGET_REQ_PER_S: f64 = 15_000.0;
+const TARGET_P99_HALF_MS: f64 = 50.0;
+const TARGET_COPY_SHARE: f64 = 0.60;
+const TARGET_RSS_BYTES: u64 = 200 * 1024 * 1024;
+
+fn main() -> anyhow::Result<()> {
+    actix_rt::System::new().block_on(run())
+}
+
+/// The knobs, from the environment.
+struct Knobs {
+    concurrency: usize,
+    threads: usize,
+    secs: u64,
+    warmup_secs: u64,
+    batch: usize,
+    copy_rows: usize,
+    copy_chunk: usize,
+}
+
+impl Knobs {
+    fn from_env() -> anyhow::Result<Self> {
+        let knobs = Knobs {
+            concurrency: env_num("BENCH_CONCURRENCY", 256)?,
+            threads: env_num("BENCH_THREADS", 2)?,
+            secs: env_num("BENCH_SECS", 15)?,
+            warmup_secs: env_num("BENCH_WARMUP_SECS", 1)?,
+            batch: env_num("BENCH_BATCH", 100)?,
+            copy_rows: env_num("BENCH_COPY_ROWS", 500_000)?,
+            copy_chunk: env_num("BENCH_COPY_CHUNK", 10_000)?,
+        };
+        if knobs.concurrency == 0
+            || knobs.threads == 0
+            || knobs.secs == 0
+            || knobs.batch == 0
+            || knobs.copy_chunk == 0
+        {
+            bail!("BENCH_CONCURRENCY, BENCH_THREADS, BENCH_SECS, BENCH_BATCH and BENCH_COPY_CHUNK must be > 0");
+        }
+        Ok(knobs)
+    }
+}
+
+fn env_num<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("{name}={v:?} is not a valid number")),
+        _ => Ok(default),
+    }
+}
+
+/// A variable from the environment, else from the `.env` that `make services` writes.
+fn env_var(name: &str) -> Option<String> {
+    if let Ok(v) = std::env::var(name) {
+        return Some(v);
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".env");
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim() == name)
+        .map(|(_, v)| {
+            let v = v.trim();
+            let v = v
+                .strip_prefix('\'')
+                .and_then(|v| v.strip_suffix('\''))
+                .unwrap_or(v);
+            v.replace("'\\''", "'")
+        })
+}
+
+/// `url` with its database name replaced.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let prefix = match base.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{}", rest.split('/').next().unwrap_or(rest)),
+        None => base.to_string(),
+    };
+    format!("{prefix}/{name}{query}")
+}
+
+async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .with_context(|| format!("connect to PostgreSQL ({})", redact(url)))?;
+    actix_rt::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.find('@')) {
+        (Some((scheme, rest)), Some(_)) => match rest.split_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or("");
+                format!("{scheme}://{user}@{host}")
+            }
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let knobs = Knobs::from_env()?;
+    let database_url = env_var("DATABASE_URL")
+        .context("DATABASE_URL is not set (run `make services`, or source .env)")?;
+    let redis_url = env_var("REDIS_URL")
+        .context("REDIS_URL is not set (run `make services`, or source .env)")?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    // A fresh database of our own.
+    let admin = connect(&with_database(&database_url, "postgres")).await?;
+    admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS \"{BENCH_DB}\" WITH (FORCE)"
+        ))
+        .await
+        .context("drop the bench database")?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE \"{BENCH_DB}\""))
+        .await
+        .context("create the bench database")?;
+    drop(admin);
+    let bench_url = with_database(&database_url, BENCH_DB);
+
+    let mut server = Server::start(&bench_url, &redis_url)?;
+    let base = format!("http://{}", server.addr);
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish();
+    server.wait_ready(&client, &base).await?;
+
+    let db = connect(&bench_url).await?;
+    let (project_id, api_key) = make_project(&client, &base, &db).await?;
+    let ingest_url = format!("{base}/ingest/events");
+
+    // The first use of the key (after the tier change). A 404 here: no ingest route yet.
+    let probe = client
+        .post(&ingest_url)
+        .insert_header(("x-api-key", api_key.as_str()))
+        .insert_header(("content-type", "application/json"))
+        .send_body(single_body(0))
+        .await;
+    let mut accepted_total = 0_u64;
+    match probe {
+        Ok(mut res) => {
+            let status = res.status().as_u16();
+            let body = res.body().await.unwrap_or_default();
+            if status != 202 {
+                bail!(
+                    "POST /ingest/events answered {status}: {}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+            accepted_total += accepted_of(&body).unwrap_or(0);
+        }
+        Err(e) => bail!("POST /ingest/events failed: {e}"),
+    }
+
+    // Raw COPY first, on the empty table; its rows are deleted afterwards.
+    let mut copy_db = connect(&bench_url).await?;
+    let copy = copy_rate(&mut copy_db, knobs.copy_rows, knobs.copy_chunk).await?;
+
+    let target = Arc::new(Target {
+        url: ingest_url,
+        key: api_key,
+    });
+    let pid = server.pid;
+
+    let a = run_phase(&knobs, &target, pid, Load::Single, None).await?;
+    accepted_total += a.total_items;
+    let half_rate = a.req_per_s() / 2.0;
+    let half = if half_rate >= 1.0 {
+        let r = run_phase(&knobs, &target, pid, Load::Single, Some(half_rate)).await?;
+        accepted_total += r.total_items;
+        Some(r)
+    } else {
+        None
+    };
+    let b = run_phase(&knobs, &target, pid, Load::Batch(knobs.batch), None).await?;
+    accepted_total += b.total_items;
+
+    // Every 202 is committed (ack = commit); with ack = enqueue the rows may trail a moment.
+    let mut rows = count_rows(&db, project_id).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rows != accepted_total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        rows = count_rows(&db, project_id).await?;
+    }
+
+    let stopped = server.stop();
+
+    print_report(&Report {
+        knobs: &knobs,
+        cores,
+        a: &a,
+        half: half.as_ref(),
+        b: &b,
+        copy: &copy,
+        rows,
+        accepted_total,
+    });
+    match stopped {
+        Ok(status) if status.success() => {}
+        Ok(status) => println!(
+            "note: observe exited with {status} (log: {})",
+            log_path().display()
+        ),
+        Err(e) => println!("note: stopping observe: {e:#}"),
+    }
+    if rows != accepted_total {
+        bail!("PostgreSQL holds {rows} rows of the bench project, but {accepted_total} items were answered 202");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The observe process.
+
+struct Server {
+    child: Child,
+    pid: u32,
+    addr: String,
+}
+
+fn log_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-ingest-observe.log")
+}
+
+fn observe_binary() -> PathBuf {
+    match std::env::var_os("OBSERVE_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_observe")),
+    }
+}
+
+impl Server {
+    fn start(db_url: &str, redis_url: &str) -> anyhow::Result<Server> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .context("find a free port")?;
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(log_path())
+            .with_context(|| format!("create {}", log_path().display()))?;
+        let log_err = log.try_clone().context("clone the log file handle")?;
+
+        let mut cmd = Command::new(observe_binary());
+        cmd.arg("serve");
+        // Only what the bench sets, plus the ingest tuning of this environment.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy().into_owned();
+            let ours = (name.starts_with("OBSERVE") && !name.starts_with("OBSERVE__INGEST__"))
+                || matches!(
+                    name.as_str(),
+                    "SECRET_KEY" | "DATABASE_URL" | "REDIS_URL" | "RUST_LOG"
+                );
+            if ours {
+                cmd.env_remove(&name);
+            }
+        }
+        let secret = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+        cmd.env("DATABASE_URL", db_url)
+            .env("REDIS_URL", redis_url)
+            .env("OBSERVE_BIND", &addr)
+            .env("OBSERVE_LOG_LEVEL", "warn")
+            .env("OBSERVE_SHUTDOWN_TIMEOUT_SECS", "10")
+            .env("SECRET_KEY", secret)
+            .env(
+                "OBSERVE__REDIS__KEY_PREFIX",
+                format!("bench:{}:", std::process::id()),
+            )
+            .env("OBSERVE__DATABASE__POOL_MAX_SIZE", "16");
+        for kind in ["EVENTS", "ERRORS", "API_REQUESTS"] {
+            cmd.env(
+                format!("OBSERVE__TIERS__TEAM__{kind}_PER_MONTH"),
+                "unlimited",
+            )
+            .env(
+                format!("OBSERVE__TIERS__TEAM__{kind}_PER_MINUTE"),
+                "4000000000",
+            );
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err));
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("start {}", observe_binary().display()))?;
+        let pid = child.id();
+        Ok(Server { child, pid, addr })
+    }
+
+    async fn wait_ready(&mut self, client: &awc::Client, base: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "observe exited ({status}) before it was ready; its log:\n{}",
+                    log_tail()
+                );
+            }
+            if let Ok(res) = client.get(format!("{base}/health/ready")).send().await {
+                if res.status().as_u16() == 200 {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "observe was not ready within 90 s; its log:\n{}",
+                    log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, then wait (at most 30 s) for it to exit.
+    fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .context("run kill -TERM")?;
+        if !sent.success() {
+            bail!("kill -TERM {} failed", self.pid);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                self.child.kill()?;
+                bail!("observe did not exit within 30 s of SIGTERM; killed");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn log_tail() -> String {
+    let text = std::fs::read_to_string(log_path()).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Account, project, key.
+
+async fn post_json(
+    client: &awc::Client,
+    url: &str,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let mut req = client
+        .post(url)
+        .insert_header(("content-type", "application/json"));
+    if let Some(token) = token {
+        req = req.insert_header(("authorization", format!("Bearer {token}")));
+    }
+    let mut res = req
+        .send_body(body.to_string())
+        .await
+        .map_err(|e| anyhow!("POST {url}: {e}"))?;
+    let status = res.status().as_u16();
+    let bytes = res
+        .body()
+        .await
+        .map_err(|e| anyhow!("POST {url}: body: {e}"))?;
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    Ok((status, json))
+}
+
+/// Registers an account, creates a project, makes its organisation `team` (unlimited here) and
+/// creates an API key. Returns the project id and the key.
+async fn make_project(
+    client: &awc::Client,
+    base: &str,
+    db: &tokio_postgres::Client,
+) -> anyhow::Result<(Uuid, String)> {
+    let email = format!("bench-{}@example.com", Uuid::new_v4().simple());
+    let (status, body) = post_json(
+        client,
+        &format!("{base}/auth/register"),
+        None,
+        json!({"email": email, "password": "bench password 0123456789", "name": "Bench"}),
+    )
+    .await?;
+    if status != 201 {
+        bail!("POST /auth/register answered {status}: {body}");
+    }
+    let token = body["access_token"]
+        .as_str()
+        .context("register: no access_token")?
+        .to_string();
+
+    let (status, body) = post_json(
+        client,
+        &format!("{base}/projects"),
+        Some(&token),
+        json!({"name": "bench"}),
+    )
+    .await?;
+    if status != 201 {
+        bail!("POST /projects answered {status}: {body}");
+    }
+    let project_id: Uuid = body["id"]
+        .as_str()
+        .context("create project: no id")?
+        .parse()
+        .context("create project: id is not a UUID")?;
+
+    let updated = db
+        .execute(
+            "UPDATE organisations SET tier = 'team' \
+             WHERE id = (SELECT organisation_id FROM projects WHERE id = $1)",
+            &[&project_id],
+        )
+        .await
+        .context("set the organisation's tier")?;
+    if updated != 1 {
+        bail!("setting the tier updated {updated} organisations");
+    }
+
+    let (status, body) = post_json(
+        client,
+        &format!("{base}/projects/{project_id}/api-keys"),
+        Some(&token),
+        json!({"name": "bench"}),
+    )
+    .await?;
+    if status != 201 {
+        bail!("POST /projects/{project_id}/api-keys answered {status}: {body}");
+    }
+    let key = body["key"]
+        .as_str()
+        .context("create api key: no key")?
+        .to_string();
+    Ok((project_id, key))
+}
+
+async fn count_rows(db: &tokio_postgres::Client, project_id: Uuid) -> anyhow::Result<u64> {
+    let row = db
+        .query_one(
+            "SELECT count(*) FROM events WHERE project_id = $1",
+            &[&project_id],
+        )
+        .await
+        .context("count the bench rows")?;
+    let n: i64 = row.get(0);
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw COPY.
+
+struct CopyResult {
+    rows: usize,
+    chunk: usize,
+    secs: f64,
+}
+
+impl CopyResult {
+    fn rows_per_s(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.rows as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+}
+
+async fn copy_rate(
+    db: &mut tokio_postgres::Client,
+    rows: usize,
+    chunk: usize,
+) -> anyhow::Result<CopyResult> {
+    let project = Uuid::new_v4();
+    let properties = json!({"plan": "pro"});
+    let url = Some("https://example.com/a");
+    let none: Option<&str> = None;
+    let types = [
+        Type::UUID,
+        Type::TIMESTAMPTZ,
+        Type::TIMESTAMPTZ,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::JSONB,
+    ];
+    let started = Instant::now();
+    let mut done = 0;
+    while done < rows {
+        let n = chunk.min(rows - done);
+        let tx = db.transaction().await?;
+        let sink = tx
+            .copy_in(
+                "COPY events (project_id, ts, received_at, name, visitor_id, user_id, url, \
+                 referrer, properties) FROM STDIN BINARY",
+            )
+            .await
+            .context("start COPY")?;
+        let mut writer = pin!(BinaryCopyInWriter::new(sink, &types));
+        let now = chrono::Utc::now();
+        for i in 0..n {
+            let visitor = format!("v-{}", (done + i) % 256);
+            writer
+                .as_mut()
+                .write(&[
+                    &project,
+                    &now,
+                    &now,
+                    &"page_view",
+                    &visitor,
+                    &none,
+                    &url,
+                    &none,
+                    &properties,
+                ])
+                .await
+                .context("COPY row")?;
+        }
+        writer.as_mut().finish().await.context("finish COPY")?;
+        tx.commit().await.context("commit COPY")?;
+        done += n;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    db.execute("DELETE FROM events WHERE project_id = $1", &[&project])
+        .await
+        .context("delete the COPY rows")?;
+    db.batch_execute("VACUUM ANALYZE events")
+        .await
+        .context("vacuum events")?;
+    Ok(CopyResult { rows, chunk, secs })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load.
+
+struct Target {
+    url: String,
+    key: String,
+}
+
+#[derive(Clone, Copy)]
+enum Load {
+    Single,
+    Batch(usize),
+}
+
+fn event(visitor: &str) -> serde_json::Value {
+    json!({
+        "event": "page_view",
+        "visitor_id": visitor,
+        "url": "https://example.com/a",
+        "properties": {"plan": "pro"},
+    })
+}
+
+fn single_body(conn: usize) -> Bytes {
+    Bytes::from(event(&format!("v-{conn}")).to_string())
+}
+
+fn batch_body(conn: usize, n: usize) -> Bytes {
+    let items: Vec<_> = (0..n).map(|i| event(&format!("v-{conn}-{i}"))).collect();
+    Bytes::from(json!({ "batch": items }).to_string())
+}
+
+#[derive(serde::Deserialize)]
+struct Accepted {
+    accepted: u64,
+}
+
+fn accepted_of(body: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<Accepted>(body)
+        .ok()
+        .map(|a| a.accepted)
+}
+
+/// What one phase's schedule is, shared by the generator threads.
+struct Plan {
+    load: Load,
+    /// Open loop: total requests per second; `None`: closed loop.
+    rate: Option<f64>,
+    concurrency: usize,
+    start: Instant,
+    window_start: Instant,
+    end: Instant,
+}
+
+/// What a generator thread (and then the whole phase) saw.
+#[derive(Default)]
+struct Tally {
+    /// Latencies (µs) of 202 answers in the measured window.
+    latencies_us: Vec<u32>,
+    /// 202 answers in the window, and the items they accepted.
+    window_accepted_reqs: u64,
+    window_items: u64,
+    /// Items accepted by every 202 of the phase, warm-up included.
+    total_items: u64,
+    /// Every answer of the phase by status (or `error: …`).
+    answers: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        self.latencies_us.extend(other.latencies_us);
+        self.window_accepted_reqs += other.window_accepted_reqs;
+        self.window_items += other.window_items;
+        self.total_items += other.total_items;
+        for (k, v) in other.answers {
+            *self.answers.entry(k).or_default() += v;
+        }
+    }
+}
+
+struct PhaseResult {
+    label: String,
+    concurrency: usize,
+    secs: f64,
+    tally: Tally,
+    total_items: u64,
+    server_cpu: Option<f64>,
+    pg_cpu: Option<f64>,
+    gen_cpu: Option<f64>,
+    /// Peak RSS (bytes) of observe, and whether it is the phase's own (reset worked).
+    server_hwm: Option<(u64, bool)>,
+}
+
+impl PhaseResult {
+    fn req_per_s(&self) -> f64 {
+        self.tally.window_accepted_reqs as f64 / self.secs
+    }
+    fn items_per_s(&self) -> f64 {
+        self.tally.window_items as f64 / self.secs
+    }
+    fn percentile_ms(&self, p: f64) -> Option<f64> {
+        percentile(&self.tally.latencies_us, p).map(|us| f64::from(us) / 1000.0)
+    }
+}
+
+/// Nearest-rank percentile of a sorted slice.
+fn percentile(sorted: &[u32], p: f64) -> Option<u32> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
+}
+
+async fn run_phase(
+    knobs: &Knobs,
+    target: &Arc<Target>,
+    server_pid: u32,
+    load: Load,
+    rate: Option<f64>,
+) -> anyhow::Result<PhaseResult> {
+    let label = match (load, rate) {
+        (Load::Single, None) => "(a)   single events".to_string(),
+        (Load::Single, Some(r)) => format!("(a/2) single, {} req/s", thousands(r)),
+        (Load::Batch(n), _) => format!("(b)   {n}-event batches"),
+    };
+    eprintln!("bench: running {label} ...");
+    let hwm_reset = std::fs::write(format!("/proc/{server_pid}/clear_refs"), "5").is_ok();
+
+    let start = Instant::now() + Duration::from_millis(200);
+    let window_start = start + Duration::from_secs(knobs.warmup_secs);
+    let end = window_start + Duration::from_secs(knobs.secs);
+    let plan = Arc::new(Plan {
+        load,
+        rate,
+        concurrency: knobs.concurrency,
+        start,
+        window_start,
+        end,
+    });
+
+    let threads = knobs.threads.min(knobs.concurrency);
+    let mut handles = Vec::with_capacity(threads);
+    for t in 0..threads {
+        // Connections t, t + threads, t + 2·threads, … belong to thread t.
+        let conns: Vec<usize> = (t..knobs.concurrency).step_by(threads).collect();
+        let plan = Arc::clone(&plan);
+        let target = Arc::clone(target);
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("loadgen-{t}"))
+                .spawn(move || actix_rt::System::new().block_on(generate(plan, target, conns)))
+                .context("spawn a load generator thread")?,
+        );
+    }
+
+    tokio::time::sleep_until(tokio::time::Instant::from_std(window_start)).await;
+    let cpu_before = CpuSample::take(server_pid);
+    tokio::time::sleep_until(tokio::time::Instant::from_std(end)).await;
+    let cpu_after = CpuSample::take(server_pid);
+    let hwm = read_hwm(server_pid);
+
+    let mut tally = Tally::default();
+    for h in handles {
+        let part = h
+            .join()
+            .map_err(|_| anyhow!("a load generator thread panicked"))??;
+        tally.merge(part);
+    }
+    tally.latencies_us.sort_unstable();
+    let secs = (end - window_start).as_secs_f64();
+    let wall = cpu_after.at.duration_since(cpu_before.at).as_secs_f64();
+    let tick = clock_ticks_per_sec();
+    let pct = |before: Option<u64>, after: Option<u64>| match (before, after) {
+        (Some(b), Some(a)) if wall > 0.0 => Some(a.saturating_sub(b) as f64 / tick / wall * 100.0),
+        _ => None,
+    };
+    let pg_cpu = if wall > 0.0 {
+        let ticks: u64 = cpu_after
+            .postgres
+            .iter()
+            .map(|(pid, t)| t.saturating_sub(*cpu_before.postgres.get(pid).unwrap_or(&0)))
+            .sum();
+        Some(ticks as f64 / tick / wall * 100.0)
+    } else {
+        None
+    };
+    let total_items = tally.total_items;
+    Ok(PhaseResult {
+        label,
+        concurrency: knobs.concurrency,
+        secs,
+        total_items,
+        server_cpu: pct(cpu_before.server, cpu_after.server),
+        gen_cpu: pct(cpu_before.own, cpu_after.own),
+        pg_cpu,
+        server_hwm: hwm.map(|h| (h, hwm_reset)),
+        tally,
+    })
+}
+
+/// One generator thread: an actix System, an awc client without a connection limit, and one
+/// request loop per connection it owns.
+async fn generate(
+    plan: Arc<Plan>,
+    target: Arc<Target>,
+    conns: Vec<usize>,
+) -> anyhow::Result<Tally> {
+    let client = awc::Client::builder()
+        .connector(awc::Connector::new().limit(0))
+        .timeout(Duration::from_secs(60))
+        .finish();
+    let tally = RefCell::new(Tally::default());
+    join_all(
+        conns
+            .iter()
+            .map(|&conn| request_loop(&client, &plan, &target, conn, &tally)),
+    )
+    .await;
+    Ok(tally.into_inner())
+}
+
+async fn request_loop(
+    client: &awc::Client,
+    plan: &Plan,
+    target: &Target,
+    conn: usize,
+    tally: &RefCell<Tally>,
+) {
+    let body = match plan.load {
+        Load::Single => single_body(conn),
+        Load::Batch(n) => batch_body(conn, n),
+    };
+    // Open loop: this connection sends every `interval`, staggered across connections.
+    let schedule = plan.rate.map(|rate| {
+        let interval = plan.concurrency as f64 / rate;
+        let offset = interval * conn as f64 / plan.concurrency as f64;
+        (interval, offset)
+    });
+    let mut k: u32 = 0;
+    loop {
+        let scheduled = match schedule {
+            None => Instant::now(),
+            Some((interval, offset)) => {
+                let at = plan.start + Duration::from_secs_f64(offset + interval * f64::from(k));
+                if at >= plan.end {
+                    break;
+                }
+                tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+                at
+            }
+        };
+        if scheduled >= plan.end {
+            break;
+        }
+        k = k.saturating_add(1);
+
+        let outcome = send(client, target, body.clone()).await;
+        let done = Instant::now();
+        let in_window = match schedule {
+            None => done >= plan.window_start && done < plan.end,
+            Some(_) => scheduled >= plan.window_start,
+        };
+        let mut t = tally.borrow_mut();
+        match outcome {
+            Ok((202, items)) => {
+                *t.answers.entry("202".into()).or_default() += 1;
+                t.total_items += items;
+                if in_window {
+                    t.window_accepted_reqs += 1;
+                    t.window_items += items;
+                    let us = done.duration_since(scheduled).as_micros();
+                    t.latencies_us.push(u32::try_from(us).unwrap_or(u32::MAX));
+                }
+            }
+            Ok((status, _)) => *t.answers.entry(status.to_string()).or_default() += 1,
+            Err(e) => *t.answers.entry(format!("error: {e}")).or_default() += 1,
+        }
+    }
+}
+
+/// Sends one request; the status and, for a 202, the items it accepted.
+async fn send(client: &awc::Client, target: &Target, body: Bytes) -> Result<(u16, u64), String> {
+    let mut res = client
+        .post(&target.url)
+        .insert_header(("x-api-key", target.key.as_str()))
+        .insert_header(("content-type", "application/json"))
+        .send_body(body)
+        .await
+        .map_err(|e| short(&e.to_string()))?;
+    let status = res.status().as_u16();
+    let bytes = res.body().await.map_err(|e| short(&e.to_string()))?;
+    if status == 202 {
+        match accepted_of(&bytes) {
+            Some(n) => Ok((202, n)),
+            None => Err("202 without {\"accepted\": N}".into()),
+        }
+    } else {
+        Ok((status, 0))
+    }
+}
+
+fn short(s: &str) -> String {
+    s.chars().take(48).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc.
+
+struct CpuSample {
+    at: Instant,
+    server: Option<u64>,
+    own: Option<u64>,
+    postgres: HashMap<u32, u64>,
+}
+
+impl CpuSample {
+    fn take(server_pid: u32) -> CpuSample {
+        let mut postgres = HashMap::new();
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if let Some((comm, ticks)) = proc_stat(&format!("/proc/{pid}/stat")) {
+                    if comm == "postgres" {
+                        postgres.insert(pid, ticks);
+                    }
+                }
+            }
+        }
+        CpuSample {
+            at: Instant::now(),
+            server: proc_stat(&format!("/proc/{server_pid}/stat")).map(|(_, t)| t),
+            own: proc_stat("/proc/self/stat").map(|(_, t)| t),
+            postgres,
+        }
+    }
+}
+
+/// The command name and utime + stime (clock ticks) of a `/proc/<pid>/stat`.
+fn proc_stat(path: &str) -> Option<(String, u64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_string();
+    // After "pid (comm) ": field 3 (state) is index 0, so utime (14) is 11 and stime (15) 12.
+    let fields: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((comm, utime + stime))
+}
+
+/// VmHWM of a process, in bytes.
+fn read_hwm(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The report.
+
+struct Report<'a> {
+    knobs: &'a Knobs,
+    cores: usize,
+    a: &'a PhaseResult,
+    half: Option<&'a PhaseResult>,
+    b: &'a PhaseResult,
+    copy: &'a CopyResult,
+    rows: u64,
+    accepted_total: u64,
+}
+
+fn thousands(x: f64) -> String {
+    let n = x.round().max(0.0) as u64;
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn ms(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v < 10.0 => format!("{v:.2}"),
+        Some(v) => format!("{v:.1}"),
+        None => "-".into(),
+    }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.0}%"))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "PASS"
+    } else {
+        "MISS"
+    }
+}
+
+fn print_report(r: &Report<'_>) {
+    let mut out = String::new();
+    let ingest_env: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("OBSERVE__INGEST__"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "observe ingest benchmark: {} cores; {} connections per phase over {} generator thread(s); \
+         {} s per phase after {} s warm-up",
+        r.cores,
+        r.knobs.concurrency,
+        r.knobs.threads.min(r.knobs.concurrency),
+        r.knobs.secs,
+        r.knobs.warmup_secs
+    );
+    let _ = writeln!(
+        out,
+        "ingest settings from the environment: {}",
+        if ingest_env.is_empty() {
+            "none (config/default.toml)".to_string()
+        } else {
+            ingest_env.join(" ")
+        }
+    );
+    let rule = "-".repeat(128);
+    let _ = writeln!(out, "{rule}");
+    let _ = writeln!(
+        out,
+        "{:<28} {:>5} {:>8} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>10}  answers",
+        "phase",
+        "conns",
+        "req/s",
+        "items/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "srv CPU",
+        "pg CPU",
+        "gen CPU",
+        "srv RSS"
+    );
+    let mut peak_rss: Option<u64> = None;
+    let mut rss_is_per_phase = true;
+    for p in [Some(r.a), r.half, Some(r.b)].into_iter().flatten() {
+        let rss = match p.server_hwm {
+            Some((bytes, own)) => {
+                peak_rss = Some(peak_rss.map_or(bytes, |m| m.max(bytes)));
+                rss_is_per_phase &= own;
+                format!("{}{}", mib(bytes), if own { "" } else { "*" })
+            }
+            None => "-".into(),
+        };
+        let answers: Vec<String> = p
+            .tally
+            .answers
+            .iter()
+            .map(|(k, v)| format!("{k} ×{}", thousands(*v as f64)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<28} {:>5} {:>8} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>10}  {}",
+            p.label,
+            p.concurrency,
+            thousands(p.req_per_s()),
+            thousands(p.items_per_s()),
+            ms(p.percentile_ms(50.0)),
+            ms(p.percentile_ms(95.0)),
+            ms(p.percentile_ms(99.0)),
+            pct(p.server_cpu),
+            pct(p.pg_cpu),
+            pct(p.gen_cpu),
+            rss,
+            answers.join(", ")
+        );
+    }
+    if r.half.is_none() {
+        let _ = writeln!(
+            out,
+            "{:<28} skipped: (a) accepted nothing",
+            "(a/2) single, half rate"
+        );
+    }
+    let copy_rate = r.copy.rows_per_s();
+    let _ = writeln!(
+        out,
+        "{:<28} {:>5} {:>8} {:>9}  raw COPY … FROM STDIN BINARY: {} rows, {} per COPY + commit, {:.2} s",
+        "copy  raw COPY BINARY",
+        1,
+        "-",
+        thousands(copy_rate),
+        thousands(r.copy.rows as f64),
+        thousands(r.copy.chunk as f64),
+        r.copy.secs
+    );
+    let _ = writeln!(out, "{rule}");
+
+    let share = if copy_rate > 0.0 {
+        r.b.items_per_s() / copy_rate
+    } else {
+        0.0
+    };
+    let _ = writeln!(
+        out,
+        "{:<44} {:>24}  {:<18} verdict",
+        "target", "result", "goal"
+    );
+    let _ = writeln!(
+        out,
+        "{:<44} {:>24}  {:<18} {}",
+        "(b) items/s ÷ raw COPY rows/s",
+        format!(
+            "{:.1}% ({} / {})",
+            share * 100.0,
+            thousands(r.b.items_per_s()),
+            thousands(copy_rate)
+        ),
+        format!("≥ {:.0}%", TARGET_COPY_SHARE * 100.0),
+        verdict(share >= TARGET_COPY_SHARE)
+    );
+    let _ = writeln!(
+        out,
+        "{:<44} {:>24}  {:<18} {}",
+        "(a) single-event requests/s",
+        thousands(r.a.req_per_s()),
+        format!("≥ {}", thousands(TARGET_REQ_PER_S)),
+        verdict(r.a.req_per_s() >= TARGET_REQ_PER_S)
+    );
+    match r.half {
+        Some(h) => {
+            let p99 = h.percentile_ms(99.0);
+            let _ = writeln!(
+                out,
+                "{:<44} {:>24}  {:<18} {}",
+                format!("(a/2) p99 at {} req/s", thousands(h.req_per_s())),
+                format!("{} ms", ms(p99)),
+                format!("< {TARGET_P99_HALF_MS:.0} ms"),
+                verdict(p99.is_some_and(|v| v < TARGET_P99_HALF_MS))
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "{:<44} {:>24}  {:<18} MISS",
+                "(a/2) p99 at half rate",
+                "not run",
+                format!("< {TARGET_P99_HALF_MS:.0} ms")
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{:<44} {:>24}  {:<18} {}",
+        "observe peak RSS",
+        peak_rss.map_or("-".into(), mib),
+        format!("< {}", mib(TARGET_RSS_BYTES)),
+        verdict(peak_rss.is_some_and(|b| b < TARGET_RSS_BYTES))
+    );
+    let equal = r.rows == r.accepted_total;
+    let _ = writeln!(
+        out,
+        "{:<44} {:>24}  {:<18} {}",
+        "rows in events = items answered 202",
+        format!(
+            "{} = {}",
+            thousands(r.rows as f64),
+            thousands(r.accepted_total as f64)
+        ),
+        "equal",
+        if equal { "PASS" } else { "FAIL (not equal)" }
+    );
+    let _ = writeln!(out, "{rule}");
+    if !rss_is_per_phase {
+        let _ = writeln!(
+            out,
+            "* clear_refs could not reset VmHWM: the RSS shown is the peak since observe started"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "CPU: 100% = one core ({} cores = {}%). observe's log: {}",
+        r.cores,
+        r.cores * 100,
+        log_path().display()
+    );
+    print!("{out}");
+}
