@@ -10,6 +10,17 @@
 //! There are no window edges to game, and it needs a single read-modify-write: done atomically
 //! in a Lua script that takes Redis's own clock, so instances with skewed clocks agree.
 //!
+//! Asking Redis on every request would cost a round trip and a script run per request, which
+//! at thousands of requests a second is more CPU than the rest of ingestion. So for limits of
+//! 200 or more per period an instance takes tokens in blocks (a hundredth of the limit, at most
+//! 1000: [`lease_block`]) together with the request that needed them, and spends them locally
+//! until they run out or go stale ([`lease_lifetime`]: about as long as the key takes to earn a
+//! block back). Only one refill per key runs at a time. The shared limit still holds across
+//! instances: tokens are taken in Redis before they are spent; at worst an instance lets a
+//! block expire unspent, which leaves others that much less for a moment, never more. When a
+//! whole block no longer fits, the request asks for exactly its own cost, so the last tokens of
+//! a budget are not lost to rounding. Small limits (most tiers' error limits) ask every time.
+//!
 //! When Redis fails, [`Limiter`] keeps enforcing the same limits per instance (so N instances
 //! allow up to N × the limit), logs one warning per outage, sets
 //! `observe_ratelimit_degraded` to 1, and returns to Redis by itself when it answers again.
@@ -17,9 +28,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use bb8_redis::redis;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::metrics::Metrics;
 use crate::redis::RedisPool;
@@ -118,11 +127,81 @@ redis.call('SET', KEYS[1], new_tat, 'PX', math.max(ahead, 1))
 return {1, math.floor((capacity - ahead) / interval), ahead, 0}
 ";
 
+/// Tokens taken from Redis at once for a key limited to `limit` per period: a hundredth of
+/// the limit, at most 1000; 0 (ask Redis every time) when that is under 2.
+pub fn lease_block(limit: u32) -> u32 {
+    let block = (limit / 100).min(1000);
+    if block < 2 {
+        0
+    } else {
+        block
+    }
+}
+
+/// How long a block stays usable: the time the key takes to earn it back (`block` emission
+/// intervals), within 50 ms and 1 s. Longer, and a quiet instance could spend old tokens on top
+/// of a fresh burst.
+pub fn lease_lifetime(block: u32, limit: u32, period: Duration) -> Duration {
+    let earn_back = period.saturating_mul(block) / limit.max(1);
+    earn_back.clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+
+/// Tokens of one key this instance took from Redis and has not spent yet.
+#[derive(Debug, Default)]
+struct Lease {
+    tokens: u32,
+    /// The key's budget left in Redis right after they were taken.
+    remote_remaining: u32,
+    /// Until the key's budget in Redis was whole again, as of `taken_at`.
+    reset_after: Duration,
+    taken_at: Option<Instant>,
+    expires_at: Option<Instant>,
+}
+
+impl Lease {
+    fn take(&mut self, cost: u32, limit: u32, now: Instant) -> Option<Decision> {
+        let (taken_at, expires_at) = (self.taken_at?, self.expires_at?);
+        if now >= expires_at || self.tokens < cost {
+            return None;
+        }
+        self.tokens -= cost;
+        Some(Decision {
+            allowed: true,
+            limit: limit.max(1),
+            remaining: self.remote_remaining.saturating_add(self.tokens),
+            reset_after: self.reset_after.saturating_sub(now - taken_at),
+            retry_after: Duration::ZERO,
+        })
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_none_or(|at| now >= at)
+    }
+}
+
+/// A key's lease, and the lock that lets one request at a time refill it.
+#[derive(Default)]
+struct KeyLease {
+    lease: Mutex<Lease>,
+    refill: tokio::sync::Mutex<()>,
+}
+
+impl KeyLease {
+    fn take(&self, cost: u32, limit: u32) -> Option<Decision> {
+        self.lease
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(cost, limit, Instant::now())
+    }
+}
+
 /// Rate limits shared through Redis, with a per-instance fallback.
 #[derive(Clone)]
 pub struct Limiter {
     redis: RedisPool,
     prefix: String,
+    script: Arc<redis::Script>,
+    leases: Arc<Mutex<HashMap<String, Arc<KeyLease>>>>,
     local: Arc<Mutex<HashMap<String, u64>>>,
     degraded: Arc<AtomicBool>,
     /// When Redis was last probed during an outage (ms since the epoch).
@@ -138,6 +217,8 @@ impl Limiter {
         Self {
             redis,
             prefix: prefix.into(),
+            script: Arc::new(redis::Script::new(SCRIPT)),
+            leases: Arc::default(),
             local: Arc::default(),
             degraded: Arc::default(),
             last_probe_ms: Arc::default(),
@@ -159,7 +240,13 @@ impl Limiter {
             self.probe_in_background();
             return self.locally(&full_key, limit, period, cost);
         }
-        match self.in_redis(&full_key, limit, period, cost).await {
+        let block = lease_block(limit);
+        let decision = if block == 0 {
+            self.in_redis(&full_key, limit, period, cost).await
+        } else {
+            self.leased(&full_key, limit, period, cost, block).await
+        };
+        match decision {
             Ok(decision) => decision,
             Err(e) => {
                 if !self.degraded.swap(true, Ordering::SeqCst) {
@@ -205,6 +292,65 @@ impl Limiter {
         self.degraded.load(Ordering::SeqCst)
     }
 
+    /// Spends from this instance's lease of `key`, refilling it from Redis when it runs dry.
+    async fn leased(
+        &self,
+        key: &str,
+        limit: u32,
+        period: Duration,
+        cost: u32,
+        block: u32,
+    ) -> Result<Decision, String> {
+        let entry = self.lease_of(key);
+        if let Some(decision) = entry.take(cost, limit) {
+            return Ok(decision);
+        }
+        let _refilling = entry.refill.lock().await;
+        // Another request may have refilled it while this one waited.
+        if let Some(decision) = entry.take(cost, limit) {
+            return Ok(decision);
+        }
+        let taken = self
+            .in_redis(key, limit, period, cost.saturating_add(block))
+            .await?;
+        if !taken.allowed {
+            // No room for a whole block: this request alone, exactly.
+            return self.in_redis(key, limit, period, cost).await;
+        }
+        let now = Instant::now();
+        *entry.lease.lock().unwrap_or_else(PoisonError::into_inner) = Lease {
+            tokens: block,
+            remote_remaining: taken.remaining,
+            reset_after: taken.reset_after,
+            taken_at: Some(now),
+            expires_at: Some(now + lease_lifetime(block, limit, period)),
+        };
+        Ok(Decision {
+            remaining: taken.remaining.saturating_add(block),
+            ..taken
+        })
+    }
+
+    fn lease_of(&self, key: &str) -> Arc<KeyLease> {
+        let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = leases.get(key) {
+            return entry.clone();
+        }
+        // Drop stale leases nobody is using, so the map holds only active keys.
+        if leases.len() > 10_000 {
+            let now = Instant::now();
+            leases.retain(|_, e| {
+                Arc::strong_count(e) > 1
+                    || !e
+                        .lease
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .expired(now)
+            });
+        }
+        leases.entry(key.to_string()).or_default().clone()
+    }
+
     async fn in_redis(
         &self,
         key: &str,
@@ -213,14 +359,14 @@ impl Limiter {
         cost: u32,
     ) -> Result<Decision, String> {
         let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
-        let (allowed, remaining, reset_ms, retry_ms): (i64, i64, i64, i64) = redis::cmd("EVAL")
-            .arg(SCRIPT)
-            .arg(1)
-            .arg(key)
+        // EVALSHA; the script is loaded on first use (and again after a Redis restart).
+        let (allowed, remaining, reset_ms, retry_ms): (i64, i64, i64, i64) = self
+            .script
+            .key(key)
             .arg(limit)
             .arg(period.as_millis() as u64)
             .arg(cost)
-            .query_async(&mut *conn)
+            .invoke_async(&mut *conn)
             .await
             .map_err(|e| e.to_string())?;
         let ms = |v: i64| Duration::from_millis(v.max(0) as u64);
@@ -293,6 +439,53 @@ mod tests {
         assert_eq!(d.remaining, 0);
         let (d, _) = step(Some(60_000), 600, 100, MINUTE);
         assert!(d.allowed, "one interval later, one more");
+    }
+
+    #[test]
+    fn blocks_are_a_hundredth_of_large_limits_only() {
+        assert_eq!(lease_block(100), 0);
+        assert_eq!(lease_block(199), 0);
+        assert_eq!(lease_block(200), 2);
+        assert_eq!(lease_block(5_000), 50);
+        assert_eq!(lease_block(u32::MAX), 1_000);
+        // 5000 a minute earns a block of 50 back in 600 ms.
+        assert_eq!(
+            lease_lifetime(50, 5_000, Duration::from_secs(60)),
+            Duration::from_millis(600)
+        );
+        assert_eq!(
+            lease_lifetime(1_000, u32::MAX, Duration::from_secs(60)),
+            Duration::from_millis(50)
+        );
+        assert_eq!(
+            lease_lifetime(2, 200, Duration::from_secs(3_600)),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn a_lease_spends_its_tokens_until_they_run_out_or_expire() {
+        let now = Instant::now();
+        let mut lease = Lease::default();
+        assert_eq!(lease.take(1, 100, now), None, "an empty lease has nothing");
+        lease = Lease {
+            tokens: 3,
+            remote_remaining: 10,
+            reset_after: Duration::from_secs(5),
+            taken_at: Some(now),
+            expires_at: Some(now + Duration::from_millis(500)),
+        };
+        let d = lease
+            .take(2, 100, now + Duration::from_secs(1) / 10)
+            .unwrap();
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 11);
+        assert_eq!(d.reset_after, Duration::from_millis(4_900));
+        assert_eq!(lease.take(2, 100, now), None, "one token left, two asked");
+        assert_eq!(lease.take(1, 100, now).map(|d| d.remaining), Some(10));
+        lease.tokens = 5;
+        assert_eq!(lease.take(1, 100, now + Duration::from_millis(500)), None);
+        assert!(lease.expired(now + Duration::from_millis(500)));
     }
 
     #[test]

@@ -49,6 +49,53 @@ async fn two_instances_share_one_budget_through_redis() {
     assert!(!a.degraded() && !b.degraded());
 }
 
+/// Limits of 200 or more are spent from blocks of tokens taken ahead from Redis: two instances
+/// hammering one key concurrently still never pass more than the shared budget (plus what the
+/// rate refills meanwhile), and lose at most a block each to it.
+#[actix_web::test]
+async fn leased_blocks_keep_the_shared_limit_across_instances() {
+    let url = test_settings().redis.url;
+    let url = secrecy::ExposeSecret::expose_secret(&url).to_string();
+    let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
+    let a = limiter(url.clone(), &prefix, Metrics::new().unwrap());
+    let b = limiter(url, &prefix, Metrics::new().unwrap());
+    // 6000 per hour: blocks of 60, one token earned back every 600 ms.
+    let (limit, period) = (6_000u32, Duration::from_secs(3_600));
+    let block = observe_core::gcra::lease_block(limit);
+    assert_eq!(block, 60);
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let limiter = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::task::spawn_local(async move {
+            let mut allowed = 0u32;
+            for _ in 0..500 {
+                let d = limiter.check_n("key-lease", limit, period, 1).await;
+                if d.allowed {
+                    allowed += 1;
+                    assert!(d.remaining < limit, "{d:?}");
+                } else {
+                    assert!(d.retry_after > Duration::ZERO, "{d:?}");
+                }
+            }
+            allowed
+        }));
+    }
+    let started = std::time::Instant::now();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    let refilled = (started.elapsed().as_millis() / 600) as u32 + 1;
+    assert!(total <= limit + refilled, "{total} passed, limit {limit}");
+    assert!(
+        total >= limit - 2 * block,
+        "{total} passed: more than a block per instance was lost"
+    );
+    // Spent: both instances now hear 429 for the rest.
+    assert!(!a.check_n("key-lease", limit, period, 100).await.allowed);
+    assert!(!b.check_n("key-lease", limit, period, 100).await.allowed);
+}
+
 #[actix_web::test]
 async fn without_redis_limits_hold_per_instance_and_recover_when_it_returns() {
     let logs = observe_core::telemetry::capture();
