@@ -3,6 +3,9 @@
 
 use std::process::ExitCode;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use observe::startup::Application;
 use observe_core::config::Settings;
 use observe_core::{db, telemetry};

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::config::LlmPrice;
@@ -76,6 +77,41 @@ pub struct Context {
     pub retention_days: u32,
 }
 
+/// A validated JSON object kept as its JSON text: serialized once while validating (which
+/// measures it), then written as is into a `jsonb` column, never parsed or cloned again.
+#[derive(Debug, Clone, Default)]
+pub struct JsonObject(Option<Box<RawValue>>);
+
+impl JsonObject {
+    pub fn empty() -> Self {
+        Self(None)
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_deref().map_or("{}", RawValue::get)
+    }
+
+    /// The object again (tests and rare readers; the write path never needs it).
+    pub fn to_map(&self) -> Map<String, Value> {
+        serde_json::from_str(self.as_str()).unwrap_or_default()
+    }
+}
+
+impl Serialize for JsonObject {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Some(raw) => raw.serialize(serializer),
+            None => serde::ser::SerializeMap::end(serializer.serialize_map(Some(0))?),
+        }
+    }
+}
+
+impl PartialEq for JsonObject {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
     pub name: String,
@@ -83,7 +119,7 @@ pub struct Event {
     pub user_id: Option<String>,
     pub url: Option<String>,
     pub referrer: Option<String>,
-    pub properties: Map<String, Value>,
+    pub properties: JsonObject,
     pub timestamp: DateTime<Utc>,
 }
 
@@ -371,6 +407,27 @@ impl Fields<'_> {
         }
     }
 
+    /// An optional JSON object, bounded in size, as JSON text.
+    fn object_json(&mut self, field: &str) -> JsonObject {
+        match self.object.get(field) {
+            None | Some(Value::Null) => JsonObject::empty(),
+            Some(value @ Value::Object(_)) => match serde_json::value::to_raw_value(value) {
+                Ok(raw) if raw.get().len() <= MAX_OBJECT_BYTES => JsonObject(Some(raw)),
+                _ => {
+                    self.problem(
+                        field,
+                        format!("must be at most {MAX_OBJECT_BYTES} bytes of JSON"),
+                    );
+                    JsonObject::empty()
+                }
+            },
+            Some(_) => {
+                self.problem(field, "must be an object");
+                JsonObject::empty()
+            }
+        }
+    }
+
     /// An optional object of string values (tags, labels).
     fn string_map(&mut self, field: &str) -> BTreeMap<String, String> {
         let map = self.object(field);
@@ -473,7 +530,7 @@ pub fn events(items: &[Value], ctx: &Context) -> Result<Vec<Event>, Vec<ItemErro
         user_id: f.string("user_id", MAX_NAME),
         url: f.string("url", MAX_TEXT),
         referrer: f.string("referrer", MAX_TEXT),
-        properties: f.object("properties"),
+        properties: f.object_json("properties"),
         timestamp: f.timestamp(ctx),
     })
 }
