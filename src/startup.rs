@@ -107,6 +107,8 @@ impl Application {
         let state = AppState {
             limiter,
             ingest,
+            // Replaced by the monitor engine once it runs (issue 5).
+            monitors: observe_actors::monitor::MonitorControl::disconnected(),
             mailer,
             keys,
             passwords: observe_core::auth::Passwords::new(&settings.auth)?,

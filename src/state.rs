@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use observe_actors::ingest::IngestRegistry;
 use observe_actors::mailer::Mailer;
+use observe_actors::monitor::MonitorControl;
 use observe_actors::{Supervised, Supervisor};
 use observe_core::auth::{AccessTokens, Passwords};
 use observe_core::config::Settings;
@@ -33,4 +34,6 @@ pub struct AppState {
     pub limiter: Limiter,
     /// The IngestActors of this instance, one per active project.
     pub ingest: IngestRegistry,
+    /// Tells this instance's monitor engine about monitors changed through the API.
+    pub monitors: MonitorControl,
 }

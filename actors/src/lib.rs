@@ -10,6 +10,7 @@
 pub mod ingest;
 pub mod keys;
 pub mod mailer;
+pub mod monitor;
 pub mod partitions;
 pub mod supervisor;
 

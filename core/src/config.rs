@@ -84,6 +84,7 @@ pub struct Settings {
     pub squad: SquadSettings,
     pub billing: BillingSettings,
     pub ingest: IngestSettings,
+    pub monitors: MonitorSettings,
     pub tiers: Tiers,
 }
 
@@ -119,6 +120,31 @@ pub struct IngestSettings {
     pub partitions_ahead_days: u32,
     /// LLM prices per model, in US dollars per million tokens.
     pub llm_prices: std::collections::BTreeMap<String, LlmPrice>,
+}
+
+/// Uptime monitors: checks, incidents, shard leases (see `[monitors]` in config/default.toml).
+#[derive(Debug, Clone, Deserialize)]
+pub struct MonitorSettings {
+    /// Lets monitors target loopback, private, link-local and metadata addresses.
+    pub allow_private_targets: bool,
+    /// A failed check is tried once more after this long before it counts as a failure.
+    pub retry_delay_ms: u64,
+    /// Consecutive failures that open an incident.
+    pub failures_to_open: u32,
+    /// Monitors are split into this many shards; instances lease shards.
+    pub shards: u32,
+    /// How long a shard lease lasts; renewed every third of it.
+    pub lease_secs: u64,
+    /// How often an instance looks for monitor changes made through other instances.
+    pub sync_interval_secs: u64,
+    /// The CheckWriter writes its rows when it holds this many...
+    pub write_batch_rows: usize,
+    /// ...or its oldest row has waited this long.
+    pub write_interval_ms: u64,
+    /// Most body bytes read for the keyword check.
+    pub max_body_bytes: usize,
+    /// `User-Agent` of the checks.
+    pub user_agent: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -468,6 +494,26 @@ impl Settings {
                 problems.push(format!(
                     "ingest.llm_prices.{model}: prices must be numbers of dollars, 0 or more"
                 ));
+            }
+        }
+        for (name, value) in [
+            ("OBSERVE__MONITORS__SHARDS", u64::from(self.monitors.shards)),
+            ("OBSERVE__MONITORS__LEASE_SECS", self.monitors.lease_secs),
+            (
+                "OBSERVE__MONITORS__SYNC_INTERVAL_SECS",
+                self.monitors.sync_interval_secs,
+            ),
+            (
+                "OBSERVE__MONITORS__WRITE_BATCH_ROWS",
+                self.monitors.write_batch_rows as u64,
+            ),
+            (
+                "OBSERVE__MONITORS__FAILURES_TO_OPEN",
+                u64::from(self.monitors.failures_to_open),
+            ),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name} must be at least 1"));
             }
         }
         if self.database.pool_max_size == 0 {

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod mail;
 pub mod metrics;
 pub mod migrate;
+pub mod monitor;
 pub mod outbox;
 pub mod ratelimit;
 pub mod redis;
