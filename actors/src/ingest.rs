@@ -18,7 +18,10 @@
 //! `BufferFull` (503) at once. Nothing queues without bound.
 //!
 //! **Database trouble:** a failed flush puts its requests back at the front of the buffer and
-//! is retried with backoff (50 ms doubling to 2 s). A request waits at most
+//! is retried with backoff (50 ms doubling to 2 s). When the connection broke while COMMIT was
+//! in flight, the flush may have committed: before anything is retried, the transaction's id is
+//! looked up (`txid_status`) once the database answers, and if it committed, its requests are
+//! answered from the verdicts it committed instead of being written twice. A request waits at most
 //! `ingest.retry_deadline_ms` from its arrival; past that it is answered `Unavailable` (503 with
 //! `Retry-After`) and dropped from the buffer, nothing of it stored. One warning per outage.
 //!
@@ -42,7 +45,7 @@ use observe_core::config::{Ack, IngestSettings, Limit};
 use observe_core::db::PgPool;
 use observe_core::ingest::{Category, Items};
 use observe_core::metrics::Metrics;
-use observe_core::store::ingest::{self as store, Request, Verdict};
+use observe_core::store::ingest::{self as store, Request, Verdict, WriteError};
 use observe_core::store::StoreError;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -89,6 +92,16 @@ struct Pending {
     /// `None` once answered (`ack = "enqueue"` answers on arrival).
     reply: Option<oneshot::Sender<Outcome>>,
     arrived: Instant,
+    /// This actor's number for the request, to find it again after an uncertain commit.
+    seq: u64,
+}
+
+/// A flush whose COMMIT was interrupted: it may have committed.
+struct Uncertain {
+    txid: i64,
+    month: NaiveDate,
+    /// Its requests (by `seq`, in order) and what the transaction decided for each.
+    verdicts: Vec<(u64, Verdict)>,
 }
 
 impl Pending {
@@ -143,6 +156,9 @@ pub struct IngestActor {
     timer_armed: bool,
     /// Flushes failed in a row (0: healthy).
     failures: u32,
+    /// The last failed flush, if its commit outcome is unknown.
+    uncertain: Option<Uncertain>,
+    next_seq: u64,
     last_activity: Instant,
     draining: bool,
     drain_waiters: Vec<oneshot::Sender<()>>,
@@ -236,7 +252,19 @@ impl IngestActor {
                         act.metrics.ingest.batch_items.observe(items as f64);
                         act.flushed(batch, &verdicts, month);
                     }
-                    Err(e) => act.flush_failed(batch, e, ctx),
+                    Err(WriteError::Failed(e)) => act.flush_failed(batch, e, ctx),
+                    Err(WriteError::Uncertain {
+                        txid,
+                        verdicts,
+                        error,
+                    }) => {
+                        act.uncertain = Some(Uncertain {
+                            txid,
+                            month,
+                            verdicts: batch.iter().map(|p| p.seq).zip(verdicts).collect(),
+                        });
+                        act.flush_failed(batch, error, ctx);
+                    }
                 }
                 act.consider_flush(ctx);
             },
@@ -300,12 +328,21 @@ impl IngestActor {
             self.buffer.push_front(pending);
         }
         self.expire_overdue();
+        self.schedule_retry(ctx);
+    }
+
+    fn schedule_retry(&mut self, ctx: &mut Context<Self>) {
         let delay = RETRY_BASE
             .saturating_mul(1 << self.failures.min(8))
             .min(RETRY_MAX);
         ctx.run_later(delay, |act, ctx| {
             act.expire_overdue();
-            if !act.buffer.is_empty() && !act.flushing {
+            if act.flushing {
+                return;
+            }
+            if act.uncertain.is_some() {
+                act.resolve_uncertain(ctx);
+            } else if !act.buffer.is_empty() {
                 act.flush(ctx);
             } else {
                 // Nothing left to retry: start afresh with the next request.
@@ -313,6 +350,66 @@ impl IngestActor {
                 act.consider_flush(ctx);
             }
         });
+    }
+
+    /// Asks PostgreSQL whether the uncertain flush committed: if so its requests are answered
+    /// from its verdicts; if not, they are flushed again; if it cannot tell yet, later.
+    fn resolve_uncertain(&mut self, ctx: &mut Context<Self>) {
+        let Some(txid) = self.uncertain.as_ref().map(|u| u.txid) else {
+            return;
+        };
+        self.flushing = true;
+        let pool = self.pool.clone();
+        let ask = async move {
+            let client = pool.get().await.map_err(StoreError::from)?;
+            store::committed(&client, txid).await
+        };
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(ask).map(|answer, act, ctx| {
+                act.flushing = false;
+                match answer {
+                    Ok(Some(true)) => {
+                        if let Some(uncertain) = act.uncertain.take() {
+                            act.answer_committed(uncertain);
+                        }
+                        act.consider_flush(ctx);
+                    }
+                    Ok(Some(false)) => {
+                        act.uncertain = None;
+                        act.flush(ctx);
+                    }
+                    Ok(None) | Err(_) => {
+                        act.failures += 1;
+                        act.schedule_retry(ctx);
+                    }
+                }
+            }),
+        );
+    }
+
+    /// The uncertain flush did commit: its requests still waiting get their verdicts.
+    fn answer_committed(&mut self, uncertain: Uncertain) {
+        let verdict_of: HashMap<u64, Verdict> = uncertain.verdicts.into_iter().collect();
+        let mut batch = Vec::new();
+        let mut verdicts = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.buffer.len());
+        for pending in self.buffer.drain(..) {
+            match verdict_of.get(&pending.seq) {
+                Some(verdict) => {
+                    verdicts.push(*verdict);
+                    batch.push(pending);
+                }
+                None => kept.push_back(pending),
+            }
+        }
+        self.buffer = kept;
+        tracing::info!(
+            actor = Self::KIND,
+            project_id = %self.project_id,
+            requests = batch.len(),
+            "an interrupted commit had committed: its requests are answered, not written again"
+        );
+        self.flushed(batch, &verdicts, uncertain.month);
     }
 
     /// Answers `Unavailable` to buffered requests past their deadline, and drops them.
@@ -409,7 +506,9 @@ impl Handler<Ingest> for IngestActor {
             cap: msg.cap,
             reply: Some(msg.reply),
             arrived: Instant::now(),
+            seq: self.next_seq,
         };
+        self.next_seq += 1;
         if self.settings.ack == Ack::Enqueue {
             pending.answer(Outcome::Stored(n));
         }
@@ -535,6 +634,8 @@ impl IngestRegistry {
                 flushing: false,
                 timer_armed: false,
                 failures: 0,
+                uncertain: None,
+                next_seq: 0,
                 last_activity: Instant::now(),
                 draining: false,
                 drain_waiters: Vec::new(),

@@ -847,3 +847,47 @@ async fn redis_stopped_during_load_ingestion_continues() {
 
     assert_all_stored(&app.db_url, &sdk.project, &load.acked_ids()).await;
 }
+
+/// A flush whose COMMIT was cut off is looked up by its transaction id before it is retried:
+/// committed, aborted and still-running transactions are told apart.
+#[actix_web::test]
+async fn an_interrupted_commit_is_looked_up_by_transaction_id() {
+    use observe_core::store::ingest::committed;
+    let settings = crate::helpers::test_settings();
+    let url = crate::helpers::fresh_database(&settings.database).await;
+    let connect = || async {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        actix_web::rt::spawn(conn);
+        client
+    };
+    let mut a = connect().await;
+    let b = connect().await;
+    let tx = a.transaction().await.unwrap();
+    let done = txid_of(&tx).await;
+    tx.commit().await.unwrap();
+    assert_eq!(committed(&b, done).await.unwrap(), Some(true));
+
+    let tx = a.transaction().await.unwrap();
+    let undone = txid_of(&tx).await;
+    tx.rollback().await.unwrap();
+    assert_eq!(committed(&b, undone).await.unwrap(), Some(false));
+
+    let tx = a.transaction().await.unwrap();
+    let running = txid_of(&tx).await;
+    assert_eq!(
+        committed(&b, running).await.unwrap(),
+        None,
+        "still open: ask again later"
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(committed(&b, running).await.unwrap(), Some(true));
+}
+
+async fn txid_of(tx: &tokio_postgres::Transaction<'_>) -> i64 {
+    tx.query_one("SELECT txid_current()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}

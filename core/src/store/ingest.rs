@@ -53,6 +53,41 @@ pub struct Written {
     pub rows: usize,
 }
 
+/// Why a flush did not (knowingly) commit.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Nothing was committed: the flush can be retried as it is.
+    #[error(transparent)]
+    Failed(#[from] StoreError),
+    /// The connection failed while COMMIT was in flight: the transaction may or may not have
+    /// committed. [`committed`] tells which, once the database answers again; retrying blindly
+    /// could store the batch twice.
+    #[error("commit outcome unknown: {error}")]
+    Uncertain {
+        /// The transaction's id (`txid_current()`).
+        txid: i64,
+        /// What the transaction decided for each request, in order, if it committed.
+        verdicts: Vec<Verdict>,
+        error: StoreError,
+    },
+}
+
+/// Whether the transaction `txid` committed: `Some(true)` committed, `Some(false)` aborted (or
+/// never committed), `None` still in progress (ask again later).
+pub async fn committed(
+    client: &tokio_postgres::Client,
+    txid: i64,
+) -> Result<Option<bool>, StoreError> {
+    let row = client.query_one("SELECT txid_status($1)", &[&txid]).await?;
+    Ok(match row.get::<_, Option<String>>(0).as_deref() {
+        Some("committed") => Some(true),
+        Some("in progress") => None,
+        // "aborted", or NULL: too old for the commit log, and a flush is retried within
+        // seconds, so it was not ours to find.
+        _ => Some(false),
+    })
+}
+
 /// Stores `requests` of `project_id` (owned by `organisation_id`) in one transaction; see
 /// the module documentation. `month` is the usage month the items count against.
 pub async fn write(
@@ -61,8 +96,14 @@ pub async fn write(
     organisation_id: Uuid,
     month: NaiveDate,
     requests: &[Request<'_>],
-) -> Result<(Vec<Verdict>, Written), StoreError> {
-    let tx = client.transaction().await?;
+) -> Result<(Vec<Verdict>, Written), WriteError> {
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    // Assigns the transaction its id now, so an interrupted COMMIT can be looked up later.
+    let txid: i64 = tx
+        .query_one("SELECT txid_current()", &[])
+        .await
+        .map_err(StoreError::from)?
+        .get(0);
     let verdicts = apply_quotas(&tx, organisation_id, month, requests).await?;
     let stored: Vec<&Request<'_>> = requests
         .iter()
@@ -93,7 +134,19 @@ pub async fn write(
     rows += copy_metrics(&tx, project_id, &metrics).await?;
     upsert_error_groups(&tx, project_id, &errors).await?;
     upsert_identities(&tx, project_id, &identifies).await?;
-    tx.commit().await?;
+    if let Err(e) = tx.commit().await {
+        let error = StoreError::from(e);
+        // A server-side refusal (e.g. a deferred constraint) is a clean abort; a lost
+        // connection leaves the outcome unknown.
+        return Err(match error {
+            StoreError::Unavailable(_) => WriteError::Uncertain {
+                txid,
+                verdicts,
+                error,
+            },
+            other => WriteError::Failed(other),
+        });
+    }
     Ok((verdicts, Written { rows }))
 }
 
