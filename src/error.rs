@@ -51,6 +51,12 @@ pub enum ApiError {
     InvalidToken,
     #[error("{0}")]
     TierLimit(observe_core::tiers::LimitReached),
+    /// A monitor interval shorter than the organisation's tier allows (SPEC §5).
+    #[error("the {tier} tier allows monitor intervals of at least {minimum_secs} seconds")]
+    IntervalBelowTier {
+        tier: observe_core::tiers::Tier,
+        minimum_secs: u32,
+    },
     #[error("too many attempts; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64, limit: u32 },
     #[error("request body is not valid JSON: {0}")]
@@ -98,7 +104,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::InvalidToken => "invalid_token",
             ApiError::NotConfigured(_) => "not_configured",
-            ApiError::TierLimit(_) => "tier_limit",
+            ApiError::TierLimit(_) | ApiError::IntervalBelowTier { .. } => "tier_limit",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::MalformedJson(_) => "invalid_json",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
@@ -130,6 +136,12 @@ impl ApiError {
                 "resource": l.resource.as_str(),
                 "limit": l.limit,
             })),
+            ApiError::IntervalBelowTier { tier, minimum_secs } => Some(serde_json::json!({
+                "tier": tier,
+                "resource": "monitor_interval",
+                "field": "interval_seconds",
+                "limit": minimum_secs,
+            })),
             _ => None,
         }
     }
@@ -154,7 +166,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::InvalidToken => StatusCode::BAD_REQUEST,
             ApiError::NotConfigured(_) => StatusCode::NOT_FOUND,
-            ApiError::TierLimit(_) => StatusCode::FORBIDDEN,
+            ApiError::TierLimit(_) | ApiError::IntervalBelowTier { .. } => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UnsupportedMediaType | ApiError::UnsupportedEncoding(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE

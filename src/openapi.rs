@@ -26,6 +26,7 @@ use crate::error::ApiError;
         (name = "operations", description = "Operating observe itself"),
         (name = "auth", description = "Accounts and sessions"),
         (name = "projects", description = "Projects and their API keys"),
+        (name = "monitors", description = "Uptime monitors of a project"),
     )
 )]
 pub struct ApiDoc;

@@ -104,16 +104,27 @@ impl Application {
             pool.clone(),
             settings.ingest.partitions_ahead_days,
         );
+        let tiers = observe_core::tiers::TierPolicy::new(settings.tiers.clone());
+        // The monitor engine: CheckWriter and ShardManager here (drained at shutdown), the
+        // MonitorActors on arbiters of their own.
+        let monitors = observe_actors::monitor::start(
+            &supervisor,
+            &actix::Arbiter::current(),
+            &settings,
+            pool.clone(),
+            metrics.clone(),
+            tiers.clone(),
+            mailer.clone(),
+        );
         let state = AppState {
             limiter,
             ingest,
-            // Replaced by the monitor engine once it runs (issue 5).
-            monitors: observe_actors::monitor::MonitorControl::disconnected(),
+            monitors,
             mailer,
             keys,
             passwords: observe_core::auth::Passwords::new(&settings.auth)?,
             tokens: observe_core::auth::AccessTokens::new(&settings.auth),
-            tiers: observe_core::tiers::TierPolicy::new(settings.tiers.clone()),
+            tiers,
             db: pool,
             redis,
             supervisor,

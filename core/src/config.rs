@@ -145,6 +145,9 @@ pub struct MonitorSettings {
     pub max_body_bytes: usize,
     /// `User-Agent` of the checks.
     pub user_agent: String,
+    /// For tests and benchmarks only: monitor intervals are divided by this (1 in production),
+    /// so a 60 s interval becomes 300 ms with 200. Timeouts are not divided.
+    pub interval_divisor: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -510,6 +513,10 @@ impl Settings {
             (
                 "OBSERVE__MONITORS__FAILURES_TO_OPEN",
                 u64::from(self.monitors.failures_to_open),
+            ),
+            (
+                "OBSERVE__MONITORS__INTERVAL_DIVISOR",
+                u64::from(self.monitors.interval_divisor),
             ),
         ] {
             if value == 0 {

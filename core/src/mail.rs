@@ -199,6 +199,106 @@ pub fn email_change(name: &str, new_email: &str, link: &str) -> Email {
     }
 }
 
+/// What an uptime alert is about.
+#[derive(Debug, Clone, Copy)]
+pub struct MonitorAlert<'a> {
+    pub monitor_name: &'a str,
+    pub url: &'a str,
+    /// The failure kind that opened the incident (`timeout`, `status`...).
+    pub cause: &'a str,
+    /// The opening check's error text, if any.
+    pub error: Option<&'a str>,
+    /// When the incident started (RFC 3339).
+    pub started_at: &'a str,
+    /// When it was resolved (RFC 3339), for the recovery email.
+    pub resolved_at: Option<&'a str>,
+    /// The monitor in the dashboard.
+    pub link: &'a str,
+}
+
+/// The "monitor is down" email to an organisation owner (an incident opened).
+pub fn monitor_down(to: &str, name: &str, alert: &MonitorAlert<'_>) -> Email {
+    let subject = format!("[observe] {} is down", short(alert.monitor_name, 120));
+    let error = alert.error.unwrap_or("");
+    let text = format!(
+        "Hi {name},\n\n\
+         Your monitor {monitor} ({url}) is down since {started} (cause: {cause}{sep}{error}).\n\
+         You will get one more email when it recovers.\n\n\
+         {link}\n\n\
+         — observe\n",
+        monitor = alert.monitor_name,
+        url = alert.url,
+        started = alert.started_at,
+        cause = alert.cause,
+        sep = if error.is_empty() { "" } else { ": " },
+        link = alert.link,
+    );
+    let mut paragraphs = vec![format!(
+        "Your monitor <strong>{}</strong> ({}) is down since {}.",
+        html_escape(alert.monitor_name),
+        html_escape(alert.url),
+        html_escape(alert.started_at)
+    )];
+    paragraphs.push(if error.is_empty() {
+        format!("Cause: {}.", html_escape(alert.cause))
+    } else {
+        format!(
+            "Cause: {} ({}).",
+            html_escape(alert.cause),
+            html_escape(error)
+        )
+    });
+    paragraphs.push("You will get one more email when it recovers.".to_string());
+    let html = html_page(&subject, name, &paragraphs, "Open the monitor", alert.link);
+    Email {
+        kind: "monitor_down".to_string(),
+        to: to.to_string(),
+        subject,
+        text,
+        html,
+    }
+}
+
+/// The "monitor recovered" email to an organisation owner (the incident closed).
+pub fn monitor_recovered(to: &str, name: &str, alert: &MonitorAlert<'_>) -> Email {
+    let subject = format!("[observe] {} is up again", short(alert.monitor_name, 120));
+    let resolved = alert.resolved_at.unwrap_or("now");
+    let text = format!(
+        "Hi {name},\n\n\
+         Your monitor {monitor} ({url}) is up again since {resolved}; it was down since \
+         {started} (cause: {cause}).\n\n\
+         {link}\n\n\
+         — observe\n",
+        monitor = alert.monitor_name,
+        url = alert.url,
+        started = alert.started_at,
+        cause = alert.cause,
+        link = alert.link,
+    );
+    let html = html_page(
+        &subject,
+        name,
+        &[format!(
+            "Your monitor <strong>{}</strong> ({}) is up again since {}; it was down since {} \
+             (cause: {}).",
+            html_escape(alert.monitor_name),
+            html_escape(alert.url),
+            html_escape(resolved),
+            html_escape(alert.started_at),
+            html_escape(alert.cause)
+        )],
+        "Open the monitor",
+        alert.link,
+    );
+    Email {
+        kind: "monitor_recovered".to_string(),
+        to: to.to_string(),
+        subject,
+        text,
+        html,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Providers
 // ---------------------------------------------------------------------------------------------
@@ -670,6 +770,30 @@ mod tests {
         assert_eq!(Provider::from_settings(&resend("re_123")), Provider::Resend);
         assert_eq!(Provider::Resend.name(), "resend");
         assert_eq!(Provider::Log.name(), "log");
+    }
+
+    #[test]
+    fn monitor_alerts_are_escaped() {
+        let alert = MonitorAlert {
+            monitor_name: "<script>x</script>",
+            url: "https://example.com/?a=1&b=2",
+            cause: "status",
+            error: Some("unexpected status 500"),
+            started_at: "2026-01-01T00:00:00Z",
+            resolved_at: Some("2026-01-01T00:05:00Z"),
+            link: "http://localhost:3000/projects/p/monitors/m",
+        };
+        let down = monitor_down("a@example.com", "Ada", &alert);
+        assert_eq!(down.kind, "monitor_down");
+        assert!(down.subject.contains("is down"));
+        assert!(!down.html.contains("<script>"));
+        assert!(down.html.contains("&lt;script&gt;"));
+        assert!(down.html.contains("a=1&amp;b=2"));
+        assert!(down.text.contains("unexpected status 500"));
+        let up = monitor_recovered("a@example.com", "Ada", &alert);
+        assert_eq!(up.kind, "monitor_recovered");
+        assert!(up.text.contains("up again"));
+        assert!(!up.html.contains("<script>"));
     }
 
     #[test]

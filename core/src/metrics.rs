@@ -25,6 +25,88 @@ pub struct Metrics {
     pub api_key_lookups: IntCounterVec,
     pub ratelimit_degraded: prometheus::IntGauge,
     pub ingest: IngestMetrics,
+    pub monitors: MonitorMetrics,
+}
+
+/// The uptime monitors' figures.
+#[derive(Clone)]
+pub struct MonitorMetrics {
+    /// Checks run (after their retry), by result: `ok` or the failure kind.
+    pub checks: IntCounterVec,
+    /// Time a check took, from its start to its verdict (the retry included).
+    pub check_seconds: prometheus::Histogram,
+    /// Actual start minus scheduled start of each check.
+    pub lateness_seconds: prometheus::Histogram,
+    /// MonitorActors running on this instance.
+    pub running: prometheus::IntGauge,
+    /// Open incidents of the monitors this instance runs.
+    pub open_incidents: prometheus::IntGauge,
+    /// Shards this instance holds a lease on.
+    pub shards_owned: prometheus::IntGauge,
+    /// Check rows dropped because the CheckWriter could not take or keep them.
+    pub rows_dropped: prometheus::IntCounter,
+}
+
+impl MonitorMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let checks = IntCounterVec::new(
+            Opts::new(
+                "observe_monitor_checks_total",
+                "Uptime checks run, by result (ok, dns, connect, tls, timeout, status, keyword)",
+            ),
+            &["result"],
+        )?;
+        let check_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "observe_monitor_check_duration_seconds",
+                "Time an uptime check took, its quick retry included",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+        )?;
+        let lateness_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "observe_monitor_check_lateness_seconds",
+                "Actual start minus scheduled start of uptime checks",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+            ]),
+        )?;
+        let running = prometheus::IntGauge::new(
+            "observe_monitors_running",
+            "MonitorActors running on this instance",
+        )?;
+        let open_incidents = prometheus::IntGauge::new(
+            "observe_monitor_open_incidents",
+            "Open incidents of the monitors this instance runs",
+        )?;
+        let shards_owned = prometheus::IntGauge::new(
+            "observe_monitor_shards_owned",
+            "Monitor shards this instance holds a lease on",
+        )?;
+        let rows_dropped = prometheus::IntCounter::new(
+            "observe_monitor_check_rows_dropped_total",
+            "Check rows dropped (CheckWriter mailbox or buffer full)",
+        )?;
+        registry.register(Box::new(checks.clone()))?;
+        registry.register(Box::new(check_seconds.clone()))?;
+        registry.register(Box::new(lateness_seconds.clone()))?;
+        registry.register(Box::new(running.clone()))?;
+        registry.register(Box::new(open_incidents.clone()))?;
+        registry.register(Box::new(shards_owned.clone()))?;
+        registry.register(Box::new(rows_dropped.clone()))?;
+        Ok(Self {
+            checks,
+            check_seconds,
+            lateness_seconds,
+            running,
+            open_incidents,
+            shards_owned,
+            rows_dropped,
+        })
+    }
 }
 
 /// The ingest path's figures.
@@ -159,8 +241,10 @@ impl Metrics {
         registry.register(Box::new(db_pool.clone()))?;
         registry.register(Box::new(dependency_up.clone()))?;
         let ingest = IngestMetrics::new(&registry)?;
+        let monitors = MonitorMetrics::new(&registry)?;
         Ok(Self {
             ingest,
+            monitors,
             registry,
             http_requests,
             http_duration,

@@ -9,6 +9,7 @@ pub mod github;
 pub mod health;
 pub mod ingest;
 pub mod metrics;
+pub mod monitors;
 pub mod projects;
 
 /// Registers every documented route.
@@ -46,5 +47,11 @@ pub fn register(cfg: &mut ServiceConfig) {
     .service(projects::delete_project)
     .service(projects::list_api_keys)
     .service(projects::create_api_key)
-    .service(projects::revoke_api_key);
+    .service(projects::revoke_api_key)
+    .service(monitors::list_monitors)
+    .service(monitors::create_monitor)
+    .service(monitors::get_monitor)
+    .service(monitors::update_monitor)
+    .service(monitors::pause_monitor)
+    .service(monitors::delete_monitor);
 }

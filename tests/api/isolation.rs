@@ -6,7 +6,8 @@ use serde_json::json;
 
 use crate::helpers::{call, count, create_project, ingest, register, sdk, spawn_app};
 
-/// (method, path with `{project}` and `{key}` placeholders, JSON body if the route takes one)
+/// (method, path with `{project}`, `{key}` and `{monitor}` placeholders, JSON body if the
+/// route takes one)
 const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("GET", "/projects/{project}", None),
     ("DELETE", "/projects/{project}", None),
@@ -17,6 +18,24 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
         Some(r#"{"name": "intruder"}"#),
     ),
     ("DELETE", "/projects/{project}/api-keys/{key}", None),
+    ("GET", "/projects/{project}/monitors", None),
+    (
+        "POST",
+        "/projects/{project}/monitors",
+        Some(r#"{"name": "intruder", "url": "https://example.com"}"#),
+    ),
+    ("GET", "/projects/{project}/monitors/{monitor}", None),
+    (
+        "PATCH",
+        "/projects/{project}/monitors/{monitor}",
+        Some(r#"{"name": "intruder"}"#),
+    ),
+    (
+        "PATCH",
+        "/projects/{project}/monitors/{monitor}/pause",
+        Some(r#"{"paused": true}"#),
+    ),
+    ("DELETE", "/projects/{project}/monitors/{monitor}", None),
 ];
 
 #[actix_web::test]
@@ -34,11 +53,23 @@ async fn one_organisation_never_reaches_another_organisations_projects() {
     )
     .await;
     let bobs_key = reply.json()["id"].as_str().unwrap().to_string();
+    let reply = call(
+        &app,
+        Method::POST,
+        &format!("/projects/{bobs_project}/monitors"),
+        Some(&bob.token),
+        Some(json!({"name": "bob's monitor", "url": "https://example.com"})),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let bobs_monitor = reply.json();
+    let bobs_monitor_id = bobs_monitor["id"].as_str().unwrap().to_string();
 
     for (method, template, body) in ROUTES {
         let path = template
             .replace("{project}", &bobs_project)
-            .replace("{key}", &bobs_key);
+            .replace("{key}", &bobs_key)
+            .replace("{monitor}", &bobs_monitor_id);
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         let body = body.map(|b| serde_json::from_str(b).unwrap());
         let reply = call(
@@ -70,6 +101,25 @@ async fn one_organisation_never_reaches_another_organisations_projects() {
     )
     .await;
     assert_eq!(reply.status, 404);
+    // Nor does Bob's monitor become reachable through Alice's own project.
+    let theirs = format!("/projects/{alices_project}/monitors/{bobs_monitor_id}");
+    for (method, path, body) in [
+        (Method::GET, theirs.clone(), None),
+        (
+            Method::PATCH,
+            theirs.clone(),
+            Some(json!({"name": "intruder"})),
+        ),
+        (
+            Method::PATCH,
+            format!("{theirs}/pause"),
+            Some(json!({"paused": true})),
+        ),
+        (Method::DELETE, theirs.clone(), None),
+    ] {
+        let reply = call(&app, method.clone(), &path, Some(&alice.token), body).await;
+        assert_eq!(reply.status, 404, "{method} {path}: {}", reply.text);
+    }
     // An API key is not a session: it opens no dashboard route, not even its own project's.
     let reply = call(
         &app,
@@ -129,6 +179,31 @@ async fn one_organisation_never_reaches_another_organisations_projects() {
         items[0]["revoked_at"].is_null(),
         "the key was not revoked by the intruder"
     );
+    // Bob's monitor is untouched, and the intruder added none.
+    let monitors = call(
+        &app,
+        Method::GET,
+        &format!("/projects/{bobs_project}/monitors"),
+        Some(&bob.token),
+        None,
+    )
+    .await
+    .json();
+    let items = monitors["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "no monitor was added by the intruder");
+    assert_eq!(items[0]["name"], "bob's monitor");
+    assert_eq!(items[0]["paused"], false);
+    assert_eq!(items[0]["updated_at"], bobs_monitor["updated_at"]);
+    let alices = call(
+        &app,
+        Method::GET,
+        &format!("/projects/{alices_project}/monitors"),
+        Some(&alice.token),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(alices["items"], json!([]));
 }
 
 /// Ingest routes take no project in the path: the key decides the project. So a key of

@@ -17,6 +17,8 @@ mod logs;
 mod mailer;
 mod metrics;
 mod migrations;
+mod monitor_engine;
+mod monitors;
 mod openapi;
 mod process;
 mod projects;

@@ -12,6 +12,8 @@ pub mod accounts;
 pub mod admin;
 pub mod api_keys;
 pub mod ingest;
+pub mod monitor_runs;
+pub mod monitors;
 pub mod projects;
 pub mod sessions;
 pub mod tokens;

@@ -1,0 +1,664 @@
+//! What the monitor engine reads and writes: monitors with their runtime state, check rows
+//! (in batches), incidents with their alert emails, and the shard leases.
+//!
+//! Opening and closing an incident is one transaction with the monitor's state and, for
+//! organisations whose tier has email alerts, the outbox rows of the alert emails (one per
+//! owner), whose first id is stored in `down_alert_id` / `recovery_alert_id`. The partial unique
+//! index `incidents_one_open` makes a second open incident impossible: a conflicting insert means
+//! "already open" and sends nothing. A close only counts (and sends) if it is the one that set
+//! `resolved_at`. So an alert is written once per incident, even across restarts and instances.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Client, GenericClient};
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::StoreError;
+use crate::mail::{self, MonitorAlert};
+use crate::monitor::{FailureKind, MonitorConfig, MonitorState, Status, StatusRange};
+use crate::outbox;
+use crate::tiers::{Tier, TierPolicy};
+
+const COLUMNS: &str = "m.id, m.project_id, m.name, m.url, m.method, m.interval_seconds, \
+     m.timeout_seconds, m.expected_status, m.keyword, m.keyword_absent, m.headers, m.paused, \
+     m.updated_at, m.status, m.failure_streak, m.last_checked_at, m.next_check_at, \
+     (SELECT i.id FROM incidents i WHERE i.monitor_id = m.id AND i.resolved_at IS NULL)";
+
+/// Expected status codes as stored: numbers and `"a-b"` strings (bad entries are skipped).
+pub fn expected_status_from_json(value: &serde_json::Value) -> Vec<StatusRange> {
+    value
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|v| match v {
+                    serde_json::Value::Number(n) => {
+                        n.as_u64().and_then(|c| StatusRange::parse(&c.to_string()))
+                    }
+                    serde_json::Value::String(s) => StatusRange::parse(s),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Request headers as stored: a JSON object of strings (others are skipped).
+pub fn headers_from_json(value: &serde_json::Value) -> BTreeMap<String, String> {
+    value
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn monitor(row: &Row) -> (MonitorConfig, MonitorState) {
+    let interval: i32 = row.get(5);
+    let timeout: i32 = row.get(6);
+    let expected: serde_json::Value = row.get(7);
+    let headers: serde_json::Value = row.get(10);
+    let status: String = row.get(13);
+    let streak: i32 = row.get(14);
+    let config = MonitorConfig {
+        id: row.get(0),
+        project_id: row.get(1),
+        name: row.get(2),
+        url: row.get(3),
+        method: row.get(4),
+        interval_seconds: u32::try_from(interval).unwrap_or(60),
+        timeout_seconds: u32::try_from(timeout).unwrap_or(30),
+        expected_status: expected_status_from_json(&expected),
+        keyword: row.get(8),
+        keyword_absent: row.get(9),
+        headers: headers_from_json(&headers),
+        paused: row.get(11),
+        updated_at: row.get(12),
+    };
+    let state = MonitorState {
+        status: Status::parse(&status).unwrap_or(Status::Pending),
+        failure_streak: u32::try_from(streak).unwrap_or(0),
+        last_checked_at: row.get(15),
+        next_check_at: row.get(16),
+        open_incident: row.get(17),
+    };
+    (config, state)
+}
+
+/// Monitor `id` with its state and open incident, paused or not.
+pub async fn load(
+    client: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<(MonitorConfig, MonitorState)>, StoreError> {
+    let row = client
+        .query_opt(
+            format!("SELECT {COLUMNS} FROM monitors m WHERE m.id = $1").as_str(),
+            &[&id],
+        )
+        .await?;
+    Ok(row.as_ref().map(monitor))
+}
+
+/// A monitor loaded to run: configuration, state and shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    pub config: MonitorConfig,
+    pub state: MonitorState,
+    pub shard: i32,
+}
+
+fn loaded(row: &Row) -> Loaded {
+    let (config, state) = monitor(row);
+    Loaded {
+        config,
+        state,
+        shard: row.get(18),
+    }
+}
+
+/// The monitors (not paused) of `shards` out of `total`, with their state.
+pub async fn load_shards(
+    client: &impl GenericClient,
+    shards: &[i32],
+    total: i32,
+) -> Result<Vec<Loaded>, StoreError> {
+    let rows = client
+        .query(
+            format!(
+                "SELECT {COLUMNS}, observe_monitor_shard(m.id, $2) FROM monitors m \
+                 WHERE NOT m.paused AND observe_monitor_shard(m.id, $2) = ANY($1)"
+            )
+            .as_str(),
+            &[&shards, &total],
+        )
+        .await?;
+    Ok(rows.iter().map(loaded).collect())
+}
+
+/// Monitors `ids` (paused ones included; deleted ones are missing), with state and shard.
+pub async fn load_ids(
+    client: &impl GenericClient,
+    ids: &[Uuid],
+    total: i32,
+) -> Result<Vec<Loaded>, StoreError> {
+    let rows = client
+        .query(
+            format!(
+                "SELECT {COLUMNS}, observe_monitor_shard(m.id, $2) FROM monitors m \
+                 WHERE m.id = ANY($1)"
+            )
+            .as_str(),
+            &[&ids, &total],
+        )
+        .await?;
+    Ok(rows.iter().map(loaded).collect())
+}
+
+/// One monitor as the engine's bookkeeping sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listed {
+    pub id: Uuid,
+    pub shard: i32,
+    pub paused: bool,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Monitors changed (through the API) after `since`, of any shard.
+pub async fn changed_since(
+    client: &impl GenericClient,
+    since: DateTime<Utc>,
+    total: i32,
+) -> Result<Vec<Listed>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT id, observe_monitor_shard(id, $2), paused, updated_at FROM monitors \
+             WHERE updated_at > $1::timestamptz ORDER BY updated_at",
+            &[&since, &total],
+        )
+        .await?;
+    Ok(rows.iter().map(listed).collect())
+}
+
+/// Every monitor of `shards`, paused ones included (to notice deletions).
+pub async fn list_shards(
+    client: &impl GenericClient,
+    shards: &[i32],
+    total: i32,
+) -> Result<Vec<Listed>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT id, observe_monitor_shard(id, $2), paused, updated_at FROM monitors \
+             WHERE observe_monitor_shard(id, $2) = ANY($1)",
+            &[&shards, &total],
+        )
+        .await?;
+    Ok(rows.iter().map(listed).collect())
+}
+
+fn listed(row: &Row) -> Listed {
+    Listed {
+        id: row.get(0),
+        shard: row.get(1),
+        paused: row.get(2),
+        updated_at: row.get(3),
+    }
+}
+
+/// The database's clock (so instances with skewed clocks agree on "changed since").
+pub async fn db_now(client: &impl GenericClient) -> Result<DateTime<Utc>, StoreError> {
+    Ok(client.query_one("SELECT now()", &[]).await?.get(0))
+}
+
+/// Writes a monitor's runtime state to its row (not `updated_at`: that marks API changes).
+pub async fn save_state(
+    client: &impl GenericClient,
+    id: Uuid,
+    state: &MonitorState,
+) -> Result<(), StoreError> {
+    let streak = i32::try_from(state.failure_streak).unwrap_or(i32::MAX);
+    client
+        .execute(
+            "UPDATE monitors SET status = $2, failure_streak = $3, last_checked_at = $4, \
+                 next_check_at = $5 \
+             WHERE id = $1",
+            &[
+                &id,
+                &state.status.as_str(),
+                &streak,
+                &state.last_checked_at,
+                &state.next_check_at,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// One check as stored in `monitor_checks`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckRow {
+    pub monitor_id: Uuid,
+    pub project_id: Uuid,
+    pub scheduled_at: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    pub ok: bool,
+    pub status_code: Option<i32>,
+    pub response_ms: Option<i32>,
+    pub failure: Option<FailureKind>,
+    pub error: Option<String>,
+}
+
+/// Writes `rows` with one statement (arrays unnested server-side).
+pub async fn write_checks(
+    client: &impl GenericClient,
+    rows: &[CheckRow],
+) -> Result<u64, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let n = rows.len();
+    let mut monitor_ids = Vec::with_capacity(n);
+    let mut project_ids = Vec::with_capacity(n);
+    let mut scheduled = Vec::with_capacity(n);
+    let mut started = Vec::with_capacity(n);
+    let mut oks = Vec::with_capacity(n);
+    let mut codes = Vec::with_capacity(n);
+    let mut times = Vec::with_capacity(n);
+    let mut failures: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
+    for r in rows {
+        monitor_ids.push(r.monitor_id);
+        project_ids.push(r.project_id);
+        scheduled.push(r.scheduled_at);
+        started.push(r.started_at);
+        oks.push(r.ok);
+        codes.push(r.status_code);
+        times.push(r.response_ms);
+        failures.push(r.failure.map(FailureKind::as_str));
+        errors.push(r.error.as_deref());
+    }
+    let written = client
+        .execute(
+            "INSERT INTO monitor_checks (monitor_id, project_id, scheduled_at, started_at, ok, \
+                 status_code, response_ms, failure, error) \
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::timestamptz[], \
+                 $5::bool[], $6::int4[], $7::int4[], $8::text[], $9::text[])",
+            &[
+                &monitor_ids,
+                &project_ids,
+                &scheduled,
+                &started,
+                &oks,
+                &codes,
+                &times,
+                &failures,
+                &errors,
+            ],
+        )
+        .await?;
+    Ok(written)
+}
+
+/// What alert emails need besides the incident.
+#[derive(Clone)]
+pub struct AlertPolicy {
+    pub tiers: TierPolicy,
+    /// The dashboard's base URL, for the link in the email.
+    pub frontend_url: String,
+}
+
+/// An incident opened or closed, and the alert emails written with it (to deliver).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncidentChange {
+    pub incident_id: Uuid,
+    /// Whether this call made the change (false: it was already so).
+    pub changed: bool,
+    pub emails: Vec<Uuid>,
+}
+
+/// The owners to alert for the project's organisation, or none if its tier has no email
+/// alerts.
+async fn alert_recipients(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    alerts: &AlertPolicy,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT o.id, o.tier FROM projects p JOIN organisations o ON o.id = p.organisation_id \
+             WHERE p.id = $1",
+            &[&project_id],
+        )
+        .await?
+    else {
+        return Ok(Vec::new());
+    };
+    let organisation_id: Uuid = row.get(0);
+    let tier: String = row.get(1);
+    let tier = Tier::from_str(&tier).unwrap_or(Tier::Hobby);
+    if !alerts.tiers.email_alerts(tier) {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT u.email, u.name FROM memberships m JOIN users u ON u.id = m.user_id \
+             WHERE m.organisation_id = $1 AND m.role = 'owner' ORDER BY m.created_at, u.id",
+            &[&organisation_id],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+fn link(alerts: &AlertPolicy, monitor: &MonitorConfig) -> String {
+    format!(
+        "{}/projects/{}/monitors/{}",
+        alerts.frontend_url.trim_end_matches('/'),
+        monitor.project_id,
+        monitor.id
+    )
+}
+
+/// Opens an incident for `monitor` (unless one is open), saves `state` and, for tiers with
+/// email alerts, enqueues the down emails: one transaction.
+#[allow(clippy::too_many_arguments)]
+pub async fn open_incident(
+    client: &mut Client,
+    monitor: &MonitorConfig,
+    state: &MonitorState,
+    started_at: DateTime<Utc>,
+    cause: FailureKind,
+    error: Option<&str>,
+    alerts: &AlertPolicy,
+) -> Result<IncidentChange, StoreError> {
+    let tx = client.transaction().await?;
+    let inserted = tx
+        .query_opt(
+            "INSERT INTO incidents (monitor_id, project_id, started_at, cause, error) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (monitor_id) WHERE resolved_at IS NULL DO NOTHING \
+             RETURNING id",
+            &[
+                &monitor.id,
+                &monitor.project_id,
+                &started_at,
+                &cause.as_str(),
+                &error,
+            ],
+        )
+        .await?;
+    let change = match inserted {
+        Some(row) => {
+            let incident_id: Uuid = row.get(0);
+            let mut emails = Vec::new();
+            let started = started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let link = link(alerts, monitor);
+            let alert = MonitorAlert {
+                monitor_name: &monitor.name,
+                url: &monitor.url,
+                cause: cause.as_str(),
+                error,
+                started_at: &started,
+                resolved_at: None,
+                link: &link,
+            };
+            for (to, name) in alert_recipients(&tx, monitor.project_id, alerts).await? {
+                let email = mail::monitor_down(&to, &name, &alert);
+                emails.push(outbox::enqueue(&tx, &email).await?);
+            }
+            if let Some(first) = emails.first() {
+                tx.execute(
+                    "UPDATE incidents SET down_alert_id = $2 WHERE id = $1",
+                    &[&incident_id, first],
+                )
+                .await?;
+            }
+            IncidentChange {
+                incident_id,
+                changed: true,
+                emails,
+            }
+        }
+        None => {
+            let row = tx
+                .query_one(
+                    "SELECT id FROM incidents WHERE monitor_id = $1 AND resolved_at IS NULL",
+                    &[&monitor.id],
+                )
+                .await?;
+            IncidentChange {
+                incident_id: row.get(0),
+                changed: false,
+                emails: Vec::new(),
+            }
+        }
+    };
+    save_state(&tx, monitor.id, state).await?;
+    tx.commit().await?;
+    Ok(change)
+}
+
+/// Closes incident `incident_id` (if still open), saves `state` and, for tiers with email
+/// alerts, enqueues the recovery emails: one transaction.
+pub async fn close_incident(
+    client: &mut Client,
+    monitor: &MonitorConfig,
+    state: &MonitorState,
+    incident_id: Uuid,
+    resolved_at: DateTime<Utc>,
+    alerts: &AlertPolicy,
+) -> Result<IncidentChange, StoreError> {
+    let tx = client.transaction().await?;
+    let closed = tx
+        .query_opt(
+            "UPDATE incidents SET resolved_at = $2 \
+             WHERE id = $1 AND resolved_at IS NULL \
+             RETURNING started_at, cause",
+            &[&incident_id, &resolved_at],
+        )
+        .await?;
+    let mut emails = Vec::new();
+    if let Some(row) = &closed {
+        let started_at: DateTime<Utc> = row.get(0);
+        let cause: String = row.get(1);
+        let started = started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let resolved = resolved_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let link = link(alerts, monitor);
+        let alert = MonitorAlert {
+            monitor_name: &monitor.name,
+            url: &monitor.url,
+            cause: &cause,
+            error: None,
+            started_at: &started,
+            resolved_at: Some(&resolved),
+            link: &link,
+        };
+        for (to, name) in alert_recipients(&tx, monitor.project_id, alerts).await? {
+            let email = mail::monitor_recovered(&to, &name, &alert);
+            emails.push(outbox::enqueue(&tx, &email).await?);
+        }
+        if let Some(first) = emails.first() {
+            tx.execute(
+                "UPDATE incidents SET recovery_alert_id = $2 WHERE id = $1",
+                &[&incident_id, first],
+            )
+            .await?;
+        }
+    }
+    save_state(&tx, monitor.id, state).await?;
+    tx.commit().await?;
+    Ok(IncidentChange {
+        incident_id,
+        changed: closed.is_some(),
+        emails,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shard leases
+// ---------------------------------------------------------------------------------------------
+//
+// Rows 0..total of `monitor_shards` are the shards. An instance also keeps one row with a
+// negative shard number (never a monitor's) as its presence, leased like a shard, so instances
+// that hold no shard yet are counted when the fair share is computed.
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Makes sure shard rows 0..total exist.
+pub async fn ensure_shards(client: &impl GenericClient, total: i32) -> Result<(), StoreError> {
+    client
+        .execute(
+            "INSERT INTO monitor_shards (shard) SELECT generate_series(0, $1 - 1) \
+             ON CONFLICT (shard) DO NOTHING",
+            &[&total],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Renews this instance's presence row and every shard it still owns; returns those shards
+/// and the number of live instances (this one included).
+pub async fn renew(
+    client: &impl GenericClient,
+    me: &str,
+    presence: i32,
+    total: i32,
+    lease: Duration,
+) -> Result<(Vec<i32>, i64), StoreError> {
+    client
+        .execute(
+            "INSERT INTO monitor_shards (shard, owner, lease_until) \
+             VALUES ($1, $2, now() + make_interval(secs => $3::float8)) \
+             ON CONFLICT (shard) DO UPDATE SET owner = EXCLUDED.owner, \
+                 lease_until = EXCLUDED.lease_until",
+            &[&presence, &me, &secs(lease)],
+        )
+        .await?;
+    let rows = client
+        .query(
+            "UPDATE monitor_shards SET lease_until = now() + make_interval(secs => $3::float8) \
+             WHERE owner = $1 AND shard >= 0 AND shard < $2 \
+             RETURNING shard",
+            &[&me, &total, &secs(lease)],
+        )
+        .await?;
+    let live: i64 = client
+        .query_one(
+            "SELECT count(DISTINCT owner) FROM monitor_shards \
+             WHERE owner IS NOT NULL AND lease_until > now()",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok((rows.iter().map(|r| r.get(0)).collect(), live.max(1)))
+}
+
+/// Claims at most `n` shards whose lease ran out; returns them.
+pub async fn claim(
+    client: &impl GenericClient,
+    me: &str,
+    total: i32,
+    n: i64,
+    lease: Duration,
+) -> Result<Vec<i32>, StoreError> {
+    if n <= 0 {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "UPDATE monitor_shards SET owner = $1, \
+                 lease_until = now() + make_interval(secs => $4::float8) \
+             WHERE shard IN ( \
+                 SELECT shard FROM monitor_shards \
+                 WHERE shard >= 0 AND shard < $2 AND lease_until < now() \
+                 ORDER BY shard LIMIT $3 \
+                 FOR UPDATE SKIP LOCKED) \
+             RETURNING shard",
+            &[&me, &total, &n, &secs(lease)],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Gives up `shards` (all of this instance's, and its presence row, when `None`).
+pub async fn release(
+    client: &impl GenericClient,
+    me: &str,
+    shards: Option<&[i32]>,
+) -> Result<u64, StoreError> {
+    let n = match shards {
+        Some(shards) => {
+            client
+                .execute(
+                    "UPDATE monitor_shards SET owner = NULL, lease_until = '-infinity' \
+                     WHERE owner = $1 AND shard = ANY($2)",
+                    &[&me, &shards],
+                )
+                .await?
+        }
+        None => {
+            client
+                .execute(
+                    "DELETE FROM monitor_shards WHERE owner = $1 AND shard < 0",
+                    &[&me],
+                )
+                .await?;
+            client
+                .execute(
+                    "UPDATE monitor_shards SET owner = NULL, lease_until = '-infinity' \
+                     WHERE owner = $1",
+                    &[&me],
+                )
+                .await?
+        }
+    };
+    // Presence rows of instances that died long ago.
+    client
+        .execute(
+            "DELETE FROM monitor_shards WHERE shard < 0 AND lease_until < now() - interval '1 hour'",
+            &[],
+        )
+        .await?;
+    Ok(n)
+}
+
+/// The fair share of `total` shards among `live` instances: ceil(total / live).
+pub fn fair_share(total: i32, live: i64) -> i64 {
+    let live = live.max(1);
+    (i64::from(total) + live - 1) / live
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_json_parses() {
+        let v = serde_json::json!([200, "300-399", "bad", 42, true]);
+        assert_eq!(
+            expected_status_from_json(&v),
+            vec![
+                StatusRange { from: 200, to: 200 },
+                StatusRange { from: 300, to: 399 }
+            ]
+        );
+        let h = serde_json::json!({"X-A": "1", "X-B": 2});
+        let headers = headers_from_json(&h);
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers.get("X-A").map(String::as_str), Some("1"));
+    }
+
+    #[test]
+    fn fair_shares() {
+        assert_eq!(fair_share(64, 1), 64);
+        assert_eq!(fair_share(64, 2), 32);
+        assert_eq!(fair_share(64, 3), 22);
+        assert_eq!(fair_share(64, 0), 64);
+    }
+}
