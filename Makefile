@@ -1,7 +1,7 @@
 # observe — the commands people, CI and benchmarks use.
 #   make run     start PostgreSQL + Redis (private, under .data/) and observe in the foreground
 #   make test    start the services and run every test of the workspace
-.PHONY: run test services services-stop build check fmt clippy clean-test-dbs bench-ingest
+.PHONY: run test services services-stop build check fmt clippy clean-test-dbs bench-ingest bench-monitors
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -28,6 +28,15 @@ test: services
 bench-ingest: services
 	$(CARGO) build --release --bin observe
 	@set -a; . ./.env; set +a; RUST_LIB_BACKTRACE=0 $(CARGO) bench --bench ingest
+
+# 10,000 uptime monitors at a 1-minute interval on one observe, against a local target server
+# that answers some checks slowly and fails a share of them (see benches/monitors.rs): checks
+# due vs done, lateness, incidents, CPU, RSS, rows/s, on a fresh observe_bench_monitors
+# database. Knobs: BENCH_MONITORS (10000), BENCH_SECS (200; at least 180 for a result),
+# BENCH_CREATE_CONCURRENCY (32); OBSERVE__MONITORS__* variables are passed to the server.
+bench-monitors: services
+	$(CARGO) build --release --bin observe
+	@set -a; . ./.env; set +a; RUST_LIB_BACKTRACE=0 $(CARGO) bench --bench monitors
 
 fmt:
 	$(CARGO) fmt --all

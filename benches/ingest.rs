@@ -33,12 +33,13 @@
 //! requests that got no HTTP answer. Under the table: each target with PASS/MISS, and the rows
 //! of the bench project in `events` against the sum of the `accepted` numbers of every 202.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::pin::pin;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,8 +49,12 @@ use futures_util::future::join_all;
 use serde_json::json;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
-use tokio_postgres::NoTls;
 use uuid::Uuid;
+
+use common::{
+    connect, env_num, env_var, fresh_database, log_path, make_account, mib, pct, post_json,
+    read_hwm, thousands, verdict, Account, CpuSample, CpuUse, Server, ServerConfig,
+};
 
 const BENCH_DB: &str = "observe_bench";
 const TARGET_REQ_PER_S: f64 = 15_000.0;
@@ -95,73 +100,6 @@ impl Knobs {
     }
 }
 
-fn env_num<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .map_err(|_| anyhow!("{name}={v:?} is not a valid number")),
-        _ => Ok(default),
-    }
-}
-
-/// A variable from the environment, else from the `.env` that `make services` writes.
-fn env_var(name: &str) -> Option<String> {
-    if let Ok(v) = std::env::var(name) {
-        return Some(v);
-    }
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".env");
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
-        .filter_map(|l| l.split_once('='))
-        .find(|(k, _)| k.trim() == name)
-        .map(|(_, v)| {
-            let v = v.trim();
-            let v = v
-                .strip_prefix('\'')
-                .and_then(|v| v.strip_suffix('\''))
-                .unwrap_or(v);
-            v.replace("'\\''", "'")
-        })
-}
-
-/// `url` with its database name replaced.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let prefix = match base.split_once("://") {
-        Some((scheme, rest)) => format!("{scheme}://{}", rest.split('/').next().unwrap_or(rest)),
-        None => base.to_string(),
-    };
-    format!("{prefix}/{name}{query}")
-}
-
-async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .with_context(|| format!("connect to PostgreSQL ({})", redact(url)))?;
-    actix_rt::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
-}
-
-/// A database URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.find('@')) {
-        (Some((scheme, rest)), Some(_)) => match rest.split_once('@') {
-            Some((userinfo, host)) => {
-                let user = userinfo.split(':').next().unwrap_or("");
-                format!("{scheme}://{user}@{host}")
-            }
-            None => url.to_string(),
-        },
-        _ => url.to_string(),
-    }
-}
-
 async fn run() -> anyhow::Result<()> {
     let knobs = Knobs::from_env()?;
     let database_url = env_var("DATABASE_URL")
@@ -171,21 +109,29 @@ async fn run() -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     // A fresh database of our own.
-    let admin = connect(&with_database(&database_url, "postgres")).await?;
-    admin
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS \"{BENCH_DB}\" WITH (FORCE)"
-        ))
-        .await
-        .context("drop the bench database")?;
-    admin
-        .batch_execute(&format!("CREATE DATABASE \"{BENCH_DB}\""))
-        .await
-        .context("create the bench database")?;
-    drop(admin);
-    let bench_url = with_database(&database_url, BENCH_DB);
+    let bench_url = fresh_database(&database_url, BENCH_DB).await?;
 
-    let mut server = Server::start(&bench_url, &redis_url)?;
+    let mut env = vec![(
+        "OBSERVE__DATABASE__POOL_MAX_SIZE".to_string(),
+        "16".to_string(),
+    )];
+    for kind in ["EVENTS", "ERRORS", "API_REQUESTS"] {
+        env.push((
+            format!("OBSERVE__TIERS__TEAM__{kind}_PER_MONTH"),
+            "unlimited".to_string(),
+        ));
+        env.push((
+            format!("OBSERVE__TIERS__TEAM__{kind}_PER_MINUTE"),
+            "4000000000".to_string(),
+        ));
+    }
+    let mut server = Server::start(ServerConfig {
+        bench: "ingest",
+        db_url: &bench_url,
+        redis_url: &redis_url,
+        pass_prefix: "OBSERVE__INGEST__",
+        env,
+    })?;
     let base = format!("http://{}", server.addr);
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -266,7 +212,7 @@ async fn run() -> anyhow::Result<()> {
         Ok(status) if status.success() => {}
         Ok(status) => println!(
             "note: observe exited with {status} (log: {})",
-            log_path().display()
+            log_path("ingest").display()
         ),
         Err(e) => println!("note: stopping observe: {e:#}"),
     }
@@ -277,174 +223,7 @@ async fn run() -> anyhow::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The observe process.
-
-struct Server {
-    child: Child,
-    pid: u32,
-    addr: String,
-}
-
-fn log_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-ingest-observe.log")
-}
-
-fn observe_binary() -> PathBuf {
-    match std::env::var_os("OBSERVE_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_BIN_EXE_observe")),
-    }
-}
-
-impl Server {
-    fn start(db_url: &str, redis_url: &str) -> anyhow::Result<Server> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .context("find a free port")?;
-        let addr = format!("127.0.0.1:{port}");
-        let log = std::fs::File::create(log_path())
-            .with_context(|| format!("create {}", log_path().display()))?;
-        let log_err = log.try_clone().context("clone the log file handle")?;
-
-        let mut cmd = Command::new(observe_binary());
-        cmd.arg("serve");
-        // Only what the bench sets, plus the ingest tuning of this environment.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy().into_owned();
-            let ours = (name.starts_with("OBSERVE") && !name.starts_with("OBSERVE__INGEST__"))
-                || matches!(
-                    name.as_str(),
-                    "SECRET_KEY" | "DATABASE_URL" | "REDIS_URL" | "RUST_LOG"
-                );
-            if ours {
-                cmd.env_remove(&name);
-            }
-        }
-        let secret = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
-        cmd.env("DATABASE_URL", db_url)
-            .env("REDIS_URL", redis_url)
-            .env("OBSERVE_BIND", &addr)
-            .env("OBSERVE_LOG_LEVEL", "warn")
-            .env("OBSERVE_SHUTDOWN_TIMEOUT_SECS", "10")
-            .env("SECRET_KEY", secret)
-            .env(
-                "OBSERVE__REDIS__KEY_PREFIX",
-                format!("bench:{}:", std::process::id()),
-            )
-            .env("OBSERVE__DATABASE__POOL_MAX_SIZE", "16");
-        for kind in ["EVENTS", "ERRORS", "API_REQUESTS"] {
-            cmd.env(
-                format!("OBSERVE__TIERS__TEAM__{kind}_PER_MONTH"),
-                "unlimited",
-            )
-            .env(
-                format!("OBSERVE__TIERS__TEAM__{kind}_PER_MINUTE"),
-                "4000000000",
-            );
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err));
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("start {}", observe_binary().display()))?;
-        let pid = child.id();
-        Ok(Server { child, pid, addr })
-    }
-
-    async fn wait_ready(&mut self, client: &awc::Client, base: &str) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "observe exited ({status}) before it was ready; its log:\n{}",
-                    log_tail()
-                );
-            }
-            if let Ok(res) = client.get(format!("{base}/health/ready")).send().await {
-                if res.status().as_u16() == 200 {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "observe was not ready within 90 s; its log:\n{}",
-                    log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// SIGTERM, then wait (at most 30 s) for it to exit.
-    fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        if let Some(status) = self.child.try_wait()? {
-            return Ok(status);
-        }
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()
-            .context("run kill -TERM")?;
-        if !sent.success() {
-            bail!("kill -TERM {} failed", self.pid);
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                self.child.kill()?;
-                bail!("observe did not exit within 30 s of SIGTERM; killed");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn log_tail() -> String {
-    let text = std::fs::read_to_string(log_path()).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
-// ---------------------------------------------------------------------------------------------
 // Account, project, key.
-
-async fn post_json(
-    client: &awc::Client,
-    url: &str,
-    token: Option<&str>,
-    body: serde_json::Value,
-) -> anyhow::Result<(u16, serde_json::Value)> {
-    let mut req = client
-        .post(url)
-        .insert_header(("content-type", "application/json"));
-    if let Some(token) = token {
-        req = req.insert_header(("authorization", format!("Bearer {token}")));
-    }
-    let mut res = req
-        .send_body(body.to_string())
-        .await
-        .map_err(|e| anyhow!("POST {url}: {e}"))?;
-    let status = res.status().as_u16();
-    let bytes = res
-        .body()
-        .await
-        .map_err(|e| anyhow!("POST {url}: body: {e}"))?;
-    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-    Ok((status, json))
-}
 
 /// Registers an account, creates a project, makes its organisation `team` (unlimited here) and
 /// creates an API key. Returns the project id and the key.
@@ -453,49 +232,7 @@ async fn make_project(
     base: &str,
     db: &tokio_postgres::Client,
 ) -> anyhow::Result<(Uuid, String)> {
-    let email = format!("bench-{}@example.com", Uuid::new_v4().simple());
-    let (status, body) = post_json(
-        client,
-        &format!("{base}/auth/register"),
-        None,
-        json!({"email": email, "password": "bench password 0123456789", "name": "Bench"}),
-    )
-    .await?;
-    if status != 201 {
-        bail!("POST /auth/register answered {status}: {body}");
-    }
-    let token = body["access_token"]
-        .as_str()
-        .context("register: no access_token")?
-        .to_string();
-
-    let (status, body) = post_json(
-        client,
-        &format!("{base}/projects"),
-        Some(&token),
-        json!({"name": "bench"}),
-    )
-    .await?;
-    if status != 201 {
-        bail!("POST /projects answered {status}: {body}");
-    }
-    let project_id: Uuid = body["id"]
-        .as_str()
-        .context("create project: no id")?
-        .parse()
-        .context("create project: id is not a UUID")?;
-
-    let updated = db
-        .execute(
-            "UPDATE organisations SET tier = 'team' \
-             WHERE id = (SELECT organisation_id FROM projects WHERE id = $1)",
-            &[&project_id],
-        )
-        .await
-        .context("set the organisation's tier")?;
-    if updated != 1 {
-        bail!("setting the tier updated {updated} organisations");
-    }
+    let Account { token, project_id } = make_account(client, base, db).await?;
 
     let (status, body) = post_json(
         client,
@@ -782,31 +519,16 @@ async fn run_phase(
     }
     tally.latencies_us.sort_unstable();
     let secs = (end - window_start).as_secs_f64();
-    let wall = cpu_after.at.duration_since(cpu_before.at).as_secs_f64();
-    let tick = clock_ticks_per_sec();
-    let pct = |before: Option<u64>, after: Option<u64>| match (before, after) {
-        (Some(b), Some(a)) if wall > 0.0 => Some(a.saturating_sub(b) as f64 / tick / wall * 100.0),
-        _ => None,
-    };
-    let pg_cpu = if wall > 0.0 {
-        let ticks: u64 = cpu_after
-            .postgres
-            .iter()
-            .map(|(pid, t)| t.saturating_sub(*cpu_before.postgres.get(pid).unwrap_or(&0)))
-            .sum();
-        Some(ticks as f64 / tick / wall * 100.0)
-    } else {
-        None
-    };
+    let cpu = CpuUse::between(&cpu_before, &cpu_after);
     let total_items = tally.total_items;
     Ok(PhaseResult {
         label,
         concurrency: knobs.concurrency,
         secs,
         total_items,
-        server_cpu: pct(cpu_before.server, cpu_after.server),
-        gen_cpu: pct(cpu_before.own, cpu_after.own),
-        pg_cpu,
+        server_cpu: cpu.server,
+        gen_cpu: cpu.own,
+        pg_cpu: cpu.postgres,
         server_hwm: hwm.map(|h| (h, hwm_reset)),
         tally,
     })
@@ -918,76 +640,6 @@ fn short(s: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// /proc.
-
-struct CpuSample {
-    at: Instant,
-    server: Option<u64>,
-    own: Option<u64>,
-    postgres: HashMap<u32, u64>,
-}
-
-impl CpuSample {
-    fn take(server_pid: u32) -> CpuSample {
-        let mut postgres = HashMap::new();
-        if let Ok(dir) = std::fs::read_dir("/proc") {
-            for entry in dir.flatten() {
-                let Some(pid) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|s| s.parse::<u32>().ok())
-                else {
-                    continue;
-                };
-                if let Some((comm, ticks)) = proc_stat(&format!("/proc/{pid}/stat")) {
-                    if comm == "postgres" {
-                        postgres.insert(pid, ticks);
-                    }
-                }
-            }
-        }
-        CpuSample {
-            at: Instant::now(),
-            server: proc_stat(&format!("/proc/{server_pid}/stat")).map(|(_, t)| t),
-            own: proc_stat("/proc/self/stat").map(|(_, t)| t),
-            postgres,
-        }
-    }
-}
-
-/// The command name and utime + stime (clock ticks) of a `/proc/<pid>/stat`.
-fn proc_stat(path: &str) -> Option<(String, u64)> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let comm = text.get(open + 1..close)?.to_string();
-    // After "pid (comm) ": field 3 (state) is index 0, so utime (14) is 11 and stime (15) 12.
-    let fields: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((comm, utime + stime))
-}
-
-/// VmHWM of a process, in bytes.
-fn read_hwm(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-fn clock_ticks_per_sec() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|t| *t > 0.0)
-        .unwrap_or(100.0)
-}
-
-// ---------------------------------------------------------------------------------------------
 // The report.
 
 struct Report<'a> {
@@ -1001,40 +653,11 @@ struct Report<'a> {
     accepted_total: u64,
 }
 
-fn thousands(x: f64) -> String {
-    let n = x.round().max(0.0) as u64;
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 fn ms(v: Option<f64>) -> String {
     match v {
         Some(v) if v < 10.0 => format!("{v:.2}"),
         Some(v) => format!("{v:.1}"),
         None => "-".into(),
-    }
-}
-
-fn pct(v: Option<f64>) -> String {
-    v.map_or("-".into(), |v| format!("{v:.0}%"))
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "PASS"
-    } else {
-        "MISS"
     }
 }
 
@@ -1222,7 +845,7 @@ fn print_report(r: &Report<'_>) {
         "CPU: 100% = one core ({} cores = {}%). observe's log: {}",
         r.cores,
         r.cores * 100,
-        log_path().display()
+        log_path("ingest").display()
     );
     print!("{out}");
 }
