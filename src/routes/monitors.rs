@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use observe_core::config::Limit;
 use observe_core::monitor::{self, MonitorSpec, StatusRange};
 use observe_core::store::monitors::{self, Check, Incident, Monitor};
-use observe_core::store::{page, projects, Cursor};
+use observe_core::store::{page, projects};
 use observe_core::tiers::{Resource, Tier};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -22,27 +22,9 @@ use crate::routes::projects::{List, ListQuery};
 use crate::session::Session;
 use crate::state::AppState;
 
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 200;
 /// How many of the last checks and incidents the detail shows.
 const RECENT_CHECKS: i64 = 50;
 const RECENT_INCIDENTS: i64 = 20;
-
-fn page_params(query: &ListQuery) -> Result<(usize, Option<Cursor>), ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
-    if limit == 0 || limit > MAX_LIMIT {
-        return Err(ApiError::InvalidQuery(format!(
-            "limit must be between 1 and {MAX_LIMIT}"
-        )));
-    }
-    let cursor = match &query.cursor {
-        Some(c) => Some(Cursor::decode(c).ok_or_else(|| {
-            ApiError::InvalidQuery("cursor is not one this server issued".into())
-        })?),
-        None => None,
-    };
-    Ok((limit as usize, cursor))
-}
 
 /// An expected status: one code (`200`) or an inclusive range (`"200-399"`).
 #[derive(Debug, Serialize, ToSchema)]
@@ -278,7 +260,7 @@ pub async fn list_monitors(
     path: web::Path<Uuid>,
     query: web::Query<ListQuery>,
 ) -> Result<web::Json<List<MonitorView>>, ApiError> {
-    let (limit, after) = page_params(&query)?;
+    let (limit, after) = query.parse()?;
     let project_id = path.into_inner();
     let client = state.db.get().await?;
     projects::get(&client, session.org_id, project_id)

@@ -30,7 +30,8 @@ pub struct ListQuery {
 }
 
 impl ListQuery {
-    fn parse(&self) -> Result<(usize, Option<Cursor>), ApiError> {
+    /// The page size (1 to 200, default 50) and the cursor, as every list route takes them.
+    pub(crate) fn parse(&self) -> Result<(usize, Option<Cursor>), ApiError> {
         let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
         if limit == 0 || limit > MAX_LIMIT {
             return Err(ApiError::InvalidQuery(format!(
