@@ -94,7 +94,6 @@ pub(crate) struct Running {
 
 struct Inner {
     instance: String,
-    presence: i32,
     owned: BTreeSet<i32>,
     actors: HashMap<Uuid, Running>,
     next_generation: u64,
@@ -107,11 +106,8 @@ pub(crate) struct Registry(Arc<Mutex<Inner>>);
 impl Registry {
     fn new() -> Self {
         let instance = Uuid::new_v4().to_string();
-        // A negative shard number (never a monitor's) for this instance's presence row.
-        let presence = -1 - (Uuid::new_v4().as_u128() % (1 << 30)) as i32;
         Self(Arc::new(Mutex::new(Inner {
             instance,
-            presence,
             owned: BTreeSet::new(),
             actors: HashMap::new(),
             next_generation: 0,
@@ -124,10 +120,6 @@ impl Registry {
 
     fn instance(&self) -> String {
         self.lock().instance.clone()
-    }
-
-    fn presence(&self) -> i32 {
-        self.lock().presence
     }
 
     fn owned(&self) -> BTreeSet<i32> {

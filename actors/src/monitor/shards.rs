@@ -4,7 +4,7 @@
 //! MonitorActors it runs (kept in the registry, which outlives an incarnation, so a restarted
 //! manager finds the actors already running instead of starting duplicates).
 //!
-//! **Leases:** every `monitors.lease_secs / 3` it renews its presence row and the shards it
+//! **Leases:** every `monitors.lease_secs / 3` it renews its instance lease and the shards it
 //! owns, counts the live instances, and claims free or expired shards up to its fair share,
 //! `ceil(shards / live instances)`; above its share (another instance joined) it stops the
 //! actors of the excess shards and releases them, so a second instance ends up with half. A
@@ -23,8 +23,8 @@
 //!
 //! **Drain:** at shutdown it stops its MonitorActors (waiting, at most `STOP_WAIT` (3 s), for those
 //! writing a check's state), then drains the CheckWriter (their rows), then releases its shards
-//! and presence, so another instance takes them over at its next renewal rather than after the
-//! lease.
+//! and its instance lease, so another instance takes them over at its next renewal rather than
+//! after the lease.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -99,7 +99,6 @@ impl ShardManager {
         self.ticking = true;
         let pool = self.engine.pool.clone();
         let me = self.registry.instance().to_string();
-        let presence = self.registry.presence();
         let total = self.total();
         let lease = self.lease();
         let ensure = !self.shards_ready;
@@ -109,7 +108,7 @@ impl ShardManager {
             if ensure {
                 store::ensure_shards(&client, total).await?;
             }
-            let (mut held, live) = store::renew(&client, &me, presence, total, lease).await?;
+            let (mut held, live) = store::renew(&client, &me, total, lease).await?;
             let fair = store::fair_share(total, live);
             let short = fair - held.len() as i64;
             if short > 0 {

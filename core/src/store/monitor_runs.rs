@@ -502,9 +502,9 @@ pub async fn close_incident(
 // Shard leases
 // ---------------------------------------------------------------------------------------------
 //
-// Rows 0..total of `monitor_shards` are the shards. An instance also keeps one row with a
-// negative shard number (never a monitor's) as its presence, leased like a shard, so instances
-// that hold no shard yet are counted when the fair share is computed.
+// Rows 0..total of `monitor_shards` are the shards. Each instance also leases its row of
+// `monitor_instances`, so instances that hold no shard yet are counted when the fair share is
+// computed.
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
@@ -522,22 +522,20 @@ pub async fn ensure_shards(client: &impl GenericClient, total: i32) -> Result<()
     Ok(())
 }
 
-/// Renews this instance's presence row and every shard it still owns; returns those shards
-/// and the number of live instances (this one included).
+/// Renews this instance's lease and every shard it still owns; returns those shards and the
+/// number of live instances (this one included).
 pub async fn renew(
     client: &impl GenericClient,
     me: &str,
-    presence: i32,
     total: i32,
     lease: Duration,
 ) -> Result<(Vec<i32>, i64), StoreError> {
     client
         .execute(
-            "INSERT INTO monitor_shards (shard, owner, lease_until) \
-             VALUES ($1, $2, now() + make_interval(secs => $3::float8)) \
-             ON CONFLICT (shard) DO UPDATE SET owner = EXCLUDED.owner, \
-                 lease_until = EXCLUDED.lease_until",
-            &[&presence, &me, &secs(lease)],
+            "INSERT INTO monitor_instances (id, lease_until) \
+             VALUES ($1, now() + make_interval(secs => $2::float8)) \
+             ON CONFLICT (id) DO UPDATE SET lease_until = EXCLUDED.lease_until",
+            &[&me, &secs(lease)],
         )
         .await?;
     let rows = client
@@ -550,8 +548,7 @@ pub async fn renew(
         .await?;
     let live: i64 = client
         .query_one(
-            "SELECT count(DISTINCT owner) FROM monitor_shards \
-             WHERE owner IS NOT NULL AND lease_until > now()",
+            "SELECT count(*) FROM monitor_instances WHERE lease_until > now()",
             &[],
         )
         .await?
@@ -586,7 +583,7 @@ pub async fn claim(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Gives up `shards` (all of this instance's, and its presence row, when `None`).
+/// Gives up `shards` (all of this instance's, and its instance lease, when `None`).
 pub async fn release(
     client: &impl GenericClient,
     me: &str,
@@ -604,10 +601,7 @@ pub async fn release(
         }
         None => {
             client
-                .execute(
-                    "DELETE FROM monitor_shards WHERE owner = $1 AND shard < 0",
-                    &[&me],
-                )
+                .execute("DELETE FROM monitor_instances WHERE id = $1", &[&me])
                 .await?;
             client
                 .execute(
@@ -618,10 +612,10 @@ pub async fn release(
                 .await?
         }
     };
-    // Presence rows of instances that died long ago.
+    // Instances that died long ago.
     client
         .execute(
-            "DELETE FROM monitor_shards WHERE shard < 0 AND lease_until < now() - interval '1 hour'",
+            "DELETE FROM monitor_instances WHERE lease_until < now() - interval '1 hour'",
             &[],
         )
         .await?;
