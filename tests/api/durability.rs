@@ -23,13 +23,15 @@ use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use awc::http::Method;
 use observe_core::config::{Limit, Settings};
 use secrecy::SecretString;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio_postgres::NoTls;
 
 use crate::health::{CuttableProxy, OwnRedis};
@@ -890,4 +892,143 @@ async fn txid_of(tx: &tokio_postgres::Transaction<'_>) -> i64 {
         .await
         .unwrap()
         .get(0)
+}
+
+/// A proxy to PostgreSQL that, once armed, lets one ingest flush's `COMMIT` reach the server
+/// and then cuts that connection before the answer comes back: the commit happened, but
+/// observe cannot know. (A flush is recognised by its `txid_current()`.)
+struct CommitCutter {
+    port: u16,
+    armed: Arc<AtomicBool>,
+    cuts: Arc<AtomicUsize>,
+}
+
+impl CommitCutter {
+    async fn start(target: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let (armed2, cuts2) = (armed.clone(), cuts.clone());
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let (armed, cuts) = (armed2.clone(), cuts2.clone());
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    let (mut client_r, mut client_w) = inbound.into_split();
+                    let (mut server_r, mut server_w) = outbound.into_split();
+                    let back = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut server_r, &mut client_w).await;
+                    });
+                    let mut flush = false;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match client_r.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let chunk = &buf[..n];
+                        if contains(chunk, b"txid_current()") {
+                            flush = true;
+                        }
+                        let commit = flush && contains(chunk, b"COMMIT\0");
+                        if server_w.write_all(chunk).await.is_err() {
+                            break;
+                        }
+                        if commit && armed.swap(false, Ordering::SeqCst) {
+                            // The COMMIT is on its way to the server; its answer never
+                            // reaches observe.
+                            let _ = server_w.flush().await;
+                            back.abort();
+                            cuts.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            return;
+                        }
+                        if commit {
+                            flush = false;
+                        }
+                    }
+                    back.abort();
+                });
+            }
+        });
+        Self { port, armed, cuts }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The connection breaks after a flush's COMMIT reached PostgreSQL: the actor finds out that
+/// it committed (`txid_status`) and answers 202 without writing the batch a second time.
+#[actix_web::test]
+async fn a_flush_whose_commit_answer_is_lost_is_answered_not_written_twice() {
+    let real_db = fresh_database(&test_settings().database).await;
+    let pg_port = pg_port(&real_db);
+    let cutter = CommitCutter::start(pg_port).await;
+    let proxied = real_db.replacen(&format!(":{pg_port}/"), &format!(":{}/", cutter.port), 1);
+    assert_ne!(proxied, real_db, "the database URL names its port");
+    let app = spawn_app_with(
+        move |s| {
+            s.database.url = SecretString::from(proxied);
+            s.ingest.retry_deadline_ms = 15_000;
+            roomy_limits(s);
+        },
+        None,
+    )
+    .await;
+    let sdk = sdk(&app).await;
+    let ingest = |visitor: &'static str| {
+        crate::helpers::ingest(
+            &app,
+            &sdk.key,
+            "events",
+            json!([
+                {"event": "a", "visitor_id": visitor},
+                {"event": "b", "visitor_id": visitor},
+                {"event": "c", "visitor_id": visitor},
+            ]),
+        )
+    };
+    // A first flush through the proxy (the key is cached after it).
+    assert_eq!(ingest("before").await.status, 202);
+
+    cutter.armed.store(true, Ordering::SeqCst);
+    let reply = ingest("cut").await;
+    assert_eq!(reply.status, 202, "{:?}", reply.json());
+    assert_eq!(reply.json()["accepted"], 3);
+    assert_eq!(cutter.cuts.load(Ordering::SeqCst), 1, "the commit was cut");
+
+    let db = connect(&real_db).await;
+    let stored = stored_visitors(&db, &sdk.project).await;
+    assert_eq!(
+        stored.get("cut"),
+        Some(&3),
+        "stored once, not twice: {stored:?}"
+    );
+    assert_eq!(stored.get("before"), Some(&3));
+    let usage: i64 = db
+        .query_one(
+            "SELECT count FROM usage u JOIN projects p ON p.organisation_id = u.organisation_id \
+             WHERE p.id = $1::text::uuid AND u.category = 'events'",
+            &[&sdk.project],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(usage, 6, "usage counted once");
+    assert_eq!(
+        project_lines(
+            &app,
+            &sdk.project,
+            "an interrupted commit had committed: its requests are answered, not written again"
+        ),
+        1
+    );
 }
