@@ -8,7 +8,6 @@
 //! "already open" and sends nothing. A close only counts (and sends) if it is the one that set
 //! `resolved_at`. So an alert is written once per incident, even across restarts and instances.
 
-use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -19,68 +18,21 @@ use uuid::Uuid;
 
 use super::StoreError;
 use crate::mail::{self, MonitorAlert};
-use crate::monitor::{FailureKind, MonitorConfig, MonitorState, Status, StatusRange};
+#[cfg(test)]
+use crate::monitor::{expected_status_from_json, headers_from_json, StatusRange};
+use crate::monitor::{FailureKind, MonitorConfig, MonitorState, Status};
 use crate::outbox;
 use crate::tiers::{Tier, TierPolicy};
 
-const COLUMNS: &str = "m.id, m.project_id, m.name, m.url, m.method, m.interval_seconds, \
-     m.timeout_seconds, m.expected_status, m.keyword, m.keyword_absent, m.headers, m.paused, \
-     m.updated_at, m.status, m.failure_streak, m.last_checked_at, m.next_check_at, \
-     (SELECT i.id FROM incidents i WHERE i.monitor_id = m.id AND i.resolved_at IS NULL)";
-
-/// Expected status codes as stored: numbers and `"a-b"` strings (bad entries are skipped).
-pub fn expected_status_from_json(value: &serde_json::Value) -> Vec<StatusRange> {
-    value
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|v| match v {
-                    serde_json::Value::Number(n) => {
-                        n.as_u64().and_then(|c| StatusRange::parse(&c.to_string()))
-                    }
-                    serde_json::Value::String(s) => StatusRange::parse(s),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Request headers as stored: a JSON object of strings (others are skipped).
-pub fn headers_from_json(value: &serde_json::Value) -> BTreeMap<String, String> {
-    value
-        .as_object()
-        .map(|o| {
-            o.iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+const COLUMNS: &str = concat!(
+    super::monitors::config_columns!(),
+    ", m.status, m.failure_streak, m.last_checked_at, m.next_check_at, \
+     (SELECT i.id FROM incidents i WHERE i.monitor_id = m.id AND i.resolved_at IS NULL)"
+);
 
 fn monitor(row: &Row) -> (MonitorConfig, MonitorState) {
-    let interval: i32 = row.get(5);
-    let timeout: i32 = row.get(6);
-    let expected: serde_json::Value = row.get(7);
-    let headers: serde_json::Value = row.get(10);
     let status: String = row.get(13);
     let streak: i32 = row.get(14);
-    let config = MonitorConfig {
-        id: row.get(0),
-        project_id: row.get(1),
-        name: row.get(2),
-        url: row.get(3),
-        method: row.get(4),
-        interval_seconds: u32::try_from(interval).unwrap_or(60),
-        timeout_seconds: u32::try_from(timeout).unwrap_or(30),
-        expected_status: expected_status_from_json(&expected),
-        keyword: row.get(8),
-        keyword_absent: row.get(9),
-        headers: headers_from_json(&headers),
-        paused: row.get(11),
-        updated_at: row.get(12),
-    };
     let state = MonitorState {
         status: Status::parse(&status).unwrap_or(Status::Pending),
         failure_streak: u32::try_from(streak).unwrap_or(0),
@@ -88,7 +40,7 @@ fn monitor(row: &Row) -> (MonitorConfig, MonitorState) {
         next_check_at: row.get(16),
         open_incident: row.get(17),
     };
-    (config, state)
+    (super::monitors::config_of(row), state)
 }
 
 /// Monitor `id` with its state and open incident, paused or not.

@@ -32,41 +32,58 @@ impl Monitor {
     }
 }
 
-/// The columns [`monitor`] reads, of `monitors` aliased `m`.
-pub const COLUMNS: &str = "m.id, m.project_id, m.name, m.url, m.method, m.interval_seconds, \
-     m.timeout_seconds, m.expected_status, m.keyword, m.keyword_absent, m.headers, m.paused, \
-     m.status, m.failure_streak, m.last_checked_at, m.next_check_at, m.created_at, m.updated_at";
+/// The configuration columns of `monitors` aliased `m`, which [`config_of`] reads; every
+/// monitor query starts with them (followed by what else it needs, from column 13 on).
+macro_rules! config_columns {
+    () => {
+        "m.id, m.project_id, m.name, m.url, m.method, m.interval_seconds, \
+         m.timeout_seconds, m.expected_status, m.keyword, m.keyword_absent, m.headers, \
+         m.paused, m.updated_at"
+    };
+}
+pub(crate) use config_columns;
+
+/// The columns [`monitor`] reads.
+pub const COLUMNS: &str = concat!(
+    config_columns!(),
+    ", m.status, m.failure_streak, m.last_checked_at, m.next_check_at, m.created_at"
+);
 
 fn non_negative(n: i32) -> u32 {
     u32::try_from(n).unwrap_or(0)
 }
 
-/// A row of [`COLUMNS`].
-pub fn monitor(row: &Row) -> Monitor {
+/// A monitor's configuration from the first 13 columns of a row ([`config_columns`]).
+pub(crate) fn config_of(row: &Row) -> MonitorConfig {
     let expected: serde_json::Value = row.get(7);
     let headers: serde_json::Value = row.get(10);
-    let status: &str = row.get(12);
+    MonitorConfig {
+        id: row.get(0),
+        project_id: row.get(1),
+        name: row.get(2),
+        url: row.get(3),
+        method: row.get(4),
+        interval_seconds: non_negative(row.get(5)),
+        timeout_seconds: non_negative(row.get(6)),
+        expected_status: expected_status_from_json(&expected),
+        keyword: row.get(8),
+        keyword_absent: row.get(9),
+        headers: headers_from_json(&headers),
+        paused: row.get(11),
+        updated_at: row.get(12),
+    }
+}
+
+/// A row of [`COLUMNS`].
+pub fn monitor(row: &Row) -> Monitor {
+    let status: &str = row.get(13);
     Monitor {
-        config: MonitorConfig {
-            id: row.get(0),
-            project_id: row.get(1),
-            name: row.get(2),
-            url: row.get(3),
-            method: row.get(4),
-            interval_seconds: non_negative(row.get(5)),
-            timeout_seconds: non_negative(row.get(6)),
-            expected_status: expected_status_from_json(&expected),
-            keyword: row.get(8),
-            keyword_absent: row.get(9),
-            headers: headers_from_json(&headers),
-            paused: row.get(11),
-            updated_at: row.get(17),
-        },
+        config: config_of(row),
         status: Status::parse(status).unwrap_or(Status::Pending),
-        failure_streak: non_negative(row.get(13)),
-        last_checked_at: row.get(14),
-        next_check_at: row.get(15),
-        created_at: row.get(16),
+        failure_streak: non_negative(row.get(14)),
+        last_checked_at: row.get(15),
+        next_check_at: row.get(16),
+        created_at: row.get(17),
     }
 }
 
