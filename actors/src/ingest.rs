@@ -71,6 +71,8 @@ pub enum Outcome {
     Unavailable,
     /// The project's buffer has no room for it.
     BufferFull,
+    /// The project was deleted while the request waited: nothing of it was stored.
+    ProjectGone,
 }
 
 /// One request's validated items for the project's buffer.
@@ -162,6 +164,8 @@ pub struct IngestActor {
     last_activity: Instant,
     draining: bool,
     drain_waiters: Vec<oneshot::Sender<()>>,
+    /// The project was deleted: stop once the flush in flight (if any) ends.
+    stopping: bool,
 }
 
 impl IngestActor {
@@ -265,6 +269,10 @@ impl IngestActor {
                         });
                         act.flush_failed(batch, error, ctx);
                     }
+                }
+                if act.stopping {
+                    act.stop_for_deleted_project(ctx);
+                    return;
                 }
                 act.consider_flush(ctx);
             },
@@ -447,6 +455,25 @@ impl IngestActor {
         }
     }
 
+    /// The project is gone: every buffered request hears so, and the actor stops for good as
+    /// soon as no flush is in flight (a flush already sent commits or fails on its own).
+    fn stop_for_deleted_project(&mut self, ctx: &mut Context<Self>) {
+        self.stopping = true;
+        for mut pending in self.buffer.drain(..) {
+            let n = pending.items.len();
+            self.buffered_items -= n;
+            self.metrics.ingest.buffer_items.sub(n as i64);
+            pending.answer(Outcome::ProjectGone);
+        }
+        self.uncertain = None;
+        if !self.flushing {
+            self.registry.forget(self.project_id, self.generation);
+            self.lifeline.finish();
+            self.notify_drained();
+            ctx.stop();
+        }
+    }
+
     fn stop_if_idle(&mut self, ctx: &mut Context<Self>) {
         let idle = Duration::from_secs(self.settings.idle_stop_secs);
         if self.buffer.is_empty()
@@ -516,6 +543,20 @@ impl Handler<Ingest> for IngestActor {
         self.metrics.ingest.buffer_items.add(n as i64);
         self.buffer.push_back(pending);
         self.consider_flush(ctx);
+    }
+}
+
+/// The project was deleted: answer what is buffered and stop (see
+/// [`IngestRegistry::stop_project`]).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct StopProject;
+
+impl Handler<StopProject> for IngestActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopProject, ctx: &mut Context<Self>) {
+        self.stop_for_deleted_project(ctx);
     }
 }
 
@@ -639,6 +680,7 @@ impl IngestRegistry {
                 last_activity: Instant::now(),
                 draining: false,
                 drain_waiters: Vec::new(),
+                stopping: false,
             },
         );
         let addr = handle.addr();
@@ -654,6 +696,22 @@ impl IngestRegistry {
             .is_some_and(|e| e.generation == generation)
         {
             actors.remove(&project_id);
+        }
+    }
+
+    /// Stops the project's IngestActor on this instance, if one runs: its buffered requests
+    /// are answered [`Outcome::ProjectGone`] at once (nothing of them is stored). For a
+    /// deleted project; a later request would start a fresh actor, but a deleted project's
+    /// keys no longer authenticate.
+    pub fn stop_project(&self, project_id: Uuid) {
+        let entry = self
+            .actors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&project_id);
+        if let Some(entry) = entry {
+            // `do_send`: a control message must arrive even when the mailbox is full.
+            entry.handle.addr().do_send(StopProject);
         }
     }
 

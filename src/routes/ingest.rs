@@ -269,6 +269,14 @@ async fn handle(
         // Counted by the actor already; the route only answers.
         Ok(Outcome::Unavailable) => Err((unavailable(5).0, "unavailable", 0)),
         Ok(Outcome::BufferFull) => Err((unavailable(1).0, "buffer_full", 0)),
+        Ok(Outcome::ProjectGone) => Err((
+            ApiError::Unauthorized {
+                code: "invalid_api_key",
+                message: "the API key's project was deleted",
+            },
+            "project_deleted",
+            n,
+        )),
         // The actor went away with the request (a panic): nothing of it was committed.
         Err(_) => Err(unavailable(1)),
     }
