@@ -6,6 +6,7 @@
 //! crate builds on it, and the HTTP layer builds on both; nothing here may depend on either.
 
 pub mod auth;
+pub mod batch;
 pub mod check;
 pub mod config;
 pub mod db;
