@@ -84,6 +84,16 @@ pub enum ApiError {
     NotFound,
     #[error("method {method} is not allowed here; allowed: {allowed}")]
     MethodNotAllowed { method: String, allowed: String },
+    /// The request body did not arrive in time (a slow or stalled sender).
+    #[error("the request body did not arrive within {limit_ms} ms")]
+    BodyTimeout { limit_ms: u64 },
+    /// PostgreSQL refused the data of an ingest request (a SQLSTATE class 22 or 54 error
+    /// validation could not foresee): nothing of it was stored, and a retry would fail too.
+    #[error("the database refused this request's data (SQLSTATE {sqlstate}); nothing of it was stored, and sending it again will not help")]
+    DataRefused { sqlstate: String },
+    /// An ingest request's COMMIT was sent but PostgreSQL never said whether it happened.
+    #[error("the items may or may not have been stored: the database did not confirm the commit in time; retrying may store them twice")]
+    OutcomeUnknown { retry_after_secs: u32 },
     #[error("{what} is unavailable; retry later")]
     Unavailable {
         what: &'static str,
@@ -117,6 +127,9 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Unavailable { .. } => "service_unavailable",
+            ApiError::BodyTimeout { .. } => "body_timeout",
+            ApiError::DataRefused { .. } => "invalid_data",
+            ApiError::OutcomeUnknown { .. } => "outcome_unknown",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -175,7 +188,11 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } | ApiError::OutcomeUnknown { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::DataRefused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -187,8 +204,13 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Unavailable {
                 retry_after_secs, ..
-            } => {
+            }
+            | ApiError::OutcomeUnknown { retry_after_secs } => {
                 res.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            // The connection is closed after this answer: the rest of the body is not read.
+            ApiError::BodyTimeout { .. } => {
+                res.insert_header((header::CONNECTION, "close"));
             }
             ApiError::MethodNotAllowed { allowed, .. } => {
                 res.insert_header((header::ALLOW, allowed.clone()));

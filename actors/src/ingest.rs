@@ -1,12 +1,15 @@
 //! IngestActor: one per project, buffering accepted items and writing them with group commit.
 //!
 //! **Owns:** the project's buffer: validated requests waiting for, or in, a flush, each with
-//! the channel its HTTP request waits on. A flush takes whole requests from the front of the
-//! buffer (at most `ingest.flush_max_items` items) and hands them to
-//! [`observe_core::store::ingest::write`]: one transaction, one COPY per raw table, one commit,
-//! shared by every request in it. Only after the commit does each request hear `Stored` (or
-//! `OverQuota`, when its organisation's monthly cap had no room): with `ingest.ack = "commit"`
-//! a 202 means committed. With `"enqueue"`, requests are answered when buffered.
+//! the channel its HTTP request waits on. The policy — when a flush is due, how big it is, how
+//! failures back off, when a request has waited too long, how much may be held — is
+//! [`observe_core::batch::Batcher`]'s, a plain type tested without actix; this actor keeps
+//! only its timers and futures. A flush takes whole requests from the front of the buffer and
+//! hands them to [`observe_core::store::ingest::flush`]: one transaction, one COPY per raw
+//! table, one commit, shared by every request in it. Only after the commit does each request
+//! hear `Stored` (or `OverQuota`, when its organisation's monthly cap had no room): with
+//! `ingest.ack = "commit"` a 202 means committed. With `"enqueue"`, requests are answered
+//! when buffered.
 //!
 //! **When it flushes:** when the buffer holds `ingest.flush_items` items, when its oldest item
 //! has waited `ingest.flush_interval_ms`, and right after a flush if the buffer meanwhile
@@ -14,39 +17,58 @@
 //! next one: the busier the project, the bigger the batches.
 //!
 //! **Backpressure:** the mailbox holds [`MAILBOX`] messages and routes `try_send` into it (full:
-//! 503). The buffer holds `ingest.buffer_items` items; a request that does not fit is answered
-//! `BufferFull` (503) at once. Nothing queues without bound.
+//! 503). The buffer holds `ingest.buffer_items` items and `ingest.buffer_bytes` bytes of
+//! bodies; a request that does not fit is answered `BufferFull` (503) at once. Nothing queues
+//! without bound.
 //!
-//! **Database trouble:** a failed flush puts its requests back at the front of the buffer and
-//! is retried with backoff (50 ms doubling to 2 s). When the connection broke while COMMIT was
-//! in flight, the flush may have committed: before anything is retried, the transaction's id is
-//! looked up (`txid_status`) once the database answers, and if it committed, its requests are
-//! answered from the verdicts it committed instead of being written twice. A request waits at most
-//! `ingest.retry_deadline_ms` from its arrival; past that it is answered `Unavailable` (503 with
-//! `Retry-After`) and dropped from the buffer, nothing of it stored. One warning per outage.
+//! **One bad request never holds the others:** when PostgreSQL refuses a request's data
+//! (SQLSTATE class 22, 23 or 54: it would refuse it on every retry) the flush isolates it by
+//! halving the batch, answers it `Refused` (422 or 500) and commits the rest at once.
+//!
+//! **Database trouble:** a flush attempt is bounded by `ingest.flush_timeout_ms` (a silent
+//! connection never errors by itself). What it could not write goes back to the front of the
+//! buffer and is retried with backoff (50 ms doubling to 2 s) through a fresh connection; a
+//! transaction it left open on the server is ended first (`pg_terminate_backend`), so its row
+//! locks cannot hold the retry back. A request waits at most `ingest.retry_deadline_ms` from
+//! its arrival; past that it is answered `Unavailable` (503 with `Retry-After`), nothing of it
+//! stored. One warning per outage.
+//!
+//! **Uncertain commits:** when the connection broke while COMMIT was in flight, the flush may
+//! have committed, so its requests are never answered `Unavailable`. The transaction is looked
+//! up (`txid_status`) until PostgreSQL answers — and ended if it is still open, so the answer
+//! becomes final — each look bounded by the flush timeout; if it committed its requests get
+//! their verdicts, if not they are written again. No other flush starts meanwhile (they would
+//! race the uncertain one). If PostgreSQL stays away for `ingest.outcome_deadline_ms`, they
+//! are answered `OutcomeUnknown` (503 `outcome_unknown`), never "nothing was stored".
 //!
 //! **Lifecycle:** started on demand by [`IngestRegistry`] for a project's first request;
 //! after `ingest.idle_stop_secs` with an empty buffer it removes itself from the registry and
-//! stops for good ([`Lifeline::finish`]). A panic restarts it under the supervisor with an
-//! empty buffer: the requests it held hear nothing, their channels close, and they are
-//! answered 503: nothing acknowledged is lost.
+//! stops for good ([`Lifeline::finish`]). [`IngestRegistry::stop_project`] stops it at once
+//! for a deleted project. A panic restarts it under the supervisor with an empty buffer: the
+//! requests it held hear nothing, their channels close, and they are answered 503: nothing
+//! acknowledged is lost.
 //!
 //! **Drain:** [`Drain`] (at shutdown, after the HTTP server stopped) flushes everything without
 //! waiting for size or age, retrying while requests' deadlines allow, and replies once the
 //! buffer is empty.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::{DateTime, NaiveDate, Utc};
+use observe_core::batch::{
+    Backoff, Batcher, ByteBudget, Due, Entry, Full, Policy, Reservation, Weigh,
+};
 use observe_core::config::{Ack, IngestSettings, Limit};
 use observe_core::db::PgPool;
 use observe_core::ingest::{Category, Items};
 use observe_core::metrics::Metrics;
-use observe_core::store::ingest::{self as store, Request, Verdict, WriteError};
-use observe_core::store::StoreError;
+use observe_core::store::ingest::{
+    self as store, Backend, Fate, FlushReport, Job, Request, Settled, Verdict,
+};
+use observe_core::store::Refusal;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -56,33 +78,41 @@ use crate::supervisor::{Drain, Lifeline, Supervised, SupervisedActor, Supervisor
 /// the mailbox fills only when the actor's thread is starved.
 pub const MAILBOX: usize = 1024;
 
-/// First retry delay after a failed flush; doubles up to [`RETRY_MAX`].
-const RETRY_BASE: Duration = Duration::from_millis(50);
-const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Backoff between failed flushes, and between looks at an uncertain commit.
+const BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(50),
+    max: Duration::from_secs(2),
+};
 
 /// What a request hears back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Its items are committed (or, with `ack = "enqueue"`, buffered); the count sent.
     Stored(usize),
     /// The organisation's monthly cap for the category has no room for it.
     OverQuota,
-    /// The database stayed unavailable past the request's deadline.
+    /// The database stayed unavailable past the request's deadline: nothing of it stored.
     Unavailable,
     /// The project's buffer has no room for it.
     BufferFull,
     /// The project was deleted while the request waited: nothing of it was stored.
     ProjectGone,
+    /// PostgreSQL refused its data; nothing of it was stored, and a retry would be refused too.
+    Refused { refusal: Refusal, sqlstate: String },
+    /// Its COMMIT was sent but PostgreSQL never said whether it happened: it may be stored.
+    OutcomeUnknown,
 }
 
 /// One request's validated items for the project's buffer.
-#[derive(Debug, Message)]
+#[derive(Message)]
 #[rtype(result = "()")]
 pub struct Ingest {
     pub items: Items,
     pub received_at: DateTime<Utc>,
     /// The organisation's monthly cap for the items' category.
     pub cap: Limit,
+    /// Its body's bytes, taken from the process-wide budget; held while it is buffered.
+    pub reservation: Reservation,
     pub reply: oneshot::Sender<Outcome>,
 }
 
@@ -93,17 +123,19 @@ struct Pending {
     cap: Limit,
     /// `None` once answered (`ack = "enqueue"` answers on arrival).
     reply: Option<oneshot::Sender<Outcome>>,
-    arrived: Instant,
-    /// This actor's number for the request, to find it again after an uncertain commit.
+    /// This actor's number for the request: its place in the order of arrival.
     seq: u64,
+    reservation: Reservation,
 }
 
-/// A flush whose COMMIT was interrupted: it may have committed.
-struct Uncertain {
-    txid: i64,
-    month: NaiveDate,
-    /// Its requests (by `seq`, in order) and what the transaction decided for each.
-    verdicts: Vec<(u64, Verdict)>,
+impl Weigh for Pending {
+    fn items(&self) -> usize {
+        self.items.len()
+    }
+
+    fn bytes(&self) -> usize {
+        self.reservation.bytes()
+    }
 }
 
 impl Pending {
@@ -113,6 +145,23 @@ impl Pending {
             let _ = reply.send(outcome);
         }
     }
+}
+
+/// A flush whose COMMIT answer was lost: it may have committed.
+struct Uncertain {
+    backend: Backend,
+    /// When its outcome became unknown (the hard bound counts from here).
+    since: Instant,
+    /// Its requests, with what the transaction decided for each if it committed.
+    entries: Vec<(Entry<Pending>, Verdict)>,
+    /// Requests of the same flush that were not written (the flush stopped at the lost
+    /// connection): written again once this one is settled.
+    unwritten: Vec<Entry<Pending>>,
+    /// Looks at the transaction so far, and when the next may start.
+    looks: u32,
+    next_look: Instant,
+    /// A look is running.
+    looking: bool,
 }
 
 /// Months whose cap an organisation has reached, so routes can answer 429 without a flush.
@@ -151,287 +200,377 @@ pub struct IngestActor {
     settings: Arc<IngestSettings>,
     pool: PgPool,
     metrics: Metrics,
-    buffer: VecDeque<Pending>,
-    buffered_items: usize,
-    flushing: bool,
-    /// A timer will look at the buffer again (age trigger or retry).
-    timer_armed: bool,
-    /// Flushes failed in a row (0: healthy).
-    failures: u32,
-    /// The last failed flush, if its commit outcome is unknown.
+    batcher: Batcher<Pending>,
+    /// The earliest instant a timer will look at the buffer again, if one is set.
+    wake_at: Option<Instant>,
+    /// The last flush whose commit outcome is unknown, until it is settled.
     uncertain: Option<Uncertain>,
+    /// A transaction an earlier flush left open on the server: ended before the next write.
+    abandoned: Option<Backend>,
     next_seq: u64,
     last_activity: Instant,
-    draining: bool,
     drain_waiters: Vec<oneshot::Sender<()>>,
     /// The project was deleted: stop once the flush in flight (if any) ends.
     stopping: bool,
+    /// Items and bytes last added to the buffer gauges for this actor.
+    published: (i64, i64),
+}
+
+/// The batching policy of `settings`.
+pub fn policy(settings: &IngestSettings) -> Policy {
+    Policy {
+        flush_items: settings.flush_items,
+        max_wait: Duration::from_millis(settings.flush_interval_ms),
+        max_batch_items: settings.flush_max_items,
+        capacity_items: settings.buffer_items,
+        capacity_bytes: settings.buffer_bytes,
+        backoff: BACKOFF,
+        deadline: Some(Duration::from_millis(settings.retry_deadline_ms)),
+    }
 }
 
 impl IngestActor {
-    fn flush_interval(&self) -> Duration {
-        Duration::from_millis(self.settings.flush_interval_ms)
+    fn flush_timeout(&self) -> Duration {
+        Duration::from_millis(self.settings.flush_timeout_ms)
     }
 
-    fn deadline(&self) -> Duration {
-        Duration::from_millis(self.settings.retry_deadline_ms)
+    fn outcome_deadline(&self) -> Duration {
+        Duration::from_millis(self.settings.outcome_deadline_ms)
     }
 
-    /// Flushes if the buffer is due, else makes sure a timer looks again when it will be.
-    fn consider_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.flushing || self.buffer.is_empty() {
-            self.notify_drained();
+    /// Looks at the buffer: answers what waited too long, settles or flushes what is due, and
+    /// sets a timer for the next time anything will be due.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        self.expire(now);
+        if self.uncertain.is_some() {
+            self.settle_uncertain(ctx, now);
+        } else {
+            match self.batcher.due(now) {
+                Due::Now => self.flush(ctx),
+                Due::At(at) => self.wake(ctx, at),
+                Due::Idle => {}
+            }
+        }
+        if let Some(at) = self.batcher.next_expiry() {
+            self.wake(ctx, at);
+        }
+        self.publish_weight();
+        self.notify_drained();
+    }
+
+    /// Makes sure a timer ticks at `at` (or earlier).
+    fn wake(&mut self, ctx: &mut Context<Self>, at: Instant) {
+        if self.wake_at.is_some_and(|set| set <= at) {
             return;
         }
-        if self.failures > 0 {
-            // A retry is scheduled; it flushes.
-            return;
-        }
-        let age = self
-            .buffer
-            .front()
-            .map(|p| p.arrived.elapsed())
-            .unwrap_or_default();
-        if self.draining
-            || self.buffered_items >= self.settings.flush_items
-            || age >= self.flush_interval()
-        {
-            self.flush(ctx);
-        } else if !self.timer_armed {
-            self.timer_armed = true;
-            ctx.run_later(self.flush_interval() - age, |act, ctx| {
-                act.timer_armed = false;
-                act.consider_flush(ctx);
-            });
-        }
+        self.wake_at = Some(at);
+        ctx.run_later(
+            at.saturating_duration_since(Instant::now()),
+            move |act, ctx| {
+                if act.wake_at == Some(at) {
+                    act.wake_at = None;
+                }
+                act.tick(ctx);
+            },
+        );
     }
 
     /// Starts a flush of whole requests from the front of the buffer.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        let mut batch = Vec::new();
-        let mut items = 0;
-        while let Some(front) = self.buffer.front() {
-            let n = front.items.len();
-            if !batch.is_empty() && items + n > self.settings.flush_max_items {
-                break;
-            }
-            items += n;
-            if let Some(p) = self.buffer.pop_front() {
-                batch.push(p);
-            }
-        }
+        let batch = self.batcher.take();
         if batch.is_empty() {
             return;
         }
-        self.flushing = true;
-        let (pool, project_id, organisation_id) =
-            (self.pool.clone(), self.project_id, self.organisation_id);
+        let job = Job {
+            project_id: self.project_id,
+            organisation_id: self.organisation_id,
+            month: store::month_of(Utc::now()),
+        };
+        let (pool, fence, timeout) = (
+            self.pool.clone(),
+            self.abandoned.take(),
+            self.flush_timeout(),
+        );
         let started = Instant::now();
         let write = async move {
-            let month = store::month_of(Utc::now());
-            let result = async {
-                let mut client = pool.get().await.map_err(StoreError::from)?;
-                let requests: Vec<Request<'_>> = batch
-                    .iter()
-                    .map(|p| Request {
-                        received_at: p.received_at,
-                        items: &p.items,
-                        cap: p.cap,
-                    })
-                    .collect();
-                store::write(&mut client, project_id, organisation_id, month, &requests).await
-            }
-            .await;
-            (batch, items, month, result)
+            let requests: Vec<Request<'_>> = batch
+                .iter()
+                .map(|e| Request {
+                    received_at: e.value.received_at,
+                    items: &e.value.items,
+                    cap: e.value.cap,
+                })
+                .collect();
+            let report = store::flush(&pool, &job, &requests, fence, timeout).await;
+            drop(requests);
+            (batch, report)
         };
         ctx.spawn(actix::fut::wrap_future::<_, Self>(write).map(
-            move |(batch, items, month, result), act, ctx| {
-                act.flushing = false;
-                match result {
-                    Ok((verdicts, _written)) => {
-                        act.metrics
-                            .ingest
-                            .flush_seconds
-                            .observe(started.elapsed().as_secs_f64());
-                        act.metrics.ingest.batch_items.observe(items as f64);
-                        act.flushed(batch, &verdicts, month);
-                    }
-                    Err(WriteError::Failed(e)) => act.flush_failed(batch, e, ctx),
-                    Err(WriteError::Uncertain {
-                        txid,
-                        verdicts,
-                        error,
-                    }) => {
-                        act.uncertain = Some(Uncertain {
-                            txid,
-                            month,
-                            verdicts: batch.iter().map(|p| p.seq).zip(verdicts).collect(),
-                        });
-                        act.flush_failed(batch, error, ctx);
+            move |(batch, report), act, ctx| {
+                act.flushed(batch, report, job.month, started);
+                if act.stopping {
+                    act.stop_for_deleted_project(ctx);
+                    return;
+                }
+                act.tick(ctx);
+            },
+        ));
+    }
+
+    /// Answers what a flush decided and puts back what it could not write.
+    fn flushed(
+        &mut self,
+        batch: Vec<Entry<Pending>>,
+        report: FlushReport,
+        month: NaiveDate,
+        started: Instant,
+    ) {
+        let now = Instant::now();
+        if report.abandoned.is_some() {
+            self.abandoned = report.abandoned;
+        }
+        let items: usize = batch.iter().map(|e| e.value.items.len()).sum();
+        let mut unwritten = Vec::new();
+        let mut uncertain = Vec::new();
+        for (mut entry, fate) in batch.into_iter().zip(report.fates) {
+            match fate {
+                Fate::Stored => self.answer_verdict(&mut entry.value, Verdict::Stored, month),
+                Fate::OverQuota => self.answer_verdict(&mut entry.value, Verdict::OverQuota, month),
+                Fate::Refused { refusal, sqlstate } => {
+                    let kind = entry.value.items.kind();
+                    tracing::warn!(
+                        actor = Self::KIND,
+                        project_id = %self.project_id,
+                        kind = kind.as_str(),
+                        items = entry.value.items.len(),
+                        sqlstate = %sqlstate,
+                        "PostgreSQL refused a request's data: it alone is answered with an error"
+                    );
+                    self.metrics
+                        .ingest
+                        .rejected(kind.as_str(), "refused", entry.value.items.len());
+                    entry.value.answer(Outcome::Refused { refusal, sqlstate });
+                }
+                Fate::Retry => unwritten.push(entry),
+                Fate::Uncertain(verdict) => uncertain.push((entry, verdict)),
+            }
+        }
+        if unwritten.is_empty() && uncertain.is_empty() {
+            self.metrics
+                .ingest
+                .flush_seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics.ingest.batch_items.observe(items as f64);
+        }
+        let error = report.error.map(|e| e.to_string()).unwrap_or_default();
+        if let (Some(backend), false) = (report.uncertain, uncertain.is_empty()) {
+            tracing::warn!(
+                actor = Self::KIND,
+                project_id = %self.project_id,
+                requests = uncertain.len(),
+                error = %error,
+                "a flush's COMMIT answer was lost: its requests wait until PostgreSQL tells whether it committed"
+            );
+            self.uncertain = Some(Uncertain {
+                backend,
+                since: now,
+                entries: uncertain,
+                unwritten,
+                looks: 0,
+                next_look: now,
+                looking: false,
+            });
+            return;
+        }
+        if unwritten.is_empty() {
+            if self.batcher.failures() > 0 {
+                tracing::info!(
+                    actor = Self::KIND,
+                    project_id = %self.project_id,
+                    failed_flushes = self.batcher.failures(),
+                    "ingest flushes succeed again"
+                );
+            }
+            self.batcher.done();
+        } else {
+            if self.batcher.failures() == 0 {
+                tracing::warn!(
+                    actor = Self::KIND,
+                    project_id = %self.project_id,
+                    error = %error,
+                    "ingest flush failed; retrying while requests can wait"
+                );
+            }
+            self.batcher.failed(unwritten, now);
+        }
+    }
+
+    fn answer_verdict(&mut self, pending: &mut Pending, verdict: Verdict, month: NaiveDate) {
+        let n = pending.items.len();
+        let kind = pending.items.kind();
+        match verdict {
+            Verdict::Stored => {
+                self.metrics.ingest.accepted(kind.as_str(), n);
+                pending.answer(Outcome::Stored(n));
+            }
+            Verdict::OverQuota => {
+                self.registry
+                    .quota
+                    .note(self.organisation_id, kind.category(), month);
+                self.metrics
+                    .ingest
+                    .rejected(kind.as_str(), "quota_exceeded", n);
+                if pending.reply.is_none() {
+                    // Acknowledged on arrival (`ack = "enqueue"`), dropped now.
+                    tracing::warn!(
+                        project_id = %self.project_id,
+                        kind = kind.as_str(),
+                        items = n,
+                        "monthly quota reached: enqueued items dropped"
+                    );
+                }
+                pending.answer(Outcome::OverQuota);
+            }
+        }
+    }
+
+    /// Looks at the uncertain flush's transaction (one look at a time, with backoff), or gives
+    /// up on it once the outcome deadline has passed.
+    fn settle_uncertain(&mut self, ctx: &mut Context<Self>, now: Instant) {
+        let deadline = self.outcome_deadline();
+        let Some(u) = self.uncertain.as_mut() else {
+            return;
+        };
+        if u.looking {
+            return;
+        }
+        let give_up_at = u.since + deadline;
+        if now >= give_up_at {
+            self.give_up_uncertain(now);
+            self.tick(ctx);
+            return;
+        }
+        if now < u.next_look {
+            let at = u.next_look.min(give_up_at);
+            self.wake(ctx, at);
+            return;
+        }
+        u.looking = true;
+        u.looks += 1;
+        let (pool, backend, timeout) = (self.pool.clone(), u.backend, self.flush_timeout());
+        let look = async move { store::look_up(&pool, backend, timeout).await };
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(look).map(|answer, act, ctx| {
+                let now = Instant::now();
+                match answer {
+                    Ok(Settled::Committed) => act.uncertain_committed(),
+                    Ok(Settled::Aborted) => act.uncertain_aborted(now),
+                    // Still open (told to end) or PostgreSQL still away: look again later.
+                    Ok(Settled::Pending) | Err(_) => {
+                        if let Some(u) = act.uncertain.as_mut() {
+                            u.looking = false;
+                            u.next_look = now + BACKOFF.delay(u.looks);
+                        }
                     }
                 }
                 if act.stopping {
                     act.stop_for_deleted_project(ctx);
                     return;
                 }
-                act.consider_flush(ctx);
-            },
-        ));
-    }
-
-    fn flushed(&mut self, batch: Vec<Pending>, verdicts: &[Verdict], month: NaiveDate) {
-        if self.failures > 0 {
-            tracing::info!(
-                actor = Self::KIND,
-                project_id = %self.project_id,
-                failed_flushes = self.failures,
-                "ingest flushes succeed again"
-            );
-            self.failures = 0;
-        }
-        for (mut pending, verdict) in batch.into_iter().zip(verdicts) {
-            let n = pending.items.len();
-            let kind = pending.items.kind();
-            self.buffered_items -= n;
-            self.metrics.ingest.buffer_items.sub(n as i64);
-            match verdict {
-                Verdict::Stored => {
-                    self.metrics.ingest.accepted(kind.as_str(), n);
-                    pending.answer(Outcome::Stored(n));
-                }
-                Verdict::OverQuota => {
-                    self.registry
-                        .quota
-                        .note(self.organisation_id, kind.category(), month);
-                    self.metrics
-                        .ingest
-                        .rejected(kind.as_str(), "quota_exceeded", n);
-                    if pending.reply.is_none() {
-                        // Acknowledged on arrival (`ack = "enqueue"`), dropped now.
-                        tracing::warn!(
-                            project_id = %self.project_id,
-                            kind = kind.as_str(),
-                            items = n,
-                            "monthly quota reached: enqueued items dropped"
-                        );
-                    }
-                    pending.answer(Outcome::OverQuota);
-                }
-            }
-        }
-    }
-
-    fn flush_failed(&mut self, batch: Vec<Pending>, error: StoreError, ctx: &mut Context<Self>) {
-        self.failures += 1;
-        if self.failures == 1 {
-            tracing::warn!(
-                actor = Self::KIND,
-                project_id = %self.project_id,
-                error = %error,
-                "ingest flush failed; retrying while requests can wait"
-            );
-        }
-        // Back to the front, in their order, for the retry.
-        for pending in batch.into_iter().rev() {
-            self.buffer.push_front(pending);
-        }
-        self.expire_overdue();
-        self.schedule_retry(ctx);
-    }
-
-    fn schedule_retry(&mut self, ctx: &mut Context<Self>) {
-        let delay = RETRY_BASE
-            .saturating_mul(1 << self.failures.min(8))
-            .min(RETRY_MAX);
-        ctx.run_later(delay, |act, ctx| {
-            act.expire_overdue();
-            if act.flushing {
-                return;
-            }
-            if act.uncertain.is_some() {
-                act.resolve_uncertain(ctx);
-            } else if !act.buffer.is_empty() {
-                act.flush(ctx);
-            } else {
-                // Nothing left to retry: start afresh with the next request.
-                act.failures = 0;
-                act.consider_flush(ctx);
-            }
-        });
-    }
-
-    /// Asks PostgreSQL whether the uncertain flush committed: if so its requests are answered
-    /// from its verdicts; if not, they are flushed again; if it cannot tell yet, later.
-    fn resolve_uncertain(&mut self, ctx: &mut Context<Self>) {
-        let Some(txid) = self.uncertain.as_ref().map(|u| u.txid) else {
-            return;
-        };
-        self.flushing = true;
-        let pool = self.pool.clone();
-        let ask = async move {
-            let client = pool.get().await.map_err(StoreError::from)?;
-            store::committed(&client, txid).await
-        };
-        ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(ask).map(|answer, act, ctx| {
-                act.flushing = false;
-                match answer {
-                    Ok(Some(true)) => {
-                        if let Some(uncertain) = act.uncertain.take() {
-                            act.answer_committed(uncertain);
-                        }
-                        act.consider_flush(ctx);
-                    }
-                    Ok(Some(false)) => {
-                        act.uncertain = None;
-                        act.flush(ctx);
-                    }
-                    Ok(None) | Err(_) => {
-                        act.failures += 1;
-                        act.schedule_retry(ctx);
-                    }
-                }
+                act.tick(ctx);
             }),
         );
     }
 
-    /// The uncertain flush did commit: its requests still waiting get their verdicts.
-    fn answer_committed(&mut self, uncertain: Uncertain) {
-        let verdict_of: HashMap<u64, Verdict> = uncertain.verdicts.into_iter().collect();
-        let mut batch = Vec::new();
-        let mut verdicts = Vec::new();
-        let mut kept = VecDeque::with_capacity(self.buffer.len());
-        for pending in self.buffer.drain(..) {
-            match verdict_of.get(&pending.seq) {
-                Some(verdict) => {
-                    verdicts.push(*verdict);
-                    batch.push(pending);
-                }
-                None => kept.push_back(pending),
-            }
-        }
-        self.buffer = kept;
+    /// The uncertain flush did commit: its requests get their verdicts, and what it did not
+    /// write is written next.
+    fn uncertain_committed(&mut self) {
+        let Some(u) = self.uncertain.take() else {
+            return;
+        };
+        self.metrics
+            .ingest
+            .uncertain_commits
+            .with_label_values(&["committed"])
+            .inc();
         tracing::info!(
             actor = Self::KIND,
             project_id = %self.project_id,
-            requests = batch.len(),
+            requests = u.entries.len(),
             "an interrupted commit had committed: its requests are answered, not written again"
         );
-        self.flushed(batch, &verdicts, uncertain.month);
+        let month = store::month_of(Utc::now());
+        for (mut entry, verdict) in u.entries {
+            self.answer_verdict(&mut entry.value, verdict, month);
+        }
+        self.batcher.failed(u.unwritten, Instant::now());
     }
 
-    /// Answers `Unavailable` to buffered requests past their deadline, and drops them.
-    fn expire_overdue(&mut self) {
-        let deadline = self.deadline();
-        let mut kept = VecDeque::with_capacity(self.buffer.len());
-        for mut pending in self.buffer.drain(..) {
-            if pending.arrived.elapsed() < deadline {
-                kept.push_back(pending);
-                continue;
-            }
+    /// The uncertain flush did not commit: all of it is written again, in order.
+    fn uncertain_aborted(&mut self, now: Instant) {
+        let Some(u) = self.uncertain.take() else {
+            return;
+        };
+        self.metrics
+            .ingest
+            .uncertain_commits
+            .with_label_values(&["aborted"])
+            .inc();
+        tracing::info!(
+            actor = Self::KIND,
+            project_id = %self.project_id,
+            requests = u.entries.len(),
+            "an interrupted commit had not committed: its requests are written again"
+        );
+        let mut again: Vec<Entry<Pending>> = u.entries.into_iter().map(|(e, _)| e).collect();
+        again.extend(u.unwritten);
+        again.sort_by_key(|e| e.value.seq);
+        self.batcher.failed(again, now);
+    }
+
+    /// PostgreSQL stayed away past the outcome deadline: the uncertain requests are told so
+    /// (they may be stored), and the transaction is ended before anything else is written.
+    fn give_up_uncertain(&mut self, now: Instant) {
+        let Some(u) = self.uncertain.take() else {
+            return;
+        };
+        self.metrics
+            .ingest
+            .uncertain_commits
+            .with_label_values(&["unknown"])
+            .inc();
+        tracing::error!(
+            actor = Self::KIND,
+            project_id = %self.project_id,
+            requests = u.entries.len(),
+            "PostgreSQL never told whether a flush committed: its requests are answered outcome_unknown"
+        );
+        for (mut entry, _) in u.entries {
+            let kind = entry.value.items.kind();
+            self.metrics
+                .ingest
+                .rejected(kind.as_str(), "outcome_unknown", entry.value.items.len());
+            entry.value.answer(Outcome::OutcomeUnknown);
+        }
+        self.abandoned = Some(u.backend);
+        self.batcher.failed(u.unwritten, now);
+    }
+
+    /// Answers `Unavailable` to buffered requests past their deadline, and drops them; the
+    /// unwritten part of an uncertain flush keeps its deadline too.
+    fn expire(&mut self, now: Instant) {
+        let mut expired = self.batcher.expire(now);
+        if let (Some(u), Some(deadline)) = (self.uncertain.as_mut(), self.batcher.policy().deadline)
+        {
+            let (late, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut u.unwritten)
+                .into_iter()
+                .partition(|e| now.saturating_duration_since(e.arrived) >= deadline);
+            u.unwritten = kept;
+            expired.extend(late.into_iter().map(|e| e.value));
+        }
+        for mut pending in expired {
             let n = pending.items.len();
-            self.buffered_items -= n;
-            self.metrics.ingest.buffer_items.sub(n as i64);
             self.metrics
                 .ingest
                 .rejected(pending.items.kind().as_str(), "unavailable", n);
@@ -444,11 +583,37 @@ impl IngestActor {
             }
             pending.answer(Outcome::Unavailable);
         }
-        self.buffer = kept;
+    }
+
+    /// Keeps the buffer gauges in step with what this actor holds.
+    fn publish_weight(&mut self) {
+        let held = self.batcher.held();
+        let extra = self.uncertain.as_ref().map_or((0, 0), |u| {
+            let all = u
+                .entries
+                .iter()
+                .map(|(e, _)| &e.value)
+                .chain(u.unwritten.iter().map(|e| &e.value));
+            all.fold((0, 0), |(i, b), p| (i + p.items(), b + p.bytes()))
+        });
+        let now = ((held.items + extra.0) as i64, (held.bytes + extra.1) as i64);
+        self.metrics
+            .ingest
+            .buffer_items
+            .add(now.0 - self.published.0);
+        self.metrics
+            .ingest
+            .buffer_bytes
+            .add(now.1 - self.published.1);
+        self.published = now;
+    }
+
+    fn idle(&self) -> bool {
+        self.batcher.drained() && self.uncertain.is_none()
     }
 
     fn notify_drained(&mut self) {
-        if self.buffer.is_empty() && !self.flushing {
+        if self.idle() {
             for waiter in self.drain_waiters.drain(..) {
                 let _ = waiter.send(());
             }
@@ -459,14 +624,20 @@ impl IngestActor {
     /// soon as no flush is in flight (a flush already sent commits or fails on its own).
     fn stop_for_deleted_project(&mut self, ctx: &mut Context<Self>) {
         self.stopping = true;
-        for mut pending in self.buffer.drain(..) {
-            let n = pending.items.len();
-            self.buffered_items -= n;
-            self.metrics.ingest.buffer_items.sub(n as i64);
+        let mut gone: Vec<Pending> = self.batcher.take_all();
+        if let Some(u) = self.uncertain.as_mut() {
+            if !u.looking {
+                if let Some(u) = self.uncertain.take() {
+                    gone.extend(u.entries.into_iter().map(|(e, _)| e.value));
+                    gone.extend(u.unwritten.into_iter().map(|e| e.value));
+                }
+            }
+        }
+        for mut pending in gone {
             pending.answer(Outcome::ProjectGone);
         }
-        self.uncertain = None;
-        if !self.flushing {
+        self.publish_weight();
+        if !self.batcher.in_flight() && self.uncertain.is_none() {
             self.registry.forget(self.project_id, self.generation);
             self.lifeline.finish();
             self.notify_drained();
@@ -476,11 +647,7 @@ impl IngestActor {
 
     fn stop_if_idle(&mut self, ctx: &mut Context<Self>) {
         let idle = Duration::from_secs(self.settings.idle_stop_secs);
-        if self.buffer.is_empty()
-            && !self.flushing
-            && !self.draining
-            && self.last_activity.elapsed() >= idle
-        {
+        if self.idle() && !self.batcher.draining() && self.last_activity.elapsed() >= idle {
             self.registry.forget(self.project_id, self.generation);
             self.lifeline.finish();
             ctx.stop();
@@ -502,10 +669,8 @@ impl Drop for IngestActor {
     // Not `stopped()`: a panicking actor is dropped without it.
     fn drop(&mut self) {
         self.metrics.ingest.actors.dec();
-        self.metrics
-            .ingest
-            .buffer_items
-            .sub(self.buffered_items as i64);
+        self.metrics.ingest.buffer_items.sub(self.published.0);
+        self.metrics.ingest.buffer_bytes.sub(self.published.1);
     }
 }
 
@@ -520,29 +685,33 @@ impl Handler<Ingest> for IngestActor {
     fn handle(&mut self, msg: Ingest, ctx: &mut Context<Self>) {
         self.last_activity = Instant::now();
         let n = msg.items.len();
-        if self.buffered_items + n > self.settings.buffer_items {
-            self.metrics
-                .ingest
-                .rejected(msg.items.kind().as_str(), "buffer_full", n);
-            let _ = msg.reply.send(Outcome::BufferFull);
-            return;
-        }
-        let mut pending = Pending {
+        let kind = msg.items.kind();
+        let pending = Pending {
             items: msg.items,
             received_at: msg.received_at,
             cap: msg.cap,
             reply: Some(msg.reply),
-            arrived: Instant::now(),
             seq: self.next_seq,
+            reservation: msg.reservation,
         };
         self.next_seq += 1;
-        if self.settings.ack == Ack::Enqueue {
-            pending.answer(Outcome::Stored(n));
+        match self.batcher.push(pending, Instant::now()) {
+            Ok(()) => {
+                if self.settings.ack == Ack::Enqueue {
+                    // The entry just pushed is the last one; answer it now.
+                    if let Some(pending) = self.batcher.last_mut() {
+                        pending.answer(Outcome::Stored(n));
+                    }
+                }
+                self.tick(ctx);
+            }
+            Err(Full(mut pending)) => {
+                self.metrics
+                    .ingest
+                    .rejected(kind.as_str(), "buffer_full", n);
+                pending.answer(Outcome::BufferFull);
+            }
         }
-        self.buffered_items += n;
-        self.metrics.ingest.buffer_items.add(n as i64);
-        self.buffer.push_back(pending);
-        self.consider_flush(ctx);
     }
 }
 
@@ -564,10 +733,10 @@ impl Handler<Drain> for IngestActor {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) -> Self::Result {
-        self.draining = true;
+        self.batcher.drain();
         let (tx, rx) = oneshot::channel();
         self.drain_waiters.push(tx);
-        self.consider_flush(ctx);
+        self.tick(ctx);
         Box::pin(async move {
             let _ = rx.await;
         })
@@ -583,7 +752,7 @@ pub enum SendFailure {
     NoActor,
 }
 
-struct Entry {
+struct Running {
     generation: u64,
     handle: Supervised<IngestActor>,
 }
@@ -591,7 +760,7 @@ struct Entry {
 /// The running IngestActors of this instance, by project; starts them on demand.
 #[derive(Clone)]
 pub struct IngestRegistry {
-    actors: Arc<Mutex<HashMap<Uuid, Entry>>>,
+    actors: Arc<Mutex<HashMap<Uuid, Running>>>,
     next_generation: Arc<std::sync::atomic::AtomicU64>,
     supervisor: Supervisor,
     arbiter: ArbiterHandle,
@@ -600,6 +769,8 @@ pub struct IngestRegistry {
     metrics: Metrics,
     /// Caps known to be reached this month.
     pub quota: QuotaHints,
+    /// Bytes of ingest bodies this process may hold (`ingest.max_inflight_bytes`).
+    pub budget: ByteBudget,
 }
 
 impl IngestRegistry {
@@ -616,8 +787,12 @@ impl IngestRegistry {
             next_generation: Arc::default(),
             supervisor,
             arbiter,
-            settings,
             pool,
+            budget: ByteBudget::new(
+                settings.max_inflight_bytes,
+                metrics.ingest.inflight_bytes.clone(),
+            ),
+            settings,
             metrics,
             quota: QuotaHints::default(),
         }
@@ -670,21 +845,19 @@ impl IngestRegistry {
                 settings: registry.settings.clone(),
                 pool: registry.pool.clone(),
                 metrics: registry.metrics.clone(),
-                buffer: VecDeque::new(),
-                buffered_items: 0,
-                flushing: false,
-                timer_armed: false,
-                failures: 0,
+                batcher: Batcher::new(policy(&registry.settings)),
+                wake_at: None,
                 uncertain: None,
+                abandoned: None,
                 next_seq: 0,
                 last_activity: Instant::now(),
-                draining: false,
                 drain_waiters: Vec::new(),
                 stopping: false,
+                published: (0, 0),
             },
         );
         let addr = handle.addr();
-        actors.insert(project_id, Entry { generation, handle });
+        actors.insert(project_id, Running { generation, handle });
         addr
     }
 

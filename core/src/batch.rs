@@ -13,7 +13,10 @@
 //! fit, and the caller answers that as backpressure.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How much of the buffer one value takes.
 pub trait Weigh {
@@ -156,6 +159,11 @@ impl<T: Weigh> Batcher<T> {
             weight,
         });
         Ok(())
+    }
+
+    /// The value pushed last, if it is still waiting.
+    pub fn last_mut(&mut self) -> Option<&mut T> {
+        self.queue.back_mut().map(|e| &mut e.value)
     }
 
     /// When the next batch should start.
@@ -302,6 +310,74 @@ impl<T: Weigh> Batcher<T> {
     }
 }
 
+/// A process-wide budget of bytes (ingest bodies: being read, parsed or buffered), shared by
+/// the routes and the actors: when it is spent, work is refused at once rather than queued,
+/// so memory stays bounded whatever the clients do.
+#[derive(Clone)]
+pub struct ByteBudget {
+    semaphore: Arc<Semaphore>,
+    gauge: prometheus::IntGauge,
+}
+
+/// Bytes taken from the [`ByteBudget`]; given back when dropped.
+pub struct Reservation {
+    permit: Option<OwnedSemaphorePermit>,
+    budget: ByteBudget,
+}
+
+impl ByteBudget {
+    pub fn new(bytes: usize, gauge: prometheus::IntGauge) -> Self {
+        Self {
+            semaphore: Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))),
+            gauge,
+        }
+    }
+
+    /// An empty reservation, to grow as a body arrives.
+    pub fn reserve(&self) -> Reservation {
+        Reservation {
+            permit: None,
+            budget: self.clone(),
+        }
+    }
+}
+
+impl Reservation {
+    /// Takes `bytes` more, without waiting; `false` when the budget has no room.
+    pub fn grow(&mut self, bytes: usize) -> bool {
+        if bytes == 0 {
+            return true;
+        }
+        let Ok(n) = u32::try_from(bytes) else {
+            return false;
+        };
+        match self.budget.semaphore.clone().try_acquire_many_owned(n) {
+            Ok(more) => {
+                self.budget.gauge.add(i64::from(n));
+                match &mut self.permit {
+                    Some(permit) => permit.merge(more),
+                    None => self.permit = Some(more),
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.permit
+            .as_ref()
+            .map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.gauge.sub(self.bytes() as i64);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,7 +438,11 @@ mod tests {
             b.push(V(name, n), t0).unwrap();
         }
         let batch = b.take();
-        assert_eq!(names(&batch), vec!["a", "b"], "a third entry would pass 20 items");
+        assert_eq!(
+            names(&batch),
+            vec!["a", "b"],
+            "a third entry would pass 20 items"
+        );
         assert_eq!(b.due(t0 + 10 * MS), Due::Idle, "a batch is in flight");
         assert!(b.take().is_empty());
         b.push(V("d", 1), t0 + MS).unwrap();
@@ -398,7 +478,13 @@ mod tests {
             "160 bytes, though 16 items fit"
         );
         b.done();
-        assert_eq!(b.held(), Weight { items: 5, bytes: 50 });
+        assert_eq!(
+            b.held(),
+            Weight {
+                items: 5,
+                bytes: 50
+            }
+        );
         b.push(V("d", 1), t0).unwrap();
     }
 
@@ -448,7 +534,11 @@ mod tests {
         assert_eq!(b.expire(t0 + 1100 * MS), vec![V("mid", 1)]);
         assert_eq!(b.held().items, 2, "in flight + new");
         b.failed(flight, t0 + 1200 * MS);
-        assert_eq!(b.expire(t0 + 1200 * MS), vec![V("old", 1)], "back in the queue");
+        assert_eq!(
+            b.expire(t0 + 1200 * MS),
+            vec![V("old", 1)],
+            "back in the queue"
+        );
         assert_eq!(b.expire(t0 + 5000 * MS), vec![V("new", 1)]);
         assert!(b.drained());
         assert_eq!(b.due(t0 + 5000 * MS), Due::Idle);

@@ -112,8 +112,20 @@ pub struct IngestSettings {
     pub flush_max_items: usize,
     /// Items a project's buffer holds at most; beyond, requests get 503.
     pub buffer_items: usize,
+    /// Bytes (decompressed bodies) a project's buffer holds at most; beyond, 503.
+    pub buffer_bytes: usize,
+    /// Bytes of ingest bodies the whole process holds at most (being read, parsed or
+    /// buffered); beyond, 503.
+    pub max_inflight_bytes: usize,
+    /// A request body must arrive within this long (slow senders get 408).
+    pub body_timeout_ms: u64,
+    /// One flush attempt (connection, statements, COMMIT) gives up after this long.
+    pub flush_timeout_ms: u64,
     /// How long a request waits while its batch is retried against an unavailable database.
     pub retry_deadline_ms: u64,
+    /// How long requests whose COMMIT answer was lost wait for PostgreSQL to tell whether it
+    /// committed, before they are answered `outcome_unknown`.
+    pub outcome_deadline_ms: u64,
     /// An IngestActor with nothing to do for this long stops; the next request starts one.
     pub idle_stop_secs: u64,
     /// Daily partitions of the raw tables are kept this many days ahead.
@@ -180,6 +192,19 @@ pub struct DatabaseSettings {
     pub pool_max_size: usize,
     pub connect_timeout_secs: u64,
     pub acquire_timeout_secs: u64,
+    /// Server-side bound on one statement (`statement_timeout`; 0: none).
+    pub statement_timeout_ms: u64,
+    /// Server-side bound on a transaction left idle (`idle_in_transaction_session_timeout`).
+    pub idle_in_transaction_timeout_ms: u64,
+    /// TCP keepalive: first probe after this much silence...
+    pub keepalive_idle_secs: u64,
+    /// ...then one probe this often...
+    pub keepalive_interval_secs: u64,
+    /// ...and the connection is dropped after this many unanswered probes.
+    pub keepalive_retries: u32,
+    /// Data sent and not acknowledged for this long drops the connection (`TCP_USER_TIMEOUT`,
+    /// Linux; 0: the kernel's default of about 15 minutes).
+    pub tcp_user_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -481,11 +506,39 @@ impl Settings {
                 self.ingest.flush_max_items,
             ),
             ("OBSERVE__INGEST__BUFFER_ITEMS", self.ingest.buffer_items),
+            (
+                "OBSERVE__INGEST__BODY_TIMEOUT_MS",
+                self.ingest.body_timeout_ms as usize,
+            ),
+            (
+                "OBSERVE__INGEST__FLUSH_TIMEOUT_MS",
+                self.ingest.flush_timeout_ms as usize,
+            ),
+            (
+                "OBSERVE__INGEST__OUTCOME_DEADLINE_MS",
+                self.ingest.outcome_deadline_ms as usize,
+            ),
         ] {
             if value == 0 {
                 problems.push(format!("{name} must be at least 1"));
             }
         }
+        // One request of the largest size must fit, or no request of that size ever could.
+        for (name, value) in [
+            ("OBSERVE__INGEST__BUFFER_BYTES", self.ingest.buffer_bytes),
+            (
+                "OBSERVE__INGEST__MAX_INFLIGHT_BYTES",
+                self.ingest.max_inflight_bytes,
+            ),
+        ] {
+            if value < self.ingest.max_body_bytes {
+                problems.push(format!(
+                    "{name} must hold at least one body of OBSERVE__INGEST__MAX_BODY_BYTES ({})",
+                    self.ingest.max_body_bytes
+                ));
+            }
+        }
+
         if self.ingest.buffer_items < crate::ingest::MAX_BATCH {
             problems.push(format!(
                 "OBSERVE__INGEST__BUFFER_ITEMS must hold at least one full batch ({})",

@@ -36,6 +36,25 @@ fn pg_config(settings: &DatabaseSettings) -> Result<tokio_postgres::Config, DbEr
     if config.get_application_name().is_none() {
         config.application_name("observe");
     }
+    // Server-side bounds, sent as startup options so every connection has them from its
+    // first statement. Options already in the URL come first; ours are appended.
+    let bounds = format!(
+        "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+        settings.statement_timeout_ms, settings.idle_in_transaction_timeout_ms
+    );
+    let options = match config.get_options() {
+        Some(given) if !given.trim().is_empty() => format!("{given} {bounds}"),
+        _ => bounds,
+    };
+    config.options(options);
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(settings.keepalive_idle_secs.max(1)))
+        .keepalives_interval(Duration::from_secs(settings.keepalive_interval_secs.max(1)))
+        .keepalives_retries(settings.keepalive_retries.max(1));
+    if settings.tcp_user_timeout_secs > 0 {
+        config.tcp_user_timeout(Duration::from_secs(settings.tcp_user_timeout_secs));
+    }
     Ok(config)
 }
 
@@ -101,7 +120,12 @@ pub async fn migrate(settings: &DatabaseSettings) -> Result<Vec<String>, DbError
         }
     });
     let migrations = migrate::embedded()?;
-    let result = migrate::run(&mut client, &migrations).await;
+    // A migration may rightly take longer than any request statement: lift the bound for
+    // this session only (the advisory lock wait is bounded by `startup_timeout_secs`).
+    let result = match client.batch_execute("SET statement_timeout = 0").await {
+        Ok(()) => migrate::run(&mut client, &migrations).await,
+        Err(e) => Err(MigrateError::from(e)),
+    };
     drop(client);
     let _ = driver.await;
     Ok(result?)

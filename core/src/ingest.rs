@@ -381,10 +381,27 @@ impl Fields<'_> {
         }
     }
 
+    /// Notes a problem if `value` holds a NUL anywhere (PostgreSQL stores no NUL in `text` and
+    /// no `\u0000` in `jsonb`: such an item could never be written). Returns whether it did.
+    fn refuse_nul(&mut self, field: &str, value: &Value) -> bool {
+        match nul_in(value, field) {
+            Some(NulAt::Value(path)) => {
+                self.problem(&path, "must not contain NUL characters");
+                true
+            }
+            Some(NulAt::Key(path)) => {
+                self.problem(&path, "keys must not contain NUL characters");
+                true
+            }
+            None => false,
+        }
+    }
+
     /// An optional JSON object, bounded in size.
     fn object(&mut self, field: &str) -> Map<String, Value> {
         match self.object.get(field) {
             None | Some(Value::Null) => Map::new(),
+            Some(value @ Value::Object(_)) if self.refuse_nul(field, value) => Map::new(),
             Some(Value::Object(map)) => {
                 if serde_json::to_vec(map)
                     .map(|v| v.len())
@@ -411,6 +428,7 @@ impl Fields<'_> {
     fn object_json(&mut self, field: &str) -> JsonObject {
         match self.object.get(field) {
             None | Some(Value::Null) => JsonObject::empty(),
+            Some(value @ Value::Object(_)) if self.refuse_nul(field, value) => JsonObject::empty(),
             Some(value @ Value::Object(_)) => match serde_json::value::to_raw_value(value) {
                 Ok(raw) if raw.get().len() <= MAX_OBJECT_BYTES => JsonObject(Some(raw)),
                 _ => {
@@ -490,6 +508,34 @@ impl Fields<'_> {
             );
         }
         at
+    }
+}
+
+/// Where a NUL sits in a JSON value: in a string value, or in an object's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum NulAt {
+    /// The path of the string holding it (`properties.list[2]`).
+    Value(String),
+    /// The path of the object whose key holds it.
+    Key(String),
+}
+
+/// The first NUL in `value` (whose path is `path`), depth first.
+fn nul_in(value: &Value, path: &str) -> Option<NulAt> {
+    match value {
+        Value::String(s) if s.contains('\0') => Some(NulAt::Value(path.to_string())),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_in(v, &format!("{path}[{i}]"))),
+        Value::Object(map) => {
+            if map.keys().any(|k| k.contains('\0')) {
+                return Some(NulAt::Key(path.to_string()));
+            }
+            map.iter()
+                .find_map(|(k, v)| nul_in(v, &format!("{path}.{k}")))
+        }
+        _ => None,
     }
 }
 
@@ -588,6 +634,7 @@ fn stack_trace(f: &mut Fields<'_>) -> (Option<Value>, Option<Vec<Frame>>, Option
             f.problem("stack_trace", format!("must be at most {MAX_STACK} bytes"));
             (None, None, None)
         }
+        Some(value) if f.refuse_nul("stack_trace", value) => (None, None, None),
         Some(Value::String(s)) => (Some(Value::String(s.clone())), None, Some(s.clone())),
         Some(Value::Array(raw)) => {
             if serde_json::to_vec(raw)
@@ -1051,6 +1098,7 @@ mod tests {
                 ])
                 .prop_map(str::to_string),
                 "[a-z]{1,6}",
+                "[a-z]{0,3}\u{0}".prop_map(|k| k),
             ]
         }
 
@@ -1061,6 +1109,7 @@ mod tests {
                 any::<i64>().prop_map(|n| json!(n)),
                 (-1.0e12f64..1.0e12).prop_map(|f| json!(f)),
                 "\\PC{0,16}".prop_map(Value::String),
+                "\\PC{0,4}".prop_map(|s| Value::String(format!("{s}\u{0}"))),
                 Just(json!("2026-11-22T11:59:00Z")),
             ];
             leaf.prop_recursive(3, 48, 6, |inner| {
@@ -1073,6 +1122,27 @@ mod tests {
         }
 
         proptest! {
+            /// Nested JSON an SDK sends (properties, traits, stack frames) passes exactly when
+            /// it holds no NUL, in a key or a string, at any depth.
+            #[test]
+            fn nested_json_passes_exactly_when_it_holds_no_nul(
+                map in prop::collection::btree_map(key(), json(), 0..6),
+                frames in prop::collection::vec(json(), 0..4),
+            ) {
+                let object = Value::Object(map.into_iter().collect());
+                let c = ctx();
+                let nul = |v: &Value| v.to_string().contains("\\u0000");
+                let event = events(&[json!({"event": "e", "visitor_id": "v", "properties": object})], &c);
+                prop_assert_eq!(event.is_ok(), !nul(&object), "{:?}", event);
+                let identify = identifies(&[json!({"visitor_id": "v", "user_id": "u", "traits": object})], &c);
+                prop_assert_eq!(identify.is_ok(), !nul(&object), "{:?}", identify);
+                // Frames must be objects; only those are in question here.
+                let frames: Vec<Value> = frames.into_iter().filter(Value::is_object).collect();
+                let trace = Value::Array(frames);
+                let error = errors(&[json!({"type": "E", "stack_trace": trace})], &c);
+                prop_assert_eq!(error.is_ok(), !nul(&trace), "{:?}", error);
+            }
+
             #[test]
             fn validation_never_panics_and_blames_real_items(items in prop::collection::vec(json(), 1..6)) {
                 let c = ctx();
@@ -1087,8 +1157,74 @@ mod tests {
                     prop_assert!(!problems.is_empty());
                     prop_assert!(problems.iter().all(|p| p.index < items.len() && !p.reason.is_empty()));
                 }
+                // What passes holds no NUL anywhere: PostgreSQL could store it.
+                let passed = [
+                    events(&items, &c).ok().map(|v| serde_json::to_string(&v)),
+                    identifies(&items, &c).ok().map(|v| serde_json::to_string(&v)),
+                    errors(&items, &c).ok().map(|v| serde_json::to_string(&v)),
+                    requests(&items, &c).ok().map(|v| serde_json::to_string(&v)),
+                    metrics(&items, &c, &BTreeMap::new()).ok().map(|v| serde_json::to_string(&v)),
+                ];
+                for json in passed.into_iter().flatten() {
+                    let json = json.unwrap();
+                    prop_assert!(!json.contains("\\u0000"), "{}", json);
+                }
             }
         }
+    }
+
+    #[test]
+    fn a_nul_anywhere_is_refused_with_its_path() {
+        let cases = [
+            (
+                json!({"a": {"b": [1, "x\u{0}"]}}),
+                Some(NulAt::Value("p.a.b[1]".into())),
+            ),
+            (json!({"a": {"k\u{0}": 1}}), Some(NulAt::Key("p.a".into()))),
+            (
+                json!([{"f": "ok"}, {"f": "\u{0}"}]),
+                Some(NulAt::Value("p[1].f".into())),
+            ),
+            (json!({"a": "fine", "b": [true, null, 1.5]}), None),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(nul_in(&value, "p"), expected, "{value}");
+        }
+        let batch = items(json!([
+            {"visitor_id": "v", "user_id": "u", "traits": {"t": "\u{0}"}},
+        ]));
+        let fields: Vec<String> = identifies(&batch, &ctx())
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.field)
+            .collect();
+        assert_eq!(fields, vec!["traits.t"]);
+        let batch = items(json!([
+            {"type": "E", "stack_trace": [{"function": "ok"}, {"module": "m\u{0}"}]},
+            {"type": "E", "stack_trace": "line\u{0}", "tags": {"k": "v\u{0}"}},
+        ]));
+        let found: Vec<(usize, String)> = errors(&batch, &ctx())
+            .unwrap_err()
+            .into_iter()
+            .map(|p| (p.index, p.field))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (0, "stack_trace[1].module".into()),
+                (1, "stack_trace".into()),
+                (1, "tags.k".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn lone_surrogates_never_reach_validation() {
+        // PostgreSQL would refuse them too; the JSON parser already does (400).
+        assert!(matches!(
+            split(br#"{"event": "\ud800"}"#),
+            Err(BodyError::Malformed(_))
+        ));
     }
 
     #[test]

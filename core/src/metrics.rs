@@ -118,6 +118,12 @@ pub struct IngestMetrics {
     pub batch_items: prometheus::Histogram,
     pub flush_seconds: prometheus::Histogram,
     pub buffer_items: prometheus::IntGauge,
+    /// Bytes (request bodies, decompressed) held by IngestActors' buffers.
+    pub buffer_bytes: prometheus::IntGauge,
+    /// Bytes of ingest bodies in flight in this process (the process-wide budget in use).
+    pub inflight_bytes: prometheus::IntGauge,
+    /// Flushes whose COMMIT answer was lost, by what they turned out to be.
+    pub uncertain_commits: IntCounterVec,
     pub actors: prometheus::IntGauge,
 }
 
@@ -152,6 +158,21 @@ impl IngestMetrics {
             "observe_ingest_buffer_items",
             "Items buffered in IngestActors, waiting for or in a flush",
         )?;
+        let buffer_bytes = prometheus::IntGauge::new(
+            "observe_ingest_buffer_bytes",
+            "Bytes (decompressed request bodies) buffered in IngestActors, waiting for or in a flush",
+        )?;
+        let inflight_bytes = prometheus::IntGauge::new(
+            "observe_ingest_inflight_bytes",
+            "Bytes of ingest request bodies held in this process, read or buffered (bounded by ingest.max_inflight_bytes)",
+        )?;
+        let uncertain_commits = IntCounterVec::new(
+            Opts::new(
+                "observe_ingest_uncertain_commits_total",
+                "Flushes whose COMMIT answer was lost, by outcome (committed, aborted, unknown)",
+            ),
+            &["outcome"],
+        )?;
         let actors = prometheus::IntGauge::new(
             "observe_ingest_actors",
             "IngestActors running on this instance (one per active project)",
@@ -160,12 +181,18 @@ impl IngestMetrics {
         registry.register(Box::new(batch_items.clone()))?;
         registry.register(Box::new(flush_seconds.clone()))?;
         registry.register(Box::new(buffer_items.clone()))?;
+        registry.register(Box::new(buffer_bytes.clone()))?;
+        registry.register(Box::new(inflight_bytes.clone()))?;
+        registry.register(Box::new(uncertain_commits.clone()))?;
         registry.register(Box::new(actors.clone()))?;
         Ok(Self {
             items,
             batch_items,
             flush_seconds,
             buffer_items,
+            buffer_bytes,
+            inflight_bytes,
+            uncertain_commits,
             actors,
         })
     }

@@ -24,11 +24,13 @@ use actix_web::{post, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use futures_util::StreamExt;
 use observe_actors::ingest::{Ingest, Outcome, SendFailure};
+use observe_core::batch::Reservation;
 use observe_core::config::Limit;
 use observe_core::gcra::Decision;
 use observe_core::ingest::{self as domain, BodyError, Category, Context, Items, Kind};
 use observe_core::store::api_keys::KeyOwner;
 use observe_core::store::ingest::month_of;
+use observe_core::store::Refusal;
 use serde::Serialize;
 use tokio::sync::oneshot;
 use utoipa::ToSchema;
@@ -178,7 +180,27 @@ async fn handle(
 ) -> Result<usize, Rejection> {
     let received_at = Utc::now();
     let settings = &state.settings.ingest;
-    let body = read_body(req, payload, settings.max_body_bytes).await?;
+    let category = kind.category();
+
+    // A key whose budget is spent is refused before its body is read or parsed, so a flood of
+    // large bodies costs no decompression and no JSON parsing (Sentry Relay likewise checks
+    // rate limits on an envelope's headers before it expands the payload).
+    let peek = rate_check(state, owner, category, 0).await;
+    if peek.remaining == 0 {
+        *decision = Some(peek);
+        let interval = RATE_PERIOD.as_millis() as u64 / u64::from(peek.limit.max(1));
+        return Err((
+            ApiError::RateLimited {
+                retry_after_secs: interval.div_ceil(1000).max(1),
+                limit: peek.limit,
+            },
+            "rate_limited",
+            1,
+        ));
+    }
+
+    let mut reservation = state.ingest.budget.reserve();
+    let body = read_body(req, payload, settings, &mut reservation).await?;
     let values = domain::split(&body).map_err(|e| match e {
         BodyError::Malformed(detail) => (ApiError::MalformedJson(detail), "malformed", 1),
         BodyError::TooMany => (
@@ -190,14 +212,15 @@ async fn handle(
         ),
         other => (ApiError::BadRequest(other.to_string()), "malformed", 1),
     })?;
+    drop(body);
     let ctx = Context {
         received_at,
         retention_days: state.tiers.retention_days(owner.tier),
     };
     let items = Items::validate(kind, &values, &ctx, &settings.llm_prices)
         .map_err(|problems| (ApiError::InvalidItems(problems), "invalid", values.len()))?;
+    drop(values);
     let n = items.len();
-    let category = kind.category();
 
     let taken = rate_check(state, owner, category, n).await;
     *decision = Some(taken);
@@ -252,6 +275,7 @@ async fn handle(
                 items,
                 received_at,
                 cap,
+                reservation,
                 reply,
             },
         )
@@ -263,7 +287,22 @@ async fn handle(
             }
             rejection
         })?;
-    match answer.await {
+    // The actor answers within its own bounds (deadline, flush timeout, outcome deadline);
+    // this one only catches an actor that broke them. It may have been mid-commit then.
+    let outcome_unknown = || ApiError::OutcomeUnknown {
+        retry_after_secs: 5,
+    };
+    let answer = match tokio::time::timeout(answer_timeout(settings), answer).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            tracing::error!(
+                project_id = %owner.project_id,
+                "no answer from the IngestActor within every bound it has"
+            );
+            return Err((outcome_unknown(), "outcome_unknown", n));
+        }
+    };
+    match answer {
         Ok(Outcome::Stored(accepted)) => Ok(accepted),
         Ok(Outcome::OverQuota) => Err(quota_exceeded()),
         // Counted by the actor already; the route only answers.
@@ -277,9 +316,32 @@ async fn handle(
             "project_deleted",
             n,
         )),
+        Ok(Outcome::Refused {
+            refusal: Refusal::Data,
+            sqlstate,
+        }) => Err((ApiError::DataRefused { sqlstate }, "refused", 0)),
+        Ok(Outcome::Refused {
+            refusal: Refusal::Constraint,
+            sqlstate,
+        }) => Err((
+            ApiError::Internal(anyhow::anyhow!(
+                "PostgreSQL refused an ingest request with SQLSTATE {sqlstate} (integrity constraint)"
+            )),
+            "refused",
+            0,
+        )),
+        Ok(Outcome::OutcomeUnknown) => Err((outcome_unknown(), "outcome_unknown", 0)),
         // The actor went away with the request (a panic): nothing of it was committed.
         Err(_) => Err(unavailable(1)),
     }
+}
+
+/// The longest an IngestActor may take to answer a request it accepted: its deadline, a
+/// flush attempt begun just before it, the wait for an uncertain commit and a last look.
+fn answer_timeout(settings: &observe_core::config::IngestSettings) -> Duration {
+    Duration::from_millis(
+        settings.retry_deadline_ms + 2 * settings.flush_timeout_ms + settings.outcome_deadline_ms,
+    ) + Duration::from_secs(5)
 }
 
 /// Takes `cost` items from the key's per-minute budget for `category` (0: only looks).
@@ -326,13 +388,40 @@ fn secs_to_next_month(now: DateTime<Utc>) -> u64 {
         .unwrap_or(86_400)
 }
 
-/// Reads the body, at most `limit` bytes on the wire and after decompression.
+/// Reads the body, at most `ingest.max_body_bytes` on the wire and after decompression,
+/// within `ingest.body_timeout_ms`, taking its bytes from the process-wide budget as they
+/// arrive (503 when it is spent).
 async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    settings: &observe_core::config::IngestSettings,
+    reservation: &mut Reservation,
+) -> Result<Vec<u8>, Rejection> {
+    let limit_ms = settings.body_timeout_ms;
+    let read = read_body_untimed(req, payload, settings.max_body_bytes, reservation);
+    match tokio::time::timeout(Duration::from_millis(limit_ms), read).await {
+        Ok(body) => body,
+        Err(_) => Err((ApiError::BodyTimeout { limit_ms }, "body_timeout", 1)),
+    }
+}
+
+async fn read_body_untimed(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
+    reservation: &mut Reservation,
 ) -> Result<Vec<u8>, Rejection> {
     let too_large = || (ApiError::PayloadTooLarge { limit }, "too_large", 1);
+    let spent = || {
+        (
+            ApiError::Unavailable {
+                what: "ingestion (memory budget)",
+                retry_after_secs: 1,
+            },
+            "inflight_budget",
+            1,
+        )
+    };
     let encoding = req
         .headers()
         .get(header::CONTENT_ENCODING)
@@ -369,13 +458,21 @@ async fn read_body(
         if raw.len() + chunk.len() > limit {
             return Err(too_large());
         }
+        if !reservation.grow(chunk.len()) {
+            return Err(spent());
+        }
         raw.extend_from_slice(&chunk);
     }
-    match encoding.as_deref() {
-        Some("gzip" | "x-gzip") => inflate(flate2::read::GzDecoder::new(&raw[..]), limit),
-        Some("deflate") => inflate(flate2::read::ZlibDecoder::new(&raw[..]), limit),
-        _ => Ok(raw),
+    let inflated = match encoding.as_deref() {
+        Some("gzip" | "x-gzip") => inflate(flate2::read::GzDecoder::new(&raw[..]), limit)?,
+        Some("deflate") => inflate(flate2::read::ZlibDecoder::new(&raw[..]), limit)?,
+        _ => return Ok(raw),
+    };
+    // The decompressed body is what is held from here on.
+    if !reservation.grow(inflated.len().saturating_sub(raw.len())) {
+        return Err(spent());
     }
+    Ok(inflated)
 }
 
 /// Decompresses, stopping one byte past `limit`: a gzip bomb costs `limit` bytes, not more.

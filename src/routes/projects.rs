@@ -215,6 +215,7 @@ pub async fn delete_project(
     keys::announce(&tx, Scope::Project(project_id)).await?;
     tx.commit().await?;
     state.keys.forget(Scope::Project(project_id));
+    state.ingest.stop_project(project_id);
     Ok(HttpResponse::NoContent().finish())
 }
 

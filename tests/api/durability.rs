@@ -905,6 +905,12 @@ struct CommitCutter {
 
 impl CommitCutter {
     async fn start(target: u16) -> Self {
+        Self::start_with_outage(target, Duration::ZERO).await
+    }
+
+    /// After the cut, PostgreSQL stays unreachable for `outage`: new connections through the
+    /// proxy are closed at once.
+    async fn start_with_outage(target: u16, outage: Duration) -> Self {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
             .unwrap();
@@ -912,9 +918,21 @@ impl CommitCutter {
         let armed = Arc::new(AtomicBool::new(false));
         let cuts = Arc::new(AtomicUsize::new(0));
         let (armed2, cuts2) = (armed.clone(), cuts.clone());
+        let down_until: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+        // Bumped at a cut with an outage: every connection open then is closed too.
+        let (kill, killed) = tokio::sync::watch::channel(0u64);
         tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
+                let down = *down_until.lock().unwrap();
+                if down.is_some_and(|until| Instant::now() < until) {
+                    drop(inbound);
+                    continue;
+                }
                 let (armed, cuts) = (armed2.clone(), cuts2.clone());
+                let down_until = down_until.clone();
+                let mut killed = killed.clone();
+                killed.mark_unchanged();
+                let kill = kill.clone();
                 tokio::spawn(async move {
                     let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
                     else {
@@ -928,9 +946,12 @@ impl CommitCutter {
                     let mut flush = false;
                     let mut buf = vec![0u8; 64 * 1024];
                     loop {
-                        let n = match client_r.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
+                        let n = tokio::select! {
+                            read = client_r.read(&mut buf) => match read {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            },
+                            _ = killed.changed() => break,
                         };
                         let chunk = &buf[..n];
                         if contains(chunk, b"txid_current()") {
@@ -945,6 +966,10 @@ impl CommitCutter {
                             // reaches observe.
                             let _ = server_w.flush().await;
                             back.abort();
+                            *down_until.lock().unwrap() = Some(Instant::now() + outage);
+                            if !outage.is_zero() {
+                                kill.send_modify(|n| *n += 1);
+                            }
                             cuts.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(200)).await;
                             return;
@@ -1031,4 +1056,99 @@ async fn a_flush_whose_commit_answer_is_lost_is_answered_not_written_twice() {
         ),
         1
     );
+}
+
+/// An app whose database goes through a [`CommitCutter`] that keeps PostgreSQL away for
+/// `outage` after it cut a COMMIT, a project key, and the direct URL of the database.
+async fn app_behind_commit_cutter(
+    outage: Duration,
+    tweak: impl FnOnce(&mut Settings) + 'static,
+) -> (TestApp, crate::helpers::Sdk, CommitCutter, String) {
+    let real_db = fresh_database(&test_settings().database).await;
+    let pg_port = pg_port(&real_db);
+    let cutter = CommitCutter::start_with_outage(pg_port, outage).await;
+    let proxied = real_db.replacen(&format!(":{pg_port}/"), &format!(":{}/", cutter.port), 1);
+    let app = spawn_app_with(
+        move |s| {
+            s.database.url = SecretString::from(proxied);
+            s.database.connect_timeout_secs = 1;
+            s.database.acquire_timeout_secs = 1;
+            roomy_limits(s);
+            tweak(s);
+        },
+        None,
+    )
+    .await;
+    let sdk = sdk(&app).await;
+    // A first flush through the proxy (the key is cached after it).
+    let first = crate::helpers::ingest(
+        &app,
+        &sdk.key,
+        "events",
+        json!({"event": "a", "visitor_id": "before"}),
+    )
+    .await;
+    assert_eq!(first.status, 202, "{}", first.text);
+    (app, sdk, cutter, real_db)
+}
+
+fn three_events(visitor: &str) -> Value {
+    json!([
+        {"event": "a", "visitor_id": visitor},
+        {"event": "b", "visitor_id": visitor},
+        {"event": "c", "visitor_id": visitor},
+    ])
+}
+
+/// A request whose COMMIT may have happened is never answered 503 "nothing stored" because
+/// its deadline passed: it waits (bounded) for PostgreSQL to say, then gets the truth — here
+/// 202, its items stored once — although the outage outlasted `retry_deadline_ms`.
+#[actix_web::test]
+async fn an_uncertain_commit_waits_past_the_retry_deadline_for_the_answer() {
+    let (app, sdk, cutter, real_db) = app_behind_commit_cutter(Duration::from_secs(3), |s| {
+        s.ingest.retry_deadline_ms = 1_000;
+        s.ingest.outcome_deadline_ms = 30_000;
+    })
+    .await;
+    cutter.armed.store(true, Ordering::SeqCst);
+    let reply = crate::helpers::ingest(&app, &sdk.key, "events", three_events("cut")).await;
+    assert_eq!(cutter.cuts.load(Ordering::SeqCst), 1, "the commit was cut");
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    assert_eq!(reply.json()["accepted"], 3);
+    let stored = stored_visitors(&connect(&real_db).await, &sdk.project).await;
+    assert_eq!(stored.get("cut"), Some(&3), "stored once: {stored:?}");
+    let metrics = app.get_text("/metrics").await.1;
+    assert_eq!(
+        metric(
+            &metrics,
+            "observe_ingest_uncertain_commits_total{outcome=\"committed\"}"
+        ),
+        Some(1.0)
+    );
+}
+
+/// If PostgreSQL stays away past `ingest.outcome_deadline_ms`, the answer says the outcome is
+/// unknown — never that nothing was stored, which here would be false.
+#[actix_web::test]
+async fn an_uncertain_commit_past_the_outcome_deadline_is_answered_outcome_unknown() {
+    let (app, sdk, cutter, real_db) = app_behind_commit_cutter(Duration::from_secs(600), |s| {
+        s.ingest.retry_deadline_ms = 1_000;
+        s.ingest.flush_timeout_ms = 1_000;
+        s.ingest.outcome_deadline_ms = 2_000;
+    })
+    .await;
+    cutter.armed.store(true, Ordering::SeqCst);
+    let reply = crate::helpers::ingest(&app, &sdk.key, "events", three_events("cut")).await;
+    assert_eq!(cutter.cuts.load(Ordering::SeqCst), 1, "the commit was cut");
+    assert_eq!(reply.status, 503, "{}", reply.text);
+    assert_eq!(
+        reply.json()["error"]["code"],
+        "outcome_unknown",
+        "{}",
+        reply.text
+    );
+    assert!(reply.header("retry-after").is_some());
+    // It did commit: "outcome unknown" was the honest answer.
+    let stored = stored_visitors(&connect(&real_db).await, &sdk.project).await;
+    assert_eq!(stored.get("cut"), Some(&3), "{stored:?}");
 }

@@ -23,7 +23,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{Json, Type};
 use uuid::Uuid;
 
-use super::StoreError;
+use super::{Refusal, StoreError};
 use crate::config::Limit;
 use crate::ingest::{
     Category, ErrorItem, Event, Identify, Items, MetricItem, MetricKind, RequestItem,
@@ -38,7 +38,15 @@ pub struct Request<'a> {
     pub cap: Limit,
 }
 
-/// What became of one request of a flush.
+/// Whose items a flush writes, and which usage month they count against.
+#[derive(Debug, Clone, Copy)]
+pub struct Job {
+    pub project_id: Uuid,
+    pub organisation_id: Uuid,
+    pub month: NaiveDate,
+}
+
+/// What became of one request of a committed transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Stored,
@@ -53,21 +61,37 @@ pub struct Written {
     pub rows: usize,
 }
 
-/// Why a flush did not (knowingly) commit.
+/// The server process running a flush's transaction, and the transaction's id: enough to look
+/// the transaction up (`txid_status`) and to end it from another connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backend {
+    pub pid: i32,
+    pub txid: i64,
+}
+
+/// Why a transaction did not (knowingly) commit.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    /// Nothing was committed: the flush can be retried as it is.
+    /// Nothing was committed and the transaction is over: the flush can be retried as it is.
     #[error(transparent)]
     Failed(#[from] StoreError),
-    /// The connection failed while COMMIT was in flight: the transaction may or may not have
-    /// committed. [`committed`] tells which, once the database answers again; retrying blindly
-    /// could store the batch twice.
+    /// Nothing was committed (COMMIT was never sent), but the connection broke or went silent,
+    /// so the transaction may still be open on the server, holding the usage row's lock until
+    /// `idle_in_transaction_session_timeout`: [`fence`] it before writing again.
+    #[error("flush abandoned: {error}")]
+    Abandoned {
+        backend: Backend,
+        #[source]
+        error: StoreError,
+    },
+    /// COMMIT was sent and no answer came: the transaction may or may not have committed.
+    /// [`settle`] tells which; retrying blindly could store the batch twice.
     #[error("commit outcome unknown: {error}")]
     Uncertain {
-        /// The transaction's id (`txid_current()`).
-        txid: i64,
+        backend: Backend,
         /// What the transaction decided for each request, in order, if it committed.
         verdicts: Vec<Verdict>,
+        #[source]
         error: StoreError,
     },
 }
@@ -88,23 +112,148 @@ pub async fn committed(
     })
 }
 
-/// Stores `requests` of `project_id` (owned by `organisation_id`) in one transaction; see
-/// the module documentation. `month` is the usage month the items count against.
+/// Ends `backend`'s session if it is still running that transaction (a pid alone may have
+/// been reused by then). Its transaction aborts and its locks go. Returns whether it was
+/// still there.
+///
+/// This is how PostgreSQL's own tooling fences a session it has lost contact with
+/// (`pg_terminate_backend`); it needs the same role as the flushing connection, which
+/// observe's connections share.
+pub async fn fence(client: &tokio_postgres::Client, backend: Backend) -> Result<bool, StoreError> {
+    let row = client
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE pid = $1 AND backend_xid IS NOT NULL
+               AND backend_xid::text::bigint = $2::bigint % 4294967296",
+            &[&backend.pid, &backend.txid],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) > 0)
+}
+
+/// What an uncertain transaction turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Committed,
+    /// It did not commit and never will: its requests can be written again.
+    Aborted,
+    /// Still open on the server (its COMMIT never arrived); it was told to end, so ask again.
+    Pending,
+}
+
+/// Looks up an uncertain transaction and, if the server still runs it, ends it, so that the
+/// next look finds it aborted rather than waiting on a session that may never speak again.
+pub async fn settle(
+    client: &tokio_postgres::Client,
+    backend: Backend,
+) -> Result<Settled, StoreError> {
+    match committed(client, backend.txid).await? {
+        Some(true) => Ok(Settled::Committed),
+        Some(false) => Ok(Settled::Aborted),
+        None => {
+            fence(client, backend).await?;
+            Ok(Settled::Pending)
+        }
+    }
+}
+
+/// [`settle`] through a connection of `pool`, the whole look bounded by `timeout`; a
+/// connection that failed is kept out of the pool.
+pub async fn look_up(
+    pool: &deadpool_postgres::Pool,
+    backend: Backend,
+    timeout: std::time::Duration,
+) -> Result<Settled, StoreError> {
+    let look = async {
+        let client = pool.get().await?;
+        let settled = settle(&client, backend).await;
+        if settled.is_err() {
+            discard(client);
+        }
+        settled
+    };
+    tokio::time::timeout(timeout, look)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "PostgreSQL did not answer in time".into(),
+            ))
+        })
+}
+
+/// `fut`, unless `deadline` passes first: then the connection is considered gone.
+async fn bounded<T>(
+    deadline: tokio::time::Instant,
+    fut: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout_at(deadline, fut).await {
+        Ok(result) => result.map_err(StoreError::from),
+        Err(_) => Err(StoreError::Unavailable(
+            "PostgreSQL did not answer in time (flush timeout)".into(),
+        )),
+    }
+}
+
+/// Stores `requests` of `job` in one transaction; see the module documentation. Every step
+/// shares one deadline `timeout` from now: a connection that goes silent (a black hole, where
+/// no error ever comes) ends the attempt instead of holding it forever.
 pub async fn write(
     client: &mut Client,
-    project_id: Uuid,
-    organisation_id: Uuid,
-    month: NaiveDate,
+    job: &Job,
     requests: &[Request<'_>],
+    timeout: std::time::Duration,
 ) -> Result<(Vec<Verdict>, Written), WriteError> {
-    let tx = client.transaction().await.map_err(StoreError::from)?;
-    // Assigns the transaction its id now, so an interrupted COMMIT can be looked up later.
-    let txid: i64 = tx
-        .query_one("SELECT txid_current()", &[])
-        .await
-        .map_err(StoreError::from)?
-        .get(0);
-    let verdicts = apply_quotas(&tx, organisation_id, month, requests).await?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let tx = bounded(deadline, client.transaction()).await?;
+    // Assigns the transaction its id now, so an interrupted COMMIT can be looked up later and
+    // an abandoned transaction ended from another connection.
+    let row = bounded(
+        deadline,
+        tx.query_one("SELECT txid_current(), pg_backend_pid()", &[]),
+    )
+    .await?;
+    let backend = Backend {
+        txid: row.get(0),
+        pid: row.get(1),
+    };
+    let body = async {
+        match tokio::time::timeout_at(deadline, fill(&tx, job, requests)).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(
+                "PostgreSQL did not answer in time (flush timeout)".into(),
+            )),
+        }
+    };
+    let (verdicts, written) = match body.await {
+        Ok(done) => done,
+        // The server answered with an error: it ended the transaction itself.
+        Err(error @ (StoreError::Db(_) | StoreError::Conflict(_))) => {
+            return Err(WriteError::Failed(error))
+        }
+        Err(error @ StoreError::Unavailable(_)) => {
+            return Err(WriteError::Abandoned { backend, error })
+        }
+    };
+    match bounded(deadline, tx.commit()).await {
+        Ok(()) => Ok((verdicts, written)),
+        // A lost or silent connection leaves the outcome unknown; a server-side refusal (a
+        // deferred constraint) is a clean abort.
+        Err(error @ StoreError::Unavailable(_)) => Err(WriteError::Uncertain {
+            backend,
+            verdicts,
+            error,
+        }),
+        Err(other) => Err(WriteError::Failed(other)),
+    }
+}
+
+/// Everything a flush's transaction does before COMMIT.
+async fn fill(
+    tx: &tokio_postgres::Transaction<'_>,
+    job: &Job,
+    requests: &[Request<'_>],
+) -> Result<(Vec<Verdict>, Written), StoreError> {
+    let verdicts = apply_quotas(tx, job.organisation_id, job.month, requests).await?;
     let stored: Vec<&Request<'_>> = requests
         .iter()
         .zip(&verdicts)
@@ -128,26 +277,167 @@ pub async fn write(
             Items::Identify(v) => identifies.extend(v.iter()),
         }
     }
-    rows += copy_events(&tx, project_id, &events).await?;
-    rows += copy_errors(&tx, project_id, &errors).await?;
-    rows += copy_requests(&tx, project_id, &calls).await?;
-    rows += copy_metrics(&tx, project_id, &metrics).await?;
-    upsert_error_groups(&tx, project_id, &errors).await?;
-    upsert_identities(&tx, project_id, &identifies).await?;
-    if let Err(e) = tx.commit().await {
-        let error = StoreError::from(e);
-        // A server-side refusal (e.g. a deferred constraint) is a clean abort; a lost
-        // connection leaves the outcome unknown.
-        return Err(match error {
-            StoreError::Unavailable(_) => WriteError::Uncertain {
-                txid,
+    let project_id = job.project_id;
+    rows += copy_events(tx, project_id, &events).await?;
+    rows += copy_errors(tx, project_id, &errors).await?;
+    rows += copy_requests(tx, project_id, &calls).await?;
+    rows += copy_metrics(tx, project_id, &metrics).await?;
+    upsert_error_groups(tx, project_id, &errors).await?;
+    upsert_identities(tx, project_id, &identifies).await?;
+    Ok((verdicts, Written { rows }))
+}
+
+/// What became of one request of a [`flush`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    Stored,
+    OverQuota,
+    /// PostgreSQL refused its data (see [`Refusal`]): nothing of it is stored, and it never
+    /// will be.
+    Refused {
+        refusal: Refusal,
+        sqlstate: String,
+    },
+    /// Not written (the database is unavailable): write it again later.
+    Retry,
+    /// In the transaction whose commit outcome is unknown; the verdict it gets if that
+    /// transaction committed.
+    Uncertain(Verdict),
+}
+
+/// What a [`flush`] did.
+#[derive(Debug)]
+pub struct FlushReport {
+    /// One per request, in order.
+    pub fates: Vec<Fate>,
+    /// Raw rows committed.
+    pub rows: usize,
+    /// Transactions tried (1 unless a refusal made the flush isolate it).
+    pub transactions: usize,
+    /// The transaction whose outcome is unknown (its requests are [`Fate::Uncertain`]).
+    pub uncertain: Option<Backend>,
+    /// A transaction left open on the server, to [`fence`] before the next write.
+    pub abandoned: Option<Backend>,
+    /// Why requests are [`Fate::Retry`] or [`Fate::Uncertain`].
+    pub error: Option<StoreError>,
+}
+
+/// Writes `requests` of `job` with one transaction if it can. When PostgreSQL refuses the
+/// data of some request (SQLSTATE class 22, 23 or 54: it would refuse it on every retry), the
+/// batch is split in halves and each half written in its own transaction, down to the
+/// refused requests alone: they are [`Fate::Refused`] and every other request is committed
+/// at once (about 2·log2(n) transactions per refused request). Unavailability stops the
+/// flush: what was not committed is [`Fate::Retry`].
+///
+/// `fence_first` is a transaction an earlier flush abandoned: it is ended first, so its row
+/// locks cannot hold this one back. Connections that broke or went silent are taken out of
+/// the pool, never handed to the next flush.
+pub async fn flush(
+    pool: &deadpool_postgres::Pool,
+    job: &Job,
+    requests: &[Request<'_>],
+    fence_first: Option<Backend>,
+    timeout: std::time::Duration,
+) -> FlushReport {
+    let mut report = FlushReport {
+        fates: vec![Fate::Retry; requests.len()],
+        rows: 0,
+        transactions: 0,
+        uncertain: None,
+        abandoned: fence_first,
+        error: None,
+    };
+    let mut client = match tokio::time::timeout(timeout, pool.get()).await {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => {
+            report.error = Some(e.into());
+            return report;
+        }
+        Err(_) => {
+            report.error = Some(StoreError::Unavailable(
+                "no PostgreSQL connection in time (flush timeout)".into(),
+            ));
+            return report;
+        }
+    };
+    if let Some(backend) = fence_first {
+        match tokio::time::timeout(timeout, fence(&client, backend)).await {
+            Ok(Ok(_)) => report.abandoned = None,
+            Ok(Err(e)) => {
+                report.error = Some(e);
+                discard_if_broken(client, report.error.as_ref());
+                return report;
+            }
+            Err(_) => {
+                report.error = Some(StoreError::Unavailable(
+                    "PostgreSQL did not answer in time (fencing)".into(),
+                ));
+                discard(client);
+                return report;
+            }
+        }
+    }
+    // Ranges still to write, the next one last; halves are pushed right first.
+    let mut todo = Vec::with_capacity(8);
+    todo.push(0..requests.len());
+    while let Some(range) = todo.pop() {
+        report.transactions += 1;
+        match write(&mut client, job, &requests[range.clone()], timeout).await {
+            Ok((verdicts, written)) => {
+                report.rows += written.rows;
+                for (fate, verdict) in report.fates[range].iter_mut().zip(verdicts) {
+                    *fate = match verdict {
+                        Verdict::Stored => Fate::Stored,
+                        Verdict::OverQuota => Fate::OverQuota,
+                    };
+                }
+            }
+            Err(WriteError::Failed(error)) => match error.refusal() {
+                Some((refusal, sqlstate)) if range.len() == 1 => {
+                    report.fates[range.start] = Fate::Refused { refusal, sqlstate };
+                }
+                Some(_) => {
+                    let mid = range.start + range.len() / 2;
+                    todo.push(mid..range.end);
+                    todo.push(range.start..mid);
+                }
+                None => {
+                    report.error = Some(error);
+                    break;
+                }
+            },
+            Err(WriteError::Abandoned { backend, error }) => {
+                report.abandoned = Some(backend);
+                report.error = Some(error);
+                break;
+            }
+            Err(WriteError::Uncertain {
+                backend,
                 verdicts,
                 error,
-            },
-            other => WriteError::Failed(other),
-        });
+            }) => {
+                for (fate, verdict) in report.fates[range].iter_mut().zip(verdicts) {
+                    *fate = Fate::Uncertain(verdict);
+                }
+                report.uncertain = Some(backend);
+                report.error = Some(error);
+                break;
+            }
+        }
     }
-    Ok((verdicts, Written { rows }))
+    discard_if_broken(client, report.error.as_ref());
+    report
+}
+
+/// Keeps a connection out of the pool: it broke, or it may be stuck behind a silent peer.
+fn discard(client: deadpool_postgres::Client) {
+    drop(deadpool_postgres::Object::take(client));
+}
+
+fn discard_if_broken(client: deadpool_postgres::Client, error: Option<&StoreError>) {
+    if matches!(error, Some(StoreError::Unavailable(_))) {
+        discard(client);
+    }
 }
 
 /// Decides which requests fit under their monthly caps and counts them, under the usage rows'

@@ -52,6 +52,35 @@ impl From<tokio_postgres::Error> for StoreError {
     }
 }
 
+/// Why PostgreSQL refused what a statement carried: the same data can never succeed, so
+/// retrying it is pointless (and holding others back while retrying it is harmful).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// SQLSTATE class 22 (data exception) or 54 (program limit exceeded): the values
+    /// themselves cannot be stored.
+    Data,
+    /// SQLSTATE class 23: an integrity constraint refused the row.
+    Constraint,
+}
+
+impl StoreError {
+    /// The refusal this error is, with its SQLSTATE, if it is one; `None` for trouble worth a
+    /// retry (connection, server state) and for anything else.
+    pub fn refusal(&self) -> Option<(Refusal, String)> {
+        let db = match self {
+            StoreError::Db(e) => e.as_db_error()?,
+            StoreError::Conflict(_) => return Some((Refusal::Constraint, "23505".into())),
+            StoreError::Unavailable(_) => return None,
+        };
+        let code = db.code().code();
+        match &code[..2] {
+            "22" | "54" => Some((Refusal::Data, code.to_string())),
+            "23" => Some((Refusal::Constraint, code.to_string())),
+            _ => None,
+        }
+    }
+}
+
 /// Whether an error without a server answer came from the network (I/O, timeout).
 fn connection_trouble(e: &tokio_postgres::Error) -> bool {
     let mut source = std::error::Error::source(e);

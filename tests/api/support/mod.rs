@@ -1,0 +1,3 @@
+//! Fakes the tests share: stand-ins for the network between observe and what it talks to.
+
+pub mod proxy;
