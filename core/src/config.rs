@@ -153,6 +153,9 @@ pub struct MonitorSettings {
     pub write_batch_rows: usize,
     /// ...or its oldest row has waited this long.
     pub write_interval_ms: u64,
+    /// Check rows the CheckWriter holds at most; when they are all waiting (PostgreSQL away),
+    /// MonitorActors wait for room instead of dropping rows.
+    pub writer_buffer_rows: usize,
     /// Most body bytes read for the keyword check.
     pub max_body_bytes: usize,
     /// `User-Agent` of the checks.

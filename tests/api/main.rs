@@ -4,6 +4,7 @@
 
 mod accounts;
 mod admin;
+mod check_writer;
 mod durability;
 mod email_flows;
 mod errors;

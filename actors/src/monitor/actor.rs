@@ -43,7 +43,6 @@ use uuid::Uuid;
 
 use super::{Engine, Registry};
 use crate::mailer;
-use crate::monitor::writer::Record;
 use crate::supervisor::{Lifeline, SupervisedActor};
 
 /// Mailbox capacity of one MonitorActor (only control messages arrive).
@@ -298,47 +297,52 @@ impl MonitorActor {
         let alerts = self.engine.alerts.clone();
         let id = self.id;
         let saved = next.clone();
+        let checks = self.engine.checks.clone();
         let write = async move {
-            let mut client = pool.get().await.map_err(StoreError::from)?;
-            match action {
-                Transition::Save => store::save_state(&client, id, &saved).await.map(|()| None),
-                Transition::Open => {
-                    let cause = outcome
-                        .failure
-                        .unwrap_or(observe_core::monitor::FailureKind::Connect);
-                    store::open_incident(
+            let saved_state = async {
+                let mut client = pool.get().await.map_err(StoreError::from)?;
+                match action {
+                    Transition::Save => store::save_state(&client, id, &saved).await.map(|()| None),
+                    Transition::Open => {
+                        let cause = outcome
+                            .failure
+                            .unwrap_or(observe_core::monitor::FailureKind::Connect);
+                        store::open_incident(
+                            &mut client,
+                            &config,
+                            &saved,
+                            started_at,
+                            cause,
+                            outcome.error.as_deref(),
+                            &alerts,
+                        )
+                        .await
+                        .map(|c| Some((true, c)))
+                    }
+                    Transition::Close(incident) => store::close_incident(
                         &mut client,
                         &config,
                         &saved,
-                        started_at,
-                        cause,
-                        outcome.error.as_deref(),
+                        incident,
+                        Utc::now(),
                         &alerts,
                     )
                     .await
-                    .map(|c| Some((true, c)))
+                    .map(|c| Some((false, c))),
                 }
-                Transition::Close(incident) => store::close_incident(
-                    &mut client,
-                    &config,
-                    &saved,
-                    incident,
-                    Utc::now(),
-                    &alerts,
-                )
-                .await
-                .map(|c| Some((false, c))),
             }
+            .await;
+            // The row follows the state, so a check cut short by a stop leaves neither. A
+            // full writer makes this wait (and the next check with it): backpressure, not a
+            // lost row.
+            checks.put(row).await;
+            saved_state
         };
         self.state = next;
         self.persisting = true;
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(write).map(move |result, act, ctx| {
                 act.persisted(result);
-                // The row follows the state, so a check cut short by a stop leaves neither.
-                if act.engine.writer.addr().try_send(Record(row)).is_err() {
-                    act.engine.metrics.monitors.rows_dropped.inc();
-                }
                 act.in_flight = false;
                 act.persisting = false;
                 if act.stopping {

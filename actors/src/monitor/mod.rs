@@ -46,7 +46,7 @@ use uuid::Uuid;
 
 use self::actor::{MonitorActor, Preload, Stop, Update};
 use self::shards::{EntryView, Reload, ShardManager};
-use self::writer::CheckWriter;
+use self::writer::{CheckSink, CheckWriter};
 use crate::mailer::Mailer;
 use crate::supervisor::{Supervised, Supervisor};
 
@@ -57,6 +57,8 @@ pub(crate) struct Engine {
     pool: PgPool,
     metrics: Metrics,
     writer: Supervised<CheckWriter>,
+    /// Where MonitorActors hand their check rows (waiting when the writer is full).
+    checks: CheckSink,
     mailer: Supervised<Mailer>,
     alerts: AlertPolicy,
     supervisor: Supervisor,
@@ -290,7 +292,7 @@ pub fn start(
 ) -> MonitorControl {
     let monitor_settings = Arc::new(settings.monitors.clone());
     // Not drainable by itself: the ShardManager drains it after its MonitorActors stopped.
-    let writer = writer::start(
+    let (writer, checks) = writer::start(
         supervisor,
         arbiter,
         monitor_settings.clone(),
@@ -307,6 +309,7 @@ pub fn start(
         pool,
         metrics,
         writer,
+        checks,
         mailer,
         alerts: AlertPolicy {
             tiers,

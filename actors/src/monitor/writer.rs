@@ -1,170 +1,228 @@
 //! CheckWriter: one per instance, writing the MonitorActors' check rows in batches.
 //!
-//! **Owns:** a buffer of check rows. MonitorActors `try_send` it one [`Record`] per check; it
-//! writes the buffer with one `INSERT … SELECT FROM unnest(…)` when it holds
+//! **Owns:** a buffer of check rows. The batching policy — a write when the buffer holds
 //! `monitors.write_batch_rows` rows or its oldest row has waited `monitors.write_interval_ms`,
-//! one write at a time (rows arriving meanwhile gather into the next batch).
+//! one write at a time, backoff after a failure — is [`observe_core::batch::Batcher`]'s, the
+//! same plain type the IngestActors use; this actor keeps only its timers and futures.
 //!
-//! **Database trouble:** a failed write keeps its rows at the front of the buffer and is retried
-//! with backoff (100 ms doubling to 5 s). The buffer holds at most [`MAX_BUFFERED`] rows; beyond
-//! that the oldest are dropped and counted in `observe_monitor_check_rows_dropped_total`. Check
-//! rows are history, not state: the state that restarts depend on (streaks, incidents) is
-//! written by the MonitorActors at once, not here.
+//! **Backpressure, never loss:** MonitorActors hand rows over through a [`CheckSink`], which
+//! holds `monitors.writer_buffer_rows` places. A row takes a place before it is sent and gives
+//! it back once it is written, so the buffer can never outgrow its bound; when every place is
+//! taken (PostgreSQL away for minutes), a MonitorActor waits for one before its check counts
+//! as done, and its next check waits with it. Rows do not expire: a failed write is retried
+//! (100 ms doubling to 5 s) until it succeeds. Check rows are history; the state that restarts
+//! depend on (streaks, incidents) is written by the MonitorActors at once, not here.
 //!
-//! **Mailbox:** [`MAILBOX`] rows; a full mailbox drops the row (counted), never blocks a check.
+//! **Mailbox:** [`MAILBOX`]; senders wait for room (`send`), never drop.
 //!
-//! **Restart:** a panic loses the buffered rows (at most a few seconds of history); the
-//! supervisor restarts the writer with backoff.
+//! **Restart:** a panic loses the rows buffered at that moment (their places are given back);
+//! the supervisor restarts the writer with backoff.
 //!
 //! **Drain:** [`Drain`] at shutdown writes everything buffered (retrying while the shutdown
 //! budget lasts) and replies once the buffer is empty.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use observe_core::batch::{Backoff, Batcher, Due, Entry, Policy, Weigh};
 use observe_core::config::MonitorSettings;
 use observe_core::db::PgPool;
 use observe_core::metrics::Metrics;
 use observe_core::store::monitor_runs::{self as store, CheckRow};
 use observe_core::store::StoreError;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::supervisor::{Drain, Lifeline, Supervised, SupervisedActor, Supervisor};
 
-/// Mailbox capacity of the CheckWriter.
-pub const MAILBOX: usize = 16_384;
-/// Rows buffered at most (beyond, the oldest are dropped).
-pub const MAX_BUFFERED: usize = 200_000;
-const RETRY_BASE: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Mailbox capacity of the CheckWriter: at least as many as the sink's places, so a row that
+/// holds a place always finds mailbox room (`monitors.writer_buffer_rows` is capped to it).
+pub const MAILBOX: usize = 262_144;
+const BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+};
+/// Attempts to hand a row to a writer that is restarting before it is given up (logged and
+/// counted): about a second, while the supervisor's first restarts take 100–400 ms.
+const HANDOFF_ATTEMPTS: u64 = 10;
 
-/// One check's row, to be written.
+/// One check's row, with the place it holds in the writer's buffer.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Record(pub CheckRow);
-
-pub struct CheckWriter {
-    _lifeline: Lifeline,
-    settings: Arc<MonitorSettings>,
-    pool: PgPool,
-    metrics: Metrics,
-    buffer: VecDeque<(CheckRow, Instant)>,
-    writing: bool,
-    timer_armed: bool,
-    failures: u32,
-    draining: bool,
-    drain_waiters: Vec<oneshot::Sender<()>>,
+pub struct Record {
+    pub row: CheckRow,
+    _place: OwnedSemaphorePermit,
 }
 
-impl CheckWriter {
-    fn interval(&self) -> Duration {
-        Duration::from_millis(self.settings.write_interval_ms)
+impl Weigh for Record {
+    fn items(&self) -> usize {
+        1
     }
 
-    fn consider(&mut self, ctx: &mut Context<Self>) {
-        if self.writing || self.buffer.is_empty() {
-            self.notify_drained();
-            return;
-        }
-        if self.failures > 0 {
-            return;
-        }
-        let age = self
-            .buffer
-            .front()
-            .map(|(_, at)| at.elapsed())
-            .unwrap_or_default();
-        if self.draining
-            || self.buffer.len() >= self.settings.write_batch_rows
-            || age >= self.interval()
-        {
-            self.write(ctx);
-        } else if !self.timer_armed {
-            self.timer_armed = true;
-            ctx.run_later(self.interval().saturating_sub(age), |act, ctx| {
-                act.timer_armed = false;
-                act.consider(ctx);
-            });
-        }
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<CheckRow>() + self.row.error.as_ref().map_or(0, String::len)
     }
+}
 
-    fn write(&mut self, ctx: &mut Context<Self>) {
-        let n = self
-            .buffer
-            .len()
-            .min(self.settings.write_batch_rows.max(1) * 4);
-        let batch: Vec<(CheckRow, Instant)> = self.buffer.drain(..n).collect();
-        if batch.is_empty() {
-            return;
-        }
-        self.writing = true;
-        let pool = self.pool.clone();
-        let fut = async move {
-            let result: Result<u64, StoreError> = async {
-                let client = pool.get().await?;
-                let rows: Vec<CheckRow> = batch.iter().map(|(r, _)| r.clone()).collect();
-                store::write_checks(&client, &rows).await
-            }
-            .await;
-            (batch, result)
+/// How MonitorActors hand their rows to the CheckWriter: waiting for a place when the buffer
+/// is full, instead of dropping the row.
+#[derive(Clone)]
+pub struct CheckSink {
+    writer: Supervised<CheckWriter>,
+    places: Arc<Semaphore>,
+    metrics: Metrics,
+}
+
+impl CheckSink {
+    /// Hands `row` over once the buffer has a place for it.
+    pub async fn put(&self, row: CheckRow) {
+        let Ok(place) = self.places.clone().acquire_owned().await else {
+            return; // Never closed.
         };
-        ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(fut).map(|(batch, result), act, ctx| {
-                act.writing = false;
-                match result {
-                    Ok(_) => {
-                        if act.failures > 0 {
-                            tracing::info!(actor = CheckWriter::KIND, "check rows written again");
-                            act.failures = 0;
-                        }
-                        act.consider(ctx);
-                    }
-                    Err(e) => {
-                        act.failures += 1;
-                        if act.failures == 1 {
-                            tracing::warn!(
-                                actor = CheckWriter::KIND,
-                                error = %e,
-                                rows = batch.len(),
-                                "writing check rows failed; retrying"
-                            );
-                        }
-                        for row in batch.into_iter().rev() {
-                            act.buffer.push_front(row);
-                        }
-                        act.trim();
-                        let delay = RETRY_BASE
-                            .saturating_mul(1 << act.failures.min(8))
-                            .min(RETRY_MAX);
-                        ctx.run_later(delay, |act, ctx| {
-                            if !act.writing && !act.buffer.is_empty() {
-                                act.write(ctx);
-                            } else {
-                                act.failures = 0;
-                                act.consider(ctx);
-                            }
-                        });
-                    }
-                }
-            }),
+        let mut record = Record { row, _place: place };
+        for attempt in 1..=HANDOFF_ATTEMPTS {
+            match self.writer.addr().try_send(record) {
+                Ok(()) => return,
+                // Restarting (closed), or squeezed by control messages (full): try again.
+                Err(SendError::Closed(back) | SendError::Full(back)) => record = back,
+            }
+            tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+        }
+        self.metrics.monitors.rows_dropped.inc();
+        tracing::error!(
+            actor = CheckWriter::KIND,
+            monitor_id = %record.row.monitor_id,
+            "the CheckWriter stayed away: a check row was dropped"
         );
     }
 
-    fn trim(&mut self) {
-        while self.buffer.len() > MAX_BUFFERED {
-            self.buffer.pop_front();
-            self.metrics.monitors.rows_dropped.inc();
-        }
+    /// Places free now (for tests and gauges).
+    pub fn free_places(&self) -> usize {
+        self.places.available_permits()
     }
+}
 
-    fn notify_drained(&mut self) {
-        if self.buffer.is_empty() && !self.writing {
+pub struct CheckWriter {
+    _lifeline: Lifeline,
+    pool: PgPool,
+    batcher: Batcher<Record>,
+    wake_at: Option<Instant>,
+    drain_waiters: Vec<oneshot::Sender<()>>,
+}
+
+/// The batching policy of `settings`: no deadline (rows wait for the database, the sink's
+/// places bound them).
+fn policy(settings: &MonitorSettings) -> Policy {
+    Policy {
+        flush_items: settings.write_batch_rows.max(1),
+        max_wait: Duration::from_millis(settings.write_interval_ms),
+        max_batch_items: settings.write_batch_rows.max(1) * 4,
+        capacity_items: usize::MAX,
+        capacity_bytes: usize::MAX,
+        backoff: BACKOFF,
+        deadline: None,
+    }
+}
+
+impl CheckWriter {
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        match self.batcher.due(Instant::now()) {
+            Due::Now => self.write(ctx),
+            Due::At(at) => self.wake(ctx, at),
+            Due::Idle => {}
+        }
+        if self.batcher.drained() {
             for w in self.drain_waiters.drain(..) {
                 let _ = w.send(());
             }
         }
+    }
+
+    fn wake(&mut self, ctx: &mut Context<Self>, at: Instant) {
+        if self.wake_at.is_some_and(|set| set <= at) {
+            return;
+        }
+        self.wake_at = Some(at);
+        ctx.run_later(
+            at.saturating_duration_since(Instant::now()),
+            move |act, ctx| {
+                if act.wake_at == Some(at) {
+                    act.wake_at = None;
+                }
+                act.tick(ctx);
+            },
+        );
+    }
+
+    fn write(&mut self, ctx: &mut Context<Self>) {
+        let batch = self.batcher.take();
+        if batch.is_empty() {
+            return;
+        }
+        let pool = self.pool.clone();
+        let fut = async move {
+            let result = write_rows(&pool, &batch).await;
+            (batch, result)
+        };
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(fut).map(|(batch, result), act, ctx| {
+                act.written(batch, result);
+                act.tick(ctx);
+            }),
+        );
+    }
+
+    fn written(&mut self, batch: Vec<Entry<Record>>, result: Result<u64, StoreError>) {
+        match result {
+            Ok(_) => {
+                if self.batcher.failures() > 0 {
+                    tracing::info!(actor = CheckWriter::KIND, "check rows written again");
+                }
+                // The batch is dropped here: its rows' places go back to the sink.
+                self.batcher.done();
+            }
+            Err(e) => {
+                if self.batcher.failures() == 0 {
+                    tracing::warn!(
+                        actor = CheckWriter::KIND,
+                        error = %e,
+                        rows = batch.len(),
+                        "writing check rows failed; retrying"
+                    );
+                }
+                self.batcher.failed(batch, Instant::now());
+            }
+        }
+    }
+}
+
+/// Writes a batch with one statement. Should PostgreSQL refuse a row for what it holds (it
+/// would on every retry, and with no deadline the writer would retry it forever while every
+/// monitor waits), the rows are written one by one and only the refused ones are dropped,
+/// logged and counted.
+async fn write_rows(pool: &PgPool, batch: &[Entry<Record>]) -> Result<u64, StoreError> {
+    let client = pool.get().await?;
+    let rows: Vec<CheckRow> = batch.iter().map(|e| e.value.row.clone()).collect();
+    match store::write_checks(&client, &rows).await {
+        Err(e) if e.refusal().is_some() => {
+            let mut written = 0;
+            for row in rows {
+                match store::write_checks(&client, std::slice::from_ref(&row)).await {
+                    Ok(n) => written += n,
+                    Err(e) => match e.refusal() {
+                        Some((_, sqlstate)) => tracing::error!(
+                            actor = CheckWriter::KIND,
+                            monitor_id = %row.monitor_id,
+                            sqlstate = %sqlstate,
+                            "PostgreSQL refused a check row: it is dropped"
+                        ),
+                        None => return Err(e),
+                    },
+                }
+            }
+            Ok(written)
+        }
+        other => other,
     }
 }
 
@@ -181,9 +239,10 @@ impl Handler<Record> for CheckWriter {
     type Result = ();
 
     fn handle(&mut self, msg: Record, ctx: &mut Context<Self>) {
-        self.buffer.push_back((msg.0, Instant::now()));
-        self.trim();
-        self.consider(ctx);
+        // The policy has no capacity of its own (the sink's places are the bound).
+        if self.batcher.push(msg, Instant::now()).is_ok() {
+            self.tick(ctx);
+        }
     }
 }
 
@@ -191,35 +250,41 @@ impl Handler<Drain> for CheckWriter {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) -> Self::Result {
-        self.draining = true;
+        self.batcher.drain();
         let (tx, rx) = oneshot::channel();
         self.drain_waiters.push(tx);
-        self.consider(ctx);
+        self.tick(ctx);
         Box::pin(async move {
             let _ = rx.await;
         })
     }
 }
 
-/// Starts the CheckWriter under `supervisor` on `arbiter`. The ShardManager sends it [`Drain`]
-/// at shutdown, once the MonitorActors have stopped (so their last rows are in).
+/// Starts the CheckWriter under `supervisor` on `arbiter`, and the sink MonitorActors hand
+/// their rows to. The ShardManager sends the writer [`Drain`] at shutdown, once the
+/// MonitorActors have stopped (so their last rows are in).
 pub fn start(
     supervisor: &Supervisor,
     arbiter: &ArbiterHandle,
     settings: Arc<MonitorSettings>,
     pool: PgPool,
     metrics: Metrics,
-) -> Supervised<CheckWriter> {
-    supervisor.spawn("check-writer", arbiter, move |lifeline| CheckWriter {
-        _lifeline: lifeline,
-        settings: settings.clone(),
-        pool: pool.clone(),
-        metrics: metrics.clone(),
-        buffer: VecDeque::new(),
-        writing: false,
-        timer_armed: false,
-        failures: 0,
-        draining: false,
-        drain_waiters: Vec::new(),
-    })
+) -> (Supervised<CheckWriter>, CheckSink) {
+    let places = settings.writer_buffer_rows.clamp(1, MAILBOX);
+    let writer = supervisor.spawn("check-writer", arbiter, {
+        let settings = settings.clone();
+        move |lifeline| CheckWriter {
+            _lifeline: lifeline,
+            batcher: Batcher::new(policy(&settings)),
+            pool: pool.clone(),
+            wake_at: None,
+            drain_waiters: Vec::new(),
+        }
+    });
+    let sink = CheckSink {
+        writer: writer.clone(),
+        places: Arc::new(Semaphore::new(places)),
+        metrics,
+    };
+    (writer, sink)
 }
