@@ -2,7 +2,8 @@
 //!
 //! Everything here is plain library code with no actors and no HTTP: typed configuration
 //! ([`config`]), the PostgreSQL pool and schema migrations ([`db`], [`migrate`]), the Redis pool
-//! ([`redis`]), the Prometheus registry ([`metrics`]) and logging ([`telemetry`]). The actor
+//! ([`redis`]), the Prometheus registry ([`metrics`]) and logging ([`telemetry`]); the batching
+//! policy every buffering actor shares, and the process-wide byte budget ([`batch`]). The actor
 //! crate builds on it, and the HTTP layer builds on both; nothing here may depend on either.
 
 pub mod auth;

@@ -1,8 +1,10 @@
 //! `POST /ingest/{events,identify,errors,requests,metrics}`: where SDKs send everything.
 //!
-//! One request, in order: the API key is authenticated from memory (`session::ApiKey`); the
-//! body is read up to `ingest.max_body_bytes` and inflated if gzip/deflate-encoded, never past
-//! that limit (413); it is split into items (one object, an array, or `{"batch": [...]}`; 400
+//! One request, in order: the API key is authenticated from memory (`session::ApiKey`); a key
+//! whose per-minute budget is spent gets 429 before its body is read; the body is read up to
+//! `ingest.max_body_bytes` within `ingest.body_timeout_ms` (408), its bytes taken from the
+//! process-wide budget (503 when spent), and inflated if gzip/deflate-encoded, never past that
+//! limit (413); it is split into items (one object, an array, or `{"batch": [...]}`; 400
 //! if it is not JSON) and every item is validated (422 listing every problem, nothing stored);
 //! the key's per-minute limit for the category is taken in Redis for the whole batch (429);
 //! a cap already known to be reached this month is answered 429 `quota_exceeded` at once;
@@ -84,12 +86,14 @@ macro_rules! endpoint {
             responses(
                 (status = 202, description = "Stored (committed)", body = Accepted),
                 (status = 400, description = "Not JSON, or not a batch of items", body = crate::error::ErrorBody),
-                (status = 401, description = "Unknown or revoked API key", body = crate::error::ErrorBody),
+                (status = 401, description = "Unknown or revoked API key, or the project was deleted", body = crate::error::ErrorBody),
+                (status = 408, description = "The body did not arrive in time (`body_timeout`)", body = crate::error::ErrorBody),
                 (status = 413, description = "Body or batch too large", body = crate::error::ErrorBody),
                 (status = 415, description = "Unsupported Content-Encoding", body = crate::error::ErrorBody),
-                (status = 422, description = "Invalid items: every problem, by index and field; nothing stored", body = crate::error::ErrorBody),
+                (status = 422, description = "Invalid items (`validation_failed`: every problem, by index and field path), or data the database refused (`invalid_data`); nothing stored", body = crate::error::ErrorBody),
                 (status = 429, description = "Rate limit (`rate_limited`) or monthly quota (`quota_exceeded`)", body = crate::error::ErrorBody),
-                (status = 503, description = "Storage unavailable or buffer full; retry after `Retry-After`", body = crate::error::ErrorBody),
+                (status = 500, description = "The database refused the request with an integrity error (`internal_error`); nothing stored", body = crate::error::ErrorBody),
+                (status = 503, description = "Storage unavailable, buffer or memory budget full (`service_unavailable`, nothing stored), or the commit was not confirmed in time (`outcome_unknown`: the items may be stored); retry after `Retry-After`", body = crate::error::ErrorBody),
             ),
             security(("api_key" = []))
         )]
