@@ -172,6 +172,10 @@ pub struct ServerSettings {
     pub body_limit_bytes: usize,
     pub startup_timeout_secs: u64,
     pub client_ip_header: String,
+    /// Clients connect straight to observe (no proxy in front). Production requires either
+    /// this or `client_ip_header`: behind an undeclared proxy every client would share the
+    /// proxy's IP, and so one per-IP auth budget.
+    pub direct_connections: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -202,8 +206,32 @@ pub struct AuthSettings {
     pub argon2_iterations: u32,
     pub argon2_parallelism: u32,
     pub cookie_secure: bool,
+    /// Failed attempts allowed per client IP (IPv6: per /64) in `rate_limit_window_secs`.
     pub rate_limit_attempts: u32,
     pub rate_limit_window_secs: u64,
+    /// Failed attempts allowed per account in the same window, whatever IPs they come from.
+    pub account_rate_limit_attempts: u32,
+    /// Registrations allowed per client IP in the same window (a budget of its own).
+    pub register_rate_limit_attempts: u32,
+    /// Emails a client IP may ask for (password reset, email change) in the same window.
+    pub email_rate_limit_attempts: u32,
+    /// Password hashes (argon2id) computed at once; each holds `argon2_memory_kib`.
+    pub max_concurrent_hashes: usize,
+    /// How long a request waits for a hashing slot before it is answered 503.
+    pub hash_wait_ms: u64,
+    /// A session (refresh family) ends this long after its sign-in, refreshed or not.
+    pub session_max_days: i64,
+    /// A refresh token presented again within this many seconds of its rotation gets the
+    /// same new pair (two tabs, a retried request); later, reuse revokes the session.
+    pub refresh_reuse_grace_secs: i64,
+    /// How long an instance trusts its cached state of a session (revoked or not, membership)
+    /// without hearing of a change; a safety net behind LISTEN/NOTIFY.
+    pub session_cache_ttl_secs: u64,
+    /// Sessions cached per instance at most (least recently used ones go first).
+    pub session_cache_max_entries: usize,
+    /// Lets production run with `cookie_secure = false` (TLS ended somewhere that is not
+    /// HTTPS to the browser, e.g. a private network). Off: production refuses to start.
+    pub allow_insecure_cookie: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,6 +242,14 @@ pub struct ApiKeySettings {
     pub unknown_ttl_secs: u64,
     /// How often `last_used_at` is written.
     pub last_used_flush_secs: u64,
+    /// Keys (and unknown keys) cached at most; the least recently used go first.
+    pub cache_max_entries: usize,
+    /// Lookups of unknown keys allowed per client IP (IPv6: per /64) per window...
+    pub failed_lookups_per_ip: u32,
+    pub failed_lookup_window_secs: u64,
+    /// ...and database lookups of keys running at once, so a flood of made-up keys cannot
+    /// take every pooled connection.
+    pub max_concurrent_lookups: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -638,6 +674,52 @@ mod tests {
         let mut s = load(&[("OBSERVE_ENV", "production"), ("SECRET_KEY", "short")]).unwrap();
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("only 5 characters"), "{err}");
+    }
+
+    fn production(vars: &[(&str, &str)]) -> Settings {
+        let mut all = vec![
+            ("OBSERVE_ENV", "production"),
+            ("SECRET_KEY", "0123456789abcdef0123456789abcdef01"),
+        ];
+        all.extend_from_slice(vars);
+        load(&all).unwrap()
+    }
+
+    #[test]
+    fn production_refuses_an_insecure_cookie_unless_told_to_allow_it() {
+        let mut s = production(&[]);
+        s.server.direct_connections = true;
+        s.auth.cookie_secure = false;
+        let err = s.validate().expect_err("insecure cookie accepted in production");
+        assert!(
+            err.to_string().contains("OBSERVE__AUTH__COOKIE_SECURE"),
+            "{err}"
+        );
+        s.auth.allow_insecure_cookie = true;
+        assert!(s.validate().is_ok());
+        let mut s = production(&[]);
+        s.server.direct_connections = true;
+        s.auth.cookie_secure = true;
+        assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn production_needs_to_know_whether_a_proxy_is_in_front() {
+        let mut s = production(&[]);
+        s.auth.cookie_secure = true;
+        let err = s.validate().expect_err("no proxy setting accepted in production");
+        assert!(
+            err.to_string().contains("OBSERVE__SERVER__CLIENT_IP_HEADER"),
+            "{err}"
+        );
+        s.server.client_ip_header = "X-Forwarded-For".into();
+        assert!(s.validate().is_ok());
+        s.server.client_ip_header = String::new();
+        s.server.direct_connections = true;
+        assert!(s.validate().is_ok());
+        // Development needs neither.
+        let mut s = load(&[]).unwrap();
+        assert!(s.validate().is_ok());
     }
 
     #[test]

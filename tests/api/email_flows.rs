@@ -191,3 +191,47 @@ async fn an_email_change_needs_the_password_and_a_link_sent_to_the_new_address()
     assert_eq!(login(new_email.clone()).await.status, 200);
     assert_eq!(login(account.email.clone()).await.status, 401);
 }
+
+/// Item 9: with no mail provider, production writes emails to the log with their tokens
+/// redacted; development keeps them (it is how a developer gets the link).
+#[actix_web::test]
+async fn the_log_mailer_redacts_tokens_in_production_only() {
+    let production = spawn_app_with(
+        |s| {
+            s.server.mode = observe_core::config::Mode::Production;
+            s.auth.secret_key = secrecy::SecretString::from("p".repeat(40));
+            s.auth.cookie_secure = true;
+            s.server.direct_connections = true;
+        },
+        None,
+    )
+    .await;
+    let development = spawn_app_with(|_| {}, None).await;
+    for app in [&production, &development] {
+        let account = register(app).await;
+        let reply = call(
+            app,
+            Method::POST,
+            "/auth/forgot-password",
+            None,
+            Some(json!({"email": account.email})),
+        )
+        .await;
+        assert_eq!(reply.status, 202);
+        assert!(
+            eventually(10, || async {
+                crate::helpers::token_in_log(app, "/reset-password").is_some()
+            })
+            .await,
+            "no reset email in the log"
+        );
+    }
+    let shown = crate::helpers::token_in_log(&production, "/reset-password").unwrap();
+    assert!(
+        shown.is_empty(),
+        "production logged the reset token {shown:?}"
+    );
+    assert!(production.logs.contents().contains("reset-password?token=[redacted]"));
+    let kept = crate::helpers::token_in_log(&development, "/reset-password").unwrap();
+    assert_eq!(kept.len(), 43, "development keeps the link whole: {kept:?}");
+}

@@ -4,6 +4,7 @@
 
 mod accounts;
 mod admin;
+mod auth_limits;
 mod durability;
 mod email_flows;
 mod errors;
@@ -23,5 +24,6 @@ mod openapi;
 mod process;
 mod projects;
 mod ratelimit;
+mod sessions;
 mod shutdown;
 mod supervision;
