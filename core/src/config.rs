@@ -592,6 +592,76 @@ impl Settings {
                 "OBSERVE__AUTH__RATE_LIMIT_ATTEMPTS and _WINDOW_SECS must be at least 1".into(),
             );
         }
+        for (name, value) in [
+            (
+                "OBSERVE__AUTH__ACCOUNT_RATE_LIMIT_ATTEMPTS",
+                u64::from(self.auth.account_rate_limit_attempts),
+            ),
+            (
+                "OBSERVE__AUTH__REGISTER_RATE_LIMIT_ATTEMPTS",
+                u64::from(self.auth.register_rate_limit_attempts),
+            ),
+            (
+                "OBSERVE__AUTH__EMAIL_RATE_LIMIT_ATTEMPTS",
+                u64::from(self.auth.email_rate_limit_attempts),
+            ),
+            (
+                "OBSERVE__AUTH__MAX_CONCURRENT_HASHES",
+                self.auth.max_concurrent_hashes as u64,
+            ),
+            (
+                "OBSERVE__AUTH__SESSION_CACHE_MAX_ENTRIES",
+                self.auth.session_cache_max_entries as u64,
+            ),
+            (
+                "OBSERVE__API_KEYS__CACHE_MAX_ENTRIES",
+                self.api_keys.cache_max_entries as u64,
+            ),
+            (
+                "OBSERVE__API_KEYS__FAILED_LOOKUPS_PER_IP",
+                u64::from(self.api_keys.failed_lookups_per_ip),
+            ),
+            (
+                "OBSERVE__API_KEYS__FAILED_LOOKUP_WINDOW_SECS",
+                self.api_keys.failed_lookup_window_secs,
+            ),
+            (
+                "OBSERVE__API_KEYS__MAX_CONCURRENT_LOOKUPS",
+                self.api_keys.max_concurrent_lookups as u64,
+            ),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name} must be at least 1"));
+            }
+        }
+        if self.auth.session_max_days <= 0 {
+            problems.push("OBSERVE__AUTH__SESSION_MAX_DAYS must be a positive number of days".into());
+        } else if self.auth.refresh_token_expire_days > self.auth.session_max_days {
+            problems.push(format!(
+                "REFRESH_TOKEN_EXPIRE_DAYS ({}) is longer than OBSERVE__AUTH__SESSION_MAX_DAYS ({}); a refresh token cannot outlive its session",
+                self.auth.refresh_token_expire_days, self.auth.session_max_days
+            ));
+        }
+        if !(0..=300).contains(&self.auth.refresh_reuse_grace_secs) {
+            problems.push(
+                "OBSERVE__AUTH__REFRESH_REUSE_GRACE_SECS must be 0 to 300 seconds (a longer window lets a stolen refresh token go unnoticed longer)".into(),
+            );
+        }
+        if self.server.mode == Mode::Production {
+            // OWASP ASVS V3.4.1: session cookies carry the Secure attribute.
+            if !self.auth.cookie_secure && !self.auth.allow_insecure_cookie {
+                problems.push(
+                    "OBSERVE__AUTH__COOKIE_SECURE is false in production mode: the refresh-token cookie would travel over plain HTTP; serve observe behind HTTPS and set OBSERVE__AUTH__COOKIE_SECURE=true (or, if TLS really ends elsewhere, OBSERVE__AUTH__ALLOW_INSECURE_COOKIE=true)".into(),
+                );
+            }
+            // Behind an undeclared proxy every client shares the proxy's IP, and so one auth
+            // budget: a few failures would lock everyone out.
+            if self.server.client_ip_header.trim().is_empty() && !self.server.direct_connections {
+                problems.push(
+                    "production mode needs to know how clients reach observe: behind a proxy, set OBSERVE__SERVER__CLIENT_IP_HEADER to the header it sets (e.g. X-Forwarded-For); with no proxy, set OBSERVE__SERVER__DIRECT_CONNECTIONS=true".into(),
+                );
+            }
+        }
         if self.mail.max_attempts == 0 || self.mail.poll_interval_secs == 0 {
             problems.push(
                 "OBSERVE__MAIL__MAX_ATTEMPTS and POLL_INTERVAL_SECS must be at least 1".into(),

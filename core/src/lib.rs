@@ -6,6 +6,7 @@
 //! crate builds on it, and the HTTP layer builds on both; nothing here may depend on either.
 
 pub mod auth;
+pub mod cache;
 pub mod check;
 pub mod config;
 pub mod db;
@@ -21,6 +22,7 @@ pub mod monitor;
 pub mod outbox;
 pub mod ratelimit;
 pub mod redis;
+pub mod sessions;
 pub mod store;
 pub mod telemetry;
 pub mod tiers;
