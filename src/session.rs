@@ -193,7 +193,10 @@ pub fn client_key(req: &HttpRequest, trusted_header: &str) -> String {
         .unwrap_or(&ip);
     match bare.parse::<IpAddr>() {
         Ok(addr) => client_of(addr),
-        Err(_) => match bare.rsplit_once(':').map(|(host, _)| host.parse::<IpAddr>()) {
+        Err(_) => match bare
+            .rsplit_once(':')
+            .map(|(host, _)| host.parse::<IpAddr>())
+        {
             Some(Ok(addr)) => client_of(addr),
             _ => ip,
         },

@@ -384,7 +384,10 @@ mod tests {
         assert_ne!(next.secret, tokens.successor(&next.secret).secret);
         let mut other = settings();
         other.secret_key = secrecy::SecretString::from("z".repeat(40));
-        assert_ne!(AccessTokens::new(&other).successor(&old).secret, next.secret);
+        assert_ne!(
+            AccessTokens::new(&other).successor(&old).secret,
+            next.secret
+        );
     }
 
     #[test]

@@ -269,7 +269,10 @@ mod tests {
         let (results, ()) = tokio::join!(all, opener);
         assert_eq!(loads.load(Ordering::SeqCst), 1);
         let sources: Vec<Source> = results.into_iter().map(|r| r.unwrap().1).collect();
-        assert_eq!(sources.iter().filter(|s| **s == Source::Database).count(), 1);
+        assert_eq!(
+            sources.iter().filter(|s| **s == Source::Database).count(),
+            1
+        );
         assert_eq!(sources.iter().filter(|s| **s == Source::Shared).count(), 9);
         let (value, source) = cache
             .get_or_load("k", || async { Ok((0, LONG)) })

@@ -635,7 +635,8 @@ impl Settings {
             }
         }
         if self.auth.session_max_days <= 0 {
-            problems.push("OBSERVE__AUTH__SESSION_MAX_DAYS must be a positive number of days".into());
+            problems
+                .push("OBSERVE__AUTH__SESSION_MAX_DAYS must be a positive number of days".into());
         } else if self.auth.refresh_token_expire_days > self.auth.session_max_days {
             problems.push(format!(
                 "REFRESH_TOKEN_EXPIRE_DAYS ({}) is longer than OBSERVE__AUTH__SESSION_MAX_DAYS ({}); a refresh token cannot outlive its session",
@@ -760,7 +761,9 @@ mod tests {
         let mut s = production(&[]);
         s.server.direct_connections = true;
         s.auth.cookie_secure = false;
-        let err = s.validate().expect_err("insecure cookie accepted in production");
+        let err = s
+            .validate()
+            .expect_err("insecure cookie accepted in production");
         assert!(
             err.to_string().contains("OBSERVE__AUTH__COOKIE_SECURE"),
             "{err}"
@@ -777,9 +780,12 @@ mod tests {
     fn production_needs_to_know_whether_a_proxy_is_in_front() {
         let mut s = production(&[]);
         s.auth.cookie_secure = true;
-        let err = s.validate().expect_err("no proxy setting accepted in production");
+        let err = s
+            .validate()
+            .expect_err("no proxy setting accepted in production");
         assert!(
-            err.to_string().contains("OBSERVE__SERVER__CLIENT_IP_HEADER"),
+            err.to_string()
+                .contains("OBSERVE__SERVER__CLIENT_IP_HEADER"),
             "{err}"
         );
         s.server.client_ip_header = "X-Forwarded-For".into();

@@ -366,7 +366,9 @@ mod tests {
     }
 
     fn cache() -> KeyCache {
-        let mut settings = crate::config::Settings::load_from(|_| None).unwrap().api_keys;
+        let mut settings = crate::config::Settings::load_from(|_| None)
+            .unwrap()
+            .api_keys;
         settings.cache_ttl_secs = 60;
         KeyCache::new(&settings, Metrics::new().unwrap())
     }

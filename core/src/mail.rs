@@ -543,7 +543,9 @@ pub fn redact_tokens(text: &str) -> String {
         let (before, after) = rest.split_at(at + MARK.len());
         out.push_str(before);
         let end = after
-            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '%')))
+            .find(|c: char| {
+                !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '%'))
+            })
             .unwrap_or(after.len());
         if end > 0 {
             out.push_str("[redacted]");

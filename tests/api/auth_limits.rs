@@ -60,7 +60,13 @@ async fn failures_are_limited_per_account_from_any_ip() {
         let reply = login_from(&app, &target.email, "a wrong password", Some(&ip)).await;
         assert_eq!(reply.status, 401, "{}", reply.text);
     }
-    let reply = login_from(&app, &target.email, "a wrong password", Some("198.51.100.7")).await;
+    let reply = login_from(
+        &app,
+        &target.email,
+        "a wrong password",
+        Some("198.51.100.7"),
+    )
+    .await;
     assert_eq!(
         reply.status, 429,
         "guesses at one account from many IPs are not limited: {}",

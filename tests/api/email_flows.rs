@@ -195,7 +195,11 @@ async fn an_email_change_needs_the_password_and_a_link_sent_to_the_new_address()
 /// The body of the log mailer's line for the email sent to `to`.
 fn logged_body(app: &crate::helpers::TestApp, to: &str) -> Option<String> {
     app.logs.json_lines().iter().rev().find_map(|l| {
-        let fields = if l["fields"].is_object() { &l["fields"] } else { l };
+        let fields = if l["fields"].is_object() {
+            &l["fields"]
+        } else {
+            l
+        };
         (fields["to"] == to).then(|| fields["body"].as_str().map(str::to_string))?
     })
 }

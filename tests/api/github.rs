@@ -507,7 +507,10 @@ async fn a_github_takeover_ends_the_squatters_email_change_link_and_access_token
         );
     }
     let me = me_after(&app, &reply_for_me(&app, &fake).await).await;
-    assert_eq!(me["user"]["email"], "taken@example.com", "address unchanged");
+    assert_eq!(
+        me["user"]["email"], "taken@example.com",
+        "address unchanged"
+    );
 }
 
 /// A fresh GitHub sign-in's callback reply.

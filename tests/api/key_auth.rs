@@ -242,8 +242,7 @@ async fn concurrent_first_uses_of_one_key_share_one_query() {
     let account = register(&app).await;
     let project = create_project(&app, &account.token, "burst").await;
     let (_, key) = new_key(&app, &account.token, &project).await;
-    let replies =
-        futures_util::future::join_all((0..20).map(|_| whoami(&app, &key))).await;
+    let replies = futures_util::future::join_all((0..20).map(|_| whoami(&app, &key))).await;
     assert!(replies.iter().all(|r| r.0 == 200), "{replies:?}");
     let (_, metrics) = app.get_text("/metrics").await;
     assert_eq!(

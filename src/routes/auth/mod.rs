@@ -252,4 +252,3 @@ pub(crate) async fn send_token_email(
     observe_actors::mailer::deliver_soon(&state.mailer, id);
     Ok(())
 }
-

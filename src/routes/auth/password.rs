@@ -157,8 +157,7 @@ pub async fn reset_password(
     let mut client = state.db.get().await?;
     let tx = client.transaction().await?;
     tokens::lock_owner(&tx, &token).await?;
-    let Some((user_id, _)) =
-        tokens::spend(&tx, &token, tokens::Purpose::PasswordReset).await?
+    let Some((user_id, _)) = tokens::spend(&tx, &token, tokens::Purpose::PasswordReset).await?
     else {
         drop(tx);
         attempt.failed(&state).await;
