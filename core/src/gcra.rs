@@ -328,14 +328,10 @@ impl Limiter {
             .invoke_async(&mut *conn)
             .await
             .map_err(|e| e.to_string())?;
-        let ms = |v: i64| Duration::from_millis(v.max(0) as u64);
-        Ok(Decision {
-            allowed: allowed == 1,
-            limit: limit.max(1),
-            remaining: remaining.max(0) as u32,
-            reset_after: ms(reset_ms),
-            retry_after: ms(retry_ms),
-        })
+        Ok(decision_from(
+            (allowed, remaining, reset_ms, retry_ms),
+            limit,
+        ))
     }
 
     fn enter_degraded(&self, error: &str) {
@@ -456,14 +452,10 @@ impl Limiter {
             .invoke_async(&mut *conn)
             .await
             .map_err(|e| e.to_string())?;
-        let ms = |v: i64| Duration::from_millis(v.max(0) as u64);
-        Ok(Decision {
-            allowed: allowed == 1,
-            limit: limit.max(1),
-            remaining: remaining.max(0) as u32,
-            reset_after: ms(reset_ms),
-            retry_after: ms(retry_ms),
-        })
+        Ok(decision_from(
+            (allowed, remaining, reset_ms, retry_ms),
+            limit,
+        ))
     }
 
     fn locally(&self, key: &str, limit: u32, period: Duration, cost: u32) -> Decision {
@@ -484,6 +476,21 @@ impl Limiter {
             local.insert(key.to_string(), tat);
         }
         decision
+    }
+}
+
+/// A decision from a script's `{allowed, remaining, reset_ms, retry_ms}`.
+fn decision_from(
+    (allowed, remaining, reset_ms, retry_ms): (i64, i64, i64, i64),
+    limit: u32,
+) -> Decision {
+    let ms = |v: i64| Duration::from_millis(v.max(0) as u64);
+    Decision {
+        allowed: allowed == 1,
+        limit: limit.max(1),
+        remaining: remaining.max(0) as u32,
+        reset_after: ms(reset_ms),
+        retry_after: ms(retry_ms),
     }
 }
 

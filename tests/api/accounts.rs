@@ -5,8 +5,8 @@ use awc::http::Method;
 use serde_json::json;
 
 use crate::helpers::{
-    call, create_project, login_from, refresh_with, register, send, set_cookie, spawn_app,
-    spawn_app_with, test_routes, Reply, TestApp, TEST_PASSWORD,
+    call, change_password, create_project, login_from, refresh_with, register, send, set_cookie,
+    spawn_app, spawn_app_with, test_routes, Reply, TestApp, TEST_PASSWORD,
 };
 
 async fn login(app: &TestApp, email: &str, password: &str) -> Reply {
@@ -132,27 +132,10 @@ async fn change_password_signs_out_other_sessions_only() {
     .unwrap()
     .0;
 
-    let wrong = send(
-        app.req(Method::POST, "/auth/change-password")
-            .insert_header(("Authorization", format!("Bearer {}", account.token)))
-            .insert_header(("content-type", "application/json")),
-        Some(json!({"current_password": "wrong one entirely", "new_password": "a brand new password"}).to_string().into_bytes()),
-    )
-    .await;
+    let wrong = change_password(&app, &account, "wrong one entirely", "a brand new password").await;
     assert_eq!(wrong.status, 401);
 
-    let reply = send(
-        app.req(Method::POST, "/auth/change-password")
-            .insert_header(("Authorization", format!("Bearer {}", account.token)))
-            .insert_header(("Cookie", format!("refresh_token={}", account.refresh)))
-            .insert_header(("content-type", "application/json")),
-        Some(
-            json!({"current_password": TEST_PASSWORD, "new_password": "a brand new password"})
-                .to_string()
-                .into_bytes(),
-        ),
-    )
-    .await;
+    let reply = change_password(&app, &account, TEST_PASSWORD, "a brand new password").await;
     assert_eq!(reply.status, 204, "{}", reply.text);
     assert_eq!(
         refresh_with(&app, &account.refresh).await.status,

@@ -374,13 +374,7 @@ async fn forged_state_denied_consent_bad_code_and_unverified_email_end_without_a
 async fn a_github_only_account_is_deleted_with_a_recent_sign_in_only() {
     let fake = FakeGithub::start("gone@example.com", true).await;
     let app = app_for(&fake).await;
-    let (state, cookie) = begin(&app, &fake).await;
-    let reply = callback(
-        &app,
-        &format!("code={GOOD_CODE}&state={state}"),
-        Some(&cookie),
-    )
-    .await;
+    let reply = sign_in(&app, &fake).await;
     let refresh = set_cookie(&reply, "refresh_token").unwrap().0;
 
     // The sign-in was an hour ago; refreshing gives a new access token, but not a new
@@ -410,7 +404,7 @@ async fn a_github_only_account_is_deleted_with_a_recent_sign_in_only() {
     assert_eq!(reply.json()["error"]["code"], "reauthentication_required");
 
     // A new sign-in is recent enough.
-    let reply = reply_for_me(&app, &fake).await;
+    let reply = sign_in(&app, &fake).await;
     let refresh = set_cookie(&reply, "refresh_token").unwrap().0;
     let refreshed = crate::helpers::refresh_with(&app, &refresh).await;
     let token = refreshed.json()["access_token"]
@@ -471,13 +465,7 @@ async fn a_github_takeover_ends_the_squatters_email_change_link_and_access_token
     );
     let link = token_in_log(&app, "/confirm-email").unwrap();
 
-    let (state, cookie) = begin(&app, &fake).await;
-    let reply = callback(
-        &app,
-        &format!("code={GOOD_CODE}&state={state}"),
-        Some(&cookie),
-    )
-    .await;
+    let reply = sign_in(&app, &fake).await;
     assert_eq!(
         reply.header("location").as_deref(),
         Some("http://dashboard.test")
@@ -506,15 +494,15 @@ async fn a_github_takeover_ends_the_squatters_email_change_link_and_access_token
             "{path}: the squatter's access token still works after the takeover"
         );
     }
-    let me = me_after(&app, &reply_for_me(&app, &fake).await).await;
+    let me = me_after(&app, &sign_in(&app, &fake).await).await;
     assert_eq!(
         me["user"]["email"], "taken@example.com",
         "address unchanged"
     );
 }
 
-/// A fresh GitHub sign-in's callback reply.
-async fn reply_for_me(app: &TestApp, fake: &FakeGithub) -> Reply {
+/// A whole GitHub sign-in: its callback's reply.
+async fn sign_in(app: &TestApp, fake: &FakeGithub) -> Reply {
     let (state, cookie) = begin(app, fake).await;
     callback(
         app,

@@ -544,3 +544,32 @@ pub async fn login_from(
     )
     .await
 }
+
+/// `POST /auth/change-password` as the session of `token` (its refresh cookie too).
+pub async fn change_password(app: &TestApp, account: &Account, current: &str, new: &str) -> Reply {
+    send(
+        app.req(awc::http::Method::POST, "/auth/change-password")
+            .insert_header(("Authorization", format!("Bearer {}", account.token)))
+            .insert_header(("Cookie", format!("refresh_token={}", account.refresh)))
+            .insert_header(("content-type", "application/json")),
+        Some(
+            serde_json::json!({"current_password": current, "new_password": new})
+                .to_string()
+                .into_bytes(),
+        ),
+    )
+    .await
+}
+
+/// Waits until `n` instances sharing `app`'s log capture listen for key and session changes,
+/// so what a test does next is carried by NOTIFY, not by a listener's start forgetting all.
+pub async fn listeners_up(app: &TestApp, n: usize) -> bool {
+    eventually(10, || async {
+        app.logs
+            .contents()
+            .matches("listening for API key changes")
+            .count()
+            >= n
+    })
+    .await
+}

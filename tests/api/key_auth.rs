@@ -117,16 +117,7 @@ async fn a_revocation_reaches_another_instance_within_moments() {
     assert_eq!(whoami(&b, &other_key).await.0, 200);
     // Both instances' listeners are up (each logs once), so what follows is carried by
     // NOTIFY, not by a listener's start forgetting everything.
-    assert!(
-        eventually(10, || async {
-            b.logs
-                .contents()
-                .matches("listening for API key changes")
-                .count()
-                >= 2
-        })
-        .await
-    );
+    assert!(crate::helpers::listeners_up(&b, 2).await);
 
     let reply = call(
         &a,

@@ -5,11 +5,10 @@
 
 use awc::http::Method;
 use secrecy::SecretString;
-use serde_json::json;
 
 use crate::helpers::{
-    call, eventually, login_from, refresh_with, register, send, set_cookie, spawn_app,
-    spawn_app_with, Reply, TestApp, TEST_PASSWORD,
+    call, change_password, eventually, listeners_up, login_from, refresh_with, register, send,
+    set_cookie, spawn_app, spawn_app_with, Reply, TestApp, TEST_PASSWORD,
 };
 
 /// One SECRET_KEY for instances that must accept each other's tokens.
@@ -54,18 +53,7 @@ async fn a_password_change_ends_the_other_sessions_access_tokens() {
     let account = register(&app).await;
     let other = access(&login_from(&app, &account.email, TEST_PASSWORD, None).await);
     assert_eq!(projects(&app, &other).await, 200);
-    let reply = send(
-        app.req(Method::POST, "/auth/change-password")
-            .insert_header(("Authorization", format!("Bearer {}", account.token)))
-            .insert_header(("Cookie", format!("refresh_token={}", account.refresh)))
-            .insert_header(("content-type", "application/json")),
-        Some(
-            json!({"current_password": TEST_PASSWORD, "new_password": "a brand new password"})
-                .to_string()
-                .into_bytes(),
-        ),
-    )
-    .await;
+    let reply = change_password(&app, &account, TEST_PASSWORD, "a brand new password").await;
     assert_eq!(reply.status, 204, "{}", reply.text);
     assert_eq!(
         projects(&app, &other).await,
@@ -206,16 +194,7 @@ async fn a_logout_reaches_another_instance_within_moments() {
     let account = register(&a).await;
     // B has the session in memory.
     assert_eq!(projects(&b, &account.token).await, 200);
-    assert!(
-        eventually(10, || async {
-            b.logs
-                .contents()
-                .matches("listening for API key changes")
-                .count()
-                >= 2
-        })
-        .await
-    );
+    assert!(listeners_up(&b, 2).await);
     let out = send(
         a.req(Method::POST, "/auth/logout")
             .insert_header(("Cookie", format!("refresh_token={}", account.refresh))),

@@ -10,7 +10,8 @@ use observe_core::store::tokens;
 use observe_core::store::{accounts, StoreError};
 
 use super::{
-    frontend_link, send_token_email, Accepted, ChangeEmailRequest, ConfirmEmailRequest, UserView,
+    confirm_password, frontend_link, send_token_email, signed_in_user, Accepted,
+    ChangeEmailRequest, ConfirmEmailRequest, UserView,
 };
 use crate::error::ApiError;
 use crate::session::{spend_budget, Attempt, Session};
@@ -41,24 +42,15 @@ pub async fn change_email(
     let mut problems = Problems::default();
     let new_email = problems.email("new_email", &body.new_email);
     problems.finish()?;
-    let user = {
-        let client = state.db.get().await?;
-        accounts::user_by_id(&client, session.user_id)
-            .await?
-            .ok_or_else(ApiError::unauthorized)?
-    };
-    let attempt = Attempt::begin(&req, &state, Some(&user.email)).await?;
-    if !state
-        .passwords
-        .verify(body.password.clone(), user.password_hash.clone())
-        .await?
-    {
-        attempt.failed(&state).await;
-        return Err(ApiError::Unauthorized {
-            code: "invalid_credentials",
-            message: "the password is incorrect",
-        });
-    }
+    let user = signed_in_user(&state, &session).await?;
+    confirm_password(
+        &req,
+        &state,
+        &user,
+        body.password.clone(),
+        "the password is incorrect",
+    )
+    .await?;
     {
         let client = state.db.get().await?;
         if accounts::user_by_email(&client, &new_email)

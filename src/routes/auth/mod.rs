@@ -22,7 +22,7 @@ use chrono::{DateTime, Duration, Utc};
 use observe_core::auth::{self, random_token};
 use observe_core::mail;
 use observe_core::outbox;
-use observe_core::store::accounts::{Organisation, Role, User};
+use observe_core::store::accounts::{self, Organisation, Role, User};
 use observe_core::store::sessions;
 use observe_core::store::tokens;
 use observe_core::store::GenericClient;
@@ -32,7 +32,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::session::refresh_cookie;
+use crate::session::{refresh_cookie, Attempt, Session};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -162,6 +162,38 @@ pub(crate) async fn start_session(
     Ok(NewSession {
         access_token: state.tokens.issue(&session, session.authenticated_at)?,
         refresh_token: token.secret,
+    })
+}
+
+/// The user a session is signed in as (401 if the account is gone). No connection is kept.
+pub(crate) async fn signed_in_user(state: &AppState, session: &Session) -> Result<User, ApiError> {
+    let client = state.db.get().await?;
+    accounts::user_by_id(&client, session.user_id)
+        .await?
+        .ok_or_else(ApiError::unauthorized)
+}
+
+/// Checks the password a signed-in user gives to confirm a sensitive change; a wrong one counts
+/// against the client's and the account's failure budgets, like a failed sign-in.
+pub(crate) async fn confirm_password(
+    req: &actix_web::HttpRequest,
+    state: &AppState,
+    user: &User,
+    given: String,
+    wrong: &'static str,
+) -> Result<(), ApiError> {
+    let attempt = Attempt::begin(req, state, Some(&user.email)).await?;
+    if state
+        .passwords
+        .verify(given, user.password_hash.clone())
+        .await?
+    {
+        return Ok(());
+    }
+    attempt.failed(state).await;
+    Err(ApiError::Unauthorized {
+        code: "invalid_credentials",
+        message: wrong,
     })
 }
 

@@ -11,8 +11,8 @@ use observe_core::store::sessions;
 use observe_core::store::tokens;
 
 use super::{
-    frontend_link, send_token_email, Accepted, ChangePasswordRequest, ForgotPasswordRequest,
-    ResetPasswordRequest, EMAIL_TOKEN_MINUTES,
+    confirm_password, frontend_link, send_token_email, signed_in_user, Accepted,
+    ChangePasswordRequest, ForgotPasswordRequest, ResetPasswordRequest, EMAIL_TOKEN_MINUTES,
 };
 use crate::error::ApiError;
 use crate::session::{spend_budget, Attempt, Session};
@@ -47,24 +47,15 @@ pub async fn change_password(
     );
     problems.finish()?;
 
-    let user = {
-        let client = state.db.get().await?;
-        accounts::user_by_id(&client, session.user_id)
-            .await?
-            .ok_or_else(ApiError::unauthorized)?
-    };
-    let attempt = Attempt::begin(&req, &state, Some(&user.email)).await?;
-    if !state
-        .passwords
-        .verify(body.current_password.clone(), user.password_hash.clone())
-        .await?
-    {
-        attempt.failed(&state).await;
-        return Err(ApiError::Unauthorized {
-            code: "invalid_credentials",
-            message: "the current password is incorrect",
-        });
-    }
+    let user = signed_in_user(&state, &session).await?;
+    confirm_password(
+        &req,
+        &state,
+        &user,
+        body.current_password.clone(),
+        "the current password is incorrect",
+    )
+    .await?;
     let hash = state.passwords.hash(body.new_password.clone()).await?;
     let mut client = state.db.get().await?;
     let tx = client.transaction().await?;

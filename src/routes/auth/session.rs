@@ -10,8 +10,9 @@ use observe_core::store::sessions::{self, Rotation};
 use observe_core::store::StoreError;
 
 use super::{
-    session_cookie, start_session, token_response, DeleteAccountRequest, LoginRequest, MeResponse,
-    RegisterRequest, RegisterResponse, INVALID_CREDENTIALS,
+    confirm_password, session_cookie, signed_in_user, start_session, token_response,
+    DeleteAccountRequest, LoginRequest, MeResponse, RegisterRequest, RegisterResponse,
+    INVALID_CREDENTIALS,
 };
 use crate::error::ApiError;
 use crate::session::{cleared_refresh_cookie, spend_budget, Attempt, Session, REFRESH_COOKIE};
@@ -272,26 +273,10 @@ pub async fn delete_account(
     state: web::Data<AppState>,
     body: web::Json<DeleteAccountRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let user = {
-        let client = state.db.get().await?;
-        accounts::user_by_id(&client, session.user_id)
-            .await?
-            .ok_or_else(ApiError::unauthorized)?
-    };
+    let user = signed_in_user(&state, &session).await?;
     if user.password_hash.is_some() {
-        let attempt = Attempt::begin(&req, &state, Some(&user.email)).await?;
         let given = body.password.clone().unwrap_or_default();
-        if !state
-            .passwords
-            .verify(given, user.password_hash.clone())
-            .await?
-        {
-            attempt.failed(&state).await;
-            return Err(ApiError::Unauthorized {
-                code: "invalid_credentials",
-                message: "the password is incorrect",
-            });
-        }
+        confirm_password(&req, &state, &user, given, "the password is incorrect").await?;
     } else if Utc::now().timestamp() - session.auth_time > RECENT_SIGN_IN_SECS {
         // No password to confirm with (a GitHub-only account): a fresh sign-in stands in for
         // it. The time of the sign-in itself, which refreshing does not renew.
