@@ -31,6 +31,9 @@ use crate::store::{GenericClient, StoreError};
 /// tier change or a deletion), `session:<id>` (one session), `user:<id>` (all their sessions).
 pub const CHANNEL: &str = "observe_api_keys";
 
+/// Longest wait for a database-lookup slot (the default pool checkout timeout).
+const LOOKUP_WAIT: Duration = Duration::from_secs(3);
+
 /// Whose keys or sessions a change concerns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -141,10 +144,11 @@ impl KeyCache {
         let (owner, source) = self
             .entries
             .get_or_load(hash_secret(secret), || async move {
-                let _slot = lookups
-                    .acquire_owned()
-                    .await
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                // Bounded like a pool checkout: past it the SDK hears 503 and retries.
+                let _slot = match tokio::time::timeout(LOOKUP_WAIT, lookups.acquire_owned()).await {
+                    Ok(Ok(slot)) => slot,
+                    _ => return Err(StoreError::Unavailable("API key lookups busy".into())),
+                };
                 let client = pool.get().await?;
                 let hash = hash_secret(secret);
                 let owner = api_keys::owner_by_hash(&client, &hash).await?;
