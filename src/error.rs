@@ -379,7 +379,14 @@ impl From<observe_core::db::PgError> for ApiError {
 
 impl From<observe_core::auth::AuthError> for ApiError {
     fn from(e: observe_core::auth::AuthError) -> Self {
-        ApiError::Internal(e.into())
+        match e {
+            // Every password-hashing slot stayed busy: backpressure, not a fault.
+            observe_core::auth::AuthError::Busy => ApiError::Unavailable {
+                what: "password checking",
+                retry_after_secs: 1,
+            },
+            other => ApiError::Internal(other.into()),
+        }
     }
 }
 

@@ -1,13 +1,18 @@
-//! Who is calling: the access-token extractor, the refresh-token cookie, the client's IP and
-//! the auth endpoints' rate limit.
+//! Who is calling: the access-token extractor (checked against its session), the API-key
+//! extractor, the refresh-token cookie, the client's IP, and the budgets of the auth
+//! endpoints.
 
-use std::future::{ready, Ready};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use actix_web::cookie::{time, Cookie, SameSite};
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
+use futures_util::future::LocalBoxFuture;
+use observe_core::cache::Source;
+use observe_core::ratelimit::{account_of, client_of, Budget, Decision};
+use observe_core::sessions::Ended;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -16,29 +21,38 @@ use crate::state::AppState;
 /// The refresh token's cookie: HttpOnly, `SameSite=Lax`, sent only to `/auth`.
 pub const REFRESH_COOKIE: &str = "refresh_token";
 
-/// A caller authenticated by an access token (`Authorization: Bearer <jwt>`).
+/// A caller authenticated by an access token (`Authorization: Bearer <jwt>`) whose session
+/// still stands: not signed out or revoked, within its lifetime, and its user still a member
+/// of the organisation the token names.
 #[derive(Debug, Clone, Copy)]
 pub struct Session {
     pub user_id: Uuid,
     pub org_id: Uuid,
     /// When the access token was issued (seconds since the epoch).
     pub issued_at: i64,
+    /// The session (refresh family) the token belongs to.
+    pub session_id: Uuid,
+    /// When the user really authenticated (seconds since the epoch); refreshes keep it.
+    pub auth_time: i64,
 }
 
 impl FromRequest for Session {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(session(req))
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let token = bearer(req).map(str::to_string);
+        Box::pin(async move {
+            let state =
+                state.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("app state missing")))?;
+            session(&state, token.as_deref()).await
+        })
     }
 }
 
-fn session(req: &HttpRequest) -> Result<Session, ApiError> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("app state missing")))?;
-    let token = bearer(req).ok_or_else(ApiError::unauthorized)?;
+async fn session(state: &AppState, token: Option<&str>) -> Result<Session, ApiError> {
+    let token = token.ok_or_else(ApiError::unauthorized)?;
     let claims = state
         .tokens
         .verify(token)
@@ -47,11 +61,27 @@ fn session(req: &HttpRequest) -> Result<Session, ApiError> {
             message:
                 "the access token is invalid or expired; refresh it through POST /auth/refresh",
         })?;
-    Ok(Session {
-        user_id: claims.sub,
-        org_id: claims.org,
-        issued_at: claims.iat,
-    })
+    match state.sessions.check(&state.db, &claims).await? {
+        Ok(()) => Ok(Session {
+            user_id: claims.sub,
+            org_id: claims.org,
+            issued_at: claims.iat,
+            session_id: claims.sid,
+            auth_time: claims.auth_time,
+        }),
+        Err(why) => {
+            tracing::info!(session_id = %claims.sid, reason = ?why, "access token of an ended session refused");
+            Err(ApiError::Unauthorized {
+                code: "session_ended",
+                message: match why {
+                    Ended::NotAMember => {
+                        "this session's user no longer belongs to its organisation; sign in again"
+                    }
+                    _ => "this session has ended (signed out, expired or revoked); sign in again",
+                },
+            })
+        }
+    }
 }
 
 /// The token of an `Authorization: Bearer <token>` header.
@@ -65,13 +95,15 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
 }
 
 /// An SDK authenticated by a project API key: `Authorization: Bearer <key>` or
-/// `X-API-Key: <key>`. Answered from memory after the first use of a key.
+/// `X-API-Key: <key>`. Answered from memory after the first use of a key. A key that is not
+/// of the issued shape is refused without a lookup; a client whose lookups keep finding
+/// nothing is refused (429) before it can reach the database again.
 #[derive(Debug, Clone, Copy)]
 pub struct ApiKey(pub observe_core::store::api_keys::KeyOwner);
 
 impl FromRequest for ApiKey {
     type Error = ApiError;
-    type Future = futures_util::future::LocalBoxFuture<'static, Result<Self, ApiError>>;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
@@ -82,21 +114,33 @@ impl FromRequest for ApiKey {
             .map(str::trim)
             .or_else(|| bearer(req))
             .map(str::to_string);
+        let client = state
+            .as_ref()
+            .map(|s| client_key(req, &s.settings.server.client_ip_header));
         Box::pin(async move {
             let state =
                 state.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("app state missing")))?;
-            let invalid = ApiError::Unauthorized {
-                code: "invalid_api_key",
-                message: "send a valid project API key as `Authorization: Bearer <key>` or `X-API-Key: <key>`",
-            };
             let secret = secret
-                .filter(|s| s.starts_with(observe_core::auth::API_KEY_PREFIX))
-                .ok_or(invalid)?;
-            let owner = state.keys.authenticate(&state.db, &secret).await?;
-            owner.map(ApiKey).ok_or(ApiError::Unauthorized {
+                .filter(|s| observe_core::keys::well_formed(s))
+                .ok_or(ApiError::Unauthorized {
+                    code: "invalid_api_key",
+                    message: "send a valid project API key as `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+                })?;
+            let unknown = ApiError::Unauthorized {
                 code: "invalid_api_key",
                 message: "the API key is unknown or revoked",
-            })
+            };
+            if let Some(answer) = state.keys.cached(&secret) {
+                return answer.map(ApiKey).ok_or(unknown);
+            }
+            let client = client.unwrap_or_default();
+            let limits = &state.auth_limits;
+            refuse_if_spent(limits.peek(Budget::KeyLookupsPerIp, &client).await)?;
+            let (owner, source) = state.keys.authenticate(&state.db, &secret).await?;
+            if owner.is_none() && source == Source::Database {
+                limits.spend(Budget::KeyLookupsPerIp, &client).await;
+            }
+            owner.map(ApiKey).ok_or(unknown)
         })
     }
 }
@@ -139,22 +183,82 @@ pub fn client_ip(req: &HttpRequest, trusted_header: &str) -> String {
     }
 }
 
-/// Counts one attempt on an auth endpoint against the client's IP: 429 past the limit. When
-/// Redis is down the attempt is let through (logged): signing in must not depend on Redis.
-pub async fn limit_auth_attempt(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    let auth = &state.settings.auth;
-    let ip = client_ip(req, &state.settings.server.client_ip_header);
-    let key = format!("{}ratelimit:auth:{ip}", state.settings.redis.key_prefix);
-    let window = Duration::from_secs(auth.rate_limit_window_secs);
-    match observe_core::ratelimit::hit(&state.redis, &key, auth.rate_limit_attempts, window).await {
-        Ok(d) if !d.allowed => Err(ApiError::RateLimited {
-            retry_after_secs: d.reset_after.as_secs_f64().ceil().max(1.0) as u64,
-            limit: d.limit,
-        }),
-        Ok(_) => Ok(()),
-        Err(e) => {
-            tracing::warn!(error = %e, "auth rate limit unavailable; attempt allowed");
-            Ok(())
+/// The client a request's budgets are kept for: its IPv4 address or its IPv6 /64.
+pub fn client_key(req: &HttpRequest, trusted_header: &str) -> String {
+    let ip = client_ip(req, trusted_header);
+    // A proxy may write `[v6]:port` or `v4:port`; the address is what counts.
+    let bare = ip
+        .strip_prefix('[')
+        .and_then(|rest| rest.split(']').next())
+        .unwrap_or(&ip);
+    match bare.parse::<IpAddr>() {
+        Ok(addr) => client_of(addr),
+        Err(_) => match bare
+            .rsplit_once(':')
+            .map(|(host, _)| host.parse::<IpAddr>())
+        {
+            Some(Ok(addr)) => client_of(addr),
+            _ => ip,
+        },
+    }
+}
+
+/// 429 with `Retry-After` when a budget has no room.
+fn refuse_if_spent(decision: Decision) -> Result<(), ApiError> {
+    if decision.allowed {
+        return Ok(());
+    }
+    let wait = decision.retry_after.max(Duration::from_secs(1));
+    Err(ApiError::RateLimited {
+        retry_after_secs: wait.as_secs_f64().ceil() as u64,
+        limit: decision.limit,
+    })
+}
+
+/// An attempt that checks a secret (a password, an emailed token): who it counts against if
+/// it fails.
+pub struct Attempt {
+    client: String,
+    account: Option<String>,
+}
+
+impl Attempt {
+    /// Refuses (429) an attempt from a client or on an account whose failure budget is spent,
+    /// before the secret is checked: past the budget, not even the right password gets in, so
+    /// guessing goes no faster. Nothing is spent yet.
+    pub async fn begin(
+        req: &HttpRequest,
+        state: &AppState,
+        account_email: Option<&str>,
+    ) -> Result<Self, ApiError> {
+        let attempt = Self {
+            client: client_key(req, &state.settings.server.client_ip_header),
+            account: account_email.map(account_of),
+        };
+        let limits = &state.auth_limits;
+        refuse_if_spent(limits.peek(Budget::FailuresPerIp, &attempt.client).await)?;
+        if let Some(account) = &attempt.account {
+            refuse_if_spent(limits.peek(Budget::FailuresPerAccount, account).await)?;
+        }
+        Ok(attempt)
+    }
+
+    /// Counts the attempt as failed against its client and account.
+    pub async fn failed(&self, state: &AppState) {
+        let limits = &state.auth_limits;
+        limits.spend(Budget::FailuresPerIp, &self.client).await;
+        if let Some(account) = &self.account {
+            limits.spend(Budget::FailuresPerAccount, account).await;
         }
     }
+}
+
+/// Spends one unit of a budget every attempt uses (registration, outgoing email): 429 past it.
+pub async fn spend_budget(
+    req: &HttpRequest,
+    state: &AppState,
+    budget: Budget,
+) -> Result<(), ApiError> {
+    let client = client_key(req, &state.settings.server.client_ip_header);
+    refuse_if_spent(state.auth_limits.spend(budget, &client).await)
 }

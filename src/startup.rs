@@ -70,11 +70,8 @@ impl Application {
     ) -> Result<Self, StartupError> {
         migrate_with_retry(&settings).await?;
         let metrics = Metrics::new()?;
-        let keys = observe_core::keys::KeyCache::new(
-            Duration::from_secs(settings.api_keys.cache_ttl_secs),
-            Duration::from_secs(settings.api_keys.unknown_ttl_secs),
-            metrics.clone(),
-        );
+        let keys = observe_core::keys::KeyCache::new(&settings.api_keys, metrics.clone());
+        let sessions = observe_core::sessions::SessionCache::new(&settings.auth);
         let supervisor = Supervisor::new(metrics.clone(), Backoff::default());
         let settings = Arc::new(settings);
         // Actors run on this (the main) arbiter; HTTP workers reach them through AppState.
@@ -116,7 +113,10 @@ impl Application {
             tiers.clone(),
             mailer.clone(),
         );
+        let auth_limits = observe_core::ratelimit::AuthLimits::new(limiter.clone(), &settings);
         let state = AppState {
+            auth_limits,
+            sessions,
             limiter,
             ingest,
             monitors,
@@ -137,6 +137,7 @@ impl Application {
             state.settings.clone(),
             state.db.clone(),
             state.keys.clone(),
+            state.sessions.clone(),
         );
         let bind = state.settings.server.bind.clone();
         let listener = TcpListener::bind(&bind).map_err(|source| StartupError::Bind {

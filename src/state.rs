@@ -32,6 +32,10 @@ pub struct AppState {
     pub mailer: Supervised<Mailer>,
     /// Per-key ingest rate limits (Redis, with a per-instance fallback).
     pub limiter: Limiter,
+    /// Sessions' state (revoked, membership) by id, kept current by the `KeyWatcher` actor.
+    pub sessions: observe_core::sessions::SessionCache,
+    /// The budgets of the auth endpoints and of API-key lookups (on `limiter`).
+    pub auth_limits: observe_core::ratelimit::AuthLimits,
     /// The IngestActors of this instance, one per active project.
     pub ingest: IngestRegistry,
     /// Tells this instance's monitor engine about monitors changed through the API.

@@ -1,14 +1,15 @@
-//! `KeyWatcher`: keeps every instance's API-key cache honest.
+//! `KeyWatcher`: keeps every instance's API-key and session caches honest.
 //!
-//! **Owns:** the dedicated PostgreSQL connection that `LISTEN`s for key changes (revocations,
-//! deleted projects and organisations) and applies them to the shared `KeyCache`, and the
-//! periodic write of `last_used_at` for the keys used since the last write.
+//! **Owns:** the dedicated PostgreSQL connection that `LISTEN`s for key and session changes
+//! (revocations, logouts, password changes, deleted projects, users and organisations) and
+//! applies them to the shared `KeyCache` and `SessionCache`, and the periodic write of
+//! `last_used_at` for the keys used since the last write.
 //!
 //! **Mailbox:** 16; it only receives `Drain`.
 //!
 //! **Restarts:** when the listening connection fails (PostgreSQL restarted, network cut) the
 //! actor reports the failure and stops; the supervisor restarts it with backoff, and the new
-//! incarnation forgets the whole cache once it listens again, as changes may have been missed.
+//! incarnation forgets both caches whole once it listens again, as changes may have been missed.
 //!
 //! **Drain:** writes the pending `last_used_at` updates, then replies.
 
@@ -18,13 +19,15 @@ use std::time::Duration;
 use actix::prelude::*;
 use observe_core::config::Settings;
 use observe_core::db::PgPool;
-use observe_core::keys::{self, KeyCache};
+use observe_core::keys::{self, Invalidate, KeyCache};
+use observe_core::sessions::SessionCache;
 
 use crate::supervisor::{Drain, Lifeline, Supervised, SupervisedActor, Supervisor};
 
 pub struct KeyWatcher {
     lifeline: Lifeline,
     cache: KeyCache,
+    sessions: SessionCache,
     pool: PgPool,
     settings: Arc<Settings>,
 }
@@ -38,9 +41,12 @@ impl Actor for KeyWatcher {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let cache = self.cache.clone();
+        let caches: Vec<Arc<dyn Invalidate>> = vec![
+            Arc::new(self.cache.clone()),
+            Arc::new(self.sessions.clone()),
+        ];
         let database = self.settings.database.clone();
-        let listen = async move { keys::watch(&database, &cache).await };
+        let listen = async move { keys::watch(&database, &caches).await };
         ctx.spawn(
             actix::fut::wrap_future(listen).map(|result, act: &mut Self, ctx| {
                 let reason = match result {
@@ -84,10 +90,12 @@ pub fn start(
     settings: Arc<Settings>,
     pool: PgPool,
     cache: KeyCache,
+    sessions: SessionCache,
 ) -> Supervised<KeyWatcher> {
     supervisor.spawn_drainable("key-watcher", arbiter, move |lifeline| KeyWatcher {
         lifeline,
         cache: cache.clone(),
+        sessions: sessions.clone(),
         pool: pool.clone(),
         settings: settings.clone(),
     })

@@ -2,11 +2,17 @@
 //! (refresh tokens, single-use email tokens, API keys).
 //!
 //! Passwords are hashed with argon2id on the blocking pool (a hash costs tens of milliseconds
-//! of CPU; it must not stall an async worker). Access tokens are HS256 JWTs signed with
-//! `SECRET_KEY`. Every other secret is 32 random bytes, shown once, and stored only as its
-//! SHA-256: high-entropy secrets need no slow hash, and lookup by hash stays an index probe.
+//! of CPU; it must not stall an async worker), at most `auth.max_concurrent_hashes` at once:
+//! each hash holds `argon2_memory_kib` of memory and a core, so a login flood queues (and past
+//! `auth.hash_wait_ms` is answered 503) instead of taking the machine. Access tokens are HS256
+//! JWTs signed with `SECRET_KEY`, naming their session (`sid`) and the time of the real
+//! authentication (`auth_time`, as OpenID Connect names it). Every other secret is 32 random
+//! bytes, shown once, and stored only as its SHA-256: high-entropy secrets need no slow hash,
+//! and lookup by hash stays an index probe. A rotated refresh token is derived from its
+//! predecessor with HMAC-SHA256 under `SECRET_KEY`, so a retried refresh derives the same one.
 
 use std::sync::Arc;
+use std::time::Duration as StdDuration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -21,6 +27,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::config::AuthSettings;
+use crate::store::sessions::SessionInfo;
 
 /// What every API key starts with, so people and secret scanners recognise one.
 pub const API_KEY_PREFIX: &str = "obs_";
@@ -35,6 +42,9 @@ pub enum AuthError {
     InvalidToken,
     #[error("token signing failed: {0}")]
     Sign(String),
+    /// Every hashing slot stayed taken for `auth.hash_wait_ms`.
+    #[error("too many password checks at once")]
+    Busy,
 }
 
 /// Hashes and checks passwords with the configured argon2id cost.
@@ -44,6 +54,9 @@ pub struct Passwords {
     /// A hash of a random password, verified against when an email is unknown, so that login
     /// takes the same time whether or not the account exists.
     dummy: Arc<String>,
+    /// Hashes running at once at most (each holds its memory and a core).
+    slots: Arc<tokio::sync::Semaphore>,
+    wait: StdDuration,
 }
 
 impl Passwords {
@@ -59,24 +72,43 @@ impl Passwords {
         Ok(Self {
             params,
             dummy: Arc::new(dummy),
+            slots: Arc::new(tokio::sync::Semaphore::new(
+                settings.max_concurrent_hashes.max(1),
+            )),
+            wait: StdDuration::from_millis(settings.hash_wait_ms),
         })
+    }
+
+    /// A hashing slot, waited for at most `hash_wait_ms`. The permit moves into the blocking
+    /// task, so a request that gives up does not free the slot before its hash is done.
+    async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, AuthError> {
+        match tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(AuthError::Busy),
+        }
     }
 
     /// The PHC string (`$argon2id$v=19$...`) of `password`.
     pub async fn hash(&self, password: String) -> Result<String, AuthError> {
+        let slot = self.slot().await?;
         let params = self.params.clone();
-        tokio::task::spawn_blocking(move || hash_with(&params, &password))
-            .await
-            .map_err(|e| AuthError::Hash(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            hash_with(&params, &password)
+        })
+        .await
+        .map_err(|e| AuthError::Hash(e.to_string()))?
     }
 
     /// Whether `password` matches `hash`; with no hash (unknown account, or one that only
     /// signs in through GitHub) it spends the same time and answers false.
-    pub async fn verify(&self, password: String, hash: Option<String>) -> bool {
+    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, AuthError> {
+        let slot = self.slot().await?;
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy.as_ref().clone());
         let params = self.params.clone();
         let matched = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             PasswordHash::new(&hash)
                 .map(|parsed| {
                     argon2(&params)
@@ -87,7 +119,7 @@ impl Passwords {
         })
         .await
         .unwrap_or(false);
-        known && matched
+        Ok(known && matched)
     }
 }
 
@@ -112,15 +144,20 @@ pub struct Claims {
     pub sub: Uuid,
     /// The organisation the session acts for.
     pub org: Uuid,
+    /// The session (refresh family): checked on every request, so ending it ends the token.
+    pub sid: Uuid,
+    /// When the user really authenticated (seconds since the epoch); refreshes keep it.
+    pub auth_time: i64,
     pub iat: i64,
     pub exp: i64,
 }
 
-/// Signs and checks access tokens.
+/// Signs and checks access tokens, and derives rotated refresh tokens.
 #[derive(Clone)]
 pub struct AccessTokens {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    rotation_key: Arc<Vec<u8>>,
     ttl: Duration,
 }
 
@@ -130,6 +167,7 @@ impl AccessTokens {
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
+            rotation_key: Arc::new(secret.to_vec()),
             ttl: Duration::minutes(settings.access_token_expire_minutes),
         }
     }
@@ -139,17 +177,20 @@ impl AccessTokens {
         self.ttl.num_seconds()
     }
 
-    pub fn issue(&self, user: Uuid, org: Uuid) -> Result<String, AuthError> {
-        self.issue_at(user, org, Utc::now())
-    }
-
-    /// A token as if issued at `now` (tests of token age use it).
-    pub fn issue_at(&self, user: Uuid, org: Uuid, now: DateTime<Utc>) -> Result<String, AuthError> {
+    /// A token of `session`, issued at `issued_at`. The same session and time give the same
+    /// token (HS256 is deterministic), which is how a retried refresh gets the same pair.
+    pub fn issue(
+        &self,
+        session: &SessionInfo,
+        issued_at: DateTime<Utc>,
+    ) -> Result<String, AuthError> {
         let claims = Claims {
-            sub: user,
-            org,
-            iat: now.timestamp(),
-            exp: (now + self.ttl).timestamp(),
+            sub: session.user_id,
+            org: session.organisation_id,
+            sid: session.id,
+            auth_time: session.authenticated_at.timestamp(),
+            iat: issued_at.timestamp(),
+            exp: (issued_at + self.ttl).timestamp(),
         };
         jsonwebtoken::encode(&Header::new(JwtAlgorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Sign(e.to_string()))
@@ -162,6 +203,19 @@ impl AccessTokens {
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
             .map(|data| data.claims)
             .map_err(|_| AuthError::InvalidToken)
+    }
+
+    /// The refresh token that replaces `secret` at its rotation: HMAC-SHA256 under
+    /// `SECRET_KEY`, so only the server can derive it, and always the same one.
+    pub fn successor(&self, secret: &str) -> Token {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.rotation_key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(b"observe/refresh-rotation/v1\0");
+        mac.update(secret.as_bytes());
+        let secret = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        let hash = hash_secret(&secret);
+        Token { secret, hash }
     }
 }
 
@@ -217,22 +271,66 @@ mod tests {
         let p = Passwords::new(&settings()).unwrap();
         let hash = p.hash("correct horse battery".into()).await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
-        assert!(
-            p.verify("correct horse battery".into(), Some(hash.clone()))
-                .await
-        );
-        assert!(!p.verify("wrong horse battery".into(), Some(hash)).await);
-        assert!(!p.verify("anything".into(), None).await);
-        assert!(!p.verify("x".into(), Some("not a phc string".into())).await);
+        let verify = |password: &str, hash: Option<String>| {
+            let (p, password) = (p.clone(), password.to_string());
+            async move { p.verify(password, hash).await.unwrap() }
+        };
+        assert!(verify("correct horse battery", Some(hash.clone())).await);
+        assert!(!verify("wrong horse battery", Some(hash)).await);
+        assert!(!verify("anything", None).await);
+        assert!(!verify("x", Some("not a phc string".into())).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hashes_run_at_most_max_concurrent_at_once_and_waiters_give_up() {
+        let mut s = settings();
+        s.max_concurrent_hashes = 2;
+        s.hash_wait_ms = 500;
+        let p = Passwords::new(&s).unwrap();
+        let first = p.slot().await.unwrap();
+        let second = p.slot().await.unwrap();
+        // Both slots taken: a third request waits hash_wait_ms (paused clock), then is refused.
+        let started = tokio::time::Instant::now();
+        assert!(matches!(p.slot().await, Err(AuthError::Busy)));
+        assert_eq!(started.elapsed(), StdDuration::from_millis(500));
+        assert!(matches!(
+            p.verify("x".into(), None).await,
+            Err(AuthError::Busy)
+        ));
+        // A slot freed while waiting is taken at once.
+        let waiter = tokio::spawn({
+            let p = p.clone();
+            async move { p.slot().await.map(|_| ()) }
+        });
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+        drop(first);
+        assert!(waiter.await.unwrap().is_ok());
+        drop(second);
+    }
+
+    fn session() -> SessionInfo {
+        SessionInfo {
+            id: Uuid::new_v4(),
+            user_id: Uuid::new_v4(),
+            organisation_id: Uuid::new_v4(),
+            authenticated_at: Utc::now() - Duration::hours(3),
+        }
     }
 
     #[test]
     fn access_tokens_round_trip_and_reject_tampering() {
         let tokens = AccessTokens::new(&settings());
-        let (user, org) = (Uuid::new_v4(), Uuid::new_v4());
-        let jwt = tokens.issue(user, org).unwrap();
+        let session = session();
+        let now = Utc::now();
+        let jwt = tokens.issue(&session, now).unwrap();
         let claims = tokens.verify(&jwt).unwrap();
-        assert_eq!((claims.sub, claims.org), (user, org));
+        assert_eq!(
+            (claims.sub, claims.org, claims.sid),
+            (session.user_id, session.organisation_id, session.id)
+        );
+        assert_eq!(claims.auth_time, session.authenticated_at.timestamp());
+        assert_eq!(claims.iat, now.timestamp());
+        assert_eq!(tokens.issue(&session, now).unwrap(), jwt, "deterministic");
 
         let mut other = settings();
         other.secret_key = secrecy::SecretString::from("z".repeat(40));
@@ -249,8 +347,47 @@ mod tests {
         let mut s = settings();
         s.access_token_expire_minutes = -10;
         let tokens = AccessTokens::new(&s);
-        let jwt = tokens.issue(Uuid::new_v4(), Uuid::new_v4()).unwrap();
+        let jwt = tokens.issue(&session(), Utc::now()).unwrap();
         assert!(tokens.verify(&jwt).is_err());
+    }
+
+    #[test]
+    fn a_token_without_a_session_is_refused() {
+        #[derive(Serialize)]
+        struct Old {
+            sub: Uuid,
+            org: Uuid,
+            iat: i64,
+            exp: i64,
+        }
+        let s = settings();
+        let key = EncodingKey::from_secret(s.secret_key.expose_secret().as_bytes());
+        let now = Utc::now().timestamp();
+        let old = Old {
+            sub: Uuid::new_v4(),
+            org: Uuid::new_v4(),
+            iat: now,
+            exp: now + 600,
+        };
+        let jwt = jsonwebtoken::encode(&Header::new(JwtAlgorithm::HS256), &old, &key).unwrap();
+        assert!(AccessTokens::new(&s).verify(&jwt).is_err());
+    }
+
+    #[test]
+    fn successors_are_derived_the_same_way_only_with_the_key() {
+        let tokens = AccessTokens::new(&settings());
+        let old = random_token().secret;
+        let next = tokens.successor(&old);
+        assert_eq!(next.secret, tokens.successor(&old).secret);
+        assert_eq!(next.hash, hash_secret(&next.secret));
+        assert_eq!(next.secret.len(), 43);
+        assert_ne!(next.secret, tokens.successor(&next.secret).secret);
+        let mut other = settings();
+        other.secret_key = secrecy::SecretString::from("z".repeat(40));
+        assert_ne!(
+            AccessTokens::new(&other).successor(&old).secret,
+            next.secret
+        );
     }
 
     #[test]

@@ -187,6 +187,10 @@ pub struct ServerSettings {
     pub body_limit_bytes: usize,
     pub startup_timeout_secs: u64,
     pub client_ip_header: String,
+    /// Clients connect straight to observe (no proxy in front). Production requires either
+    /// this or `client_ip_header`: behind an undeclared proxy every client would share the
+    /// proxy's IP, and so one per-IP auth budget.
+    pub direct_connections: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -230,8 +234,32 @@ pub struct AuthSettings {
     pub argon2_iterations: u32,
     pub argon2_parallelism: u32,
     pub cookie_secure: bool,
+    /// Failed attempts allowed per client IP (IPv6: per /64) in `rate_limit_window_secs`.
     pub rate_limit_attempts: u32,
     pub rate_limit_window_secs: u64,
+    /// Failed attempts allowed per account in the same window, whatever IPs they come from.
+    pub account_rate_limit_attempts: u32,
+    /// Registrations allowed per client IP in the same window (a budget of its own).
+    pub register_rate_limit_attempts: u32,
+    /// Emails a client IP may ask for (password reset, email change) in the same window.
+    pub email_rate_limit_attempts: u32,
+    /// Password hashes (argon2id) computed at once; each holds `argon2_memory_kib`.
+    pub max_concurrent_hashes: usize,
+    /// How long a request waits for a hashing slot before it is answered 503.
+    pub hash_wait_ms: u64,
+    /// A session (refresh family) ends this long after its sign-in, refreshed or not.
+    pub session_max_days: i64,
+    /// A refresh token presented again within this many seconds of its rotation gets the
+    /// same new pair (two tabs, a retried request); later, reuse revokes the session.
+    pub refresh_reuse_grace_secs: i64,
+    /// How long an instance trusts its cached state of a session (revoked or not, membership)
+    /// without hearing of a change; a safety net behind LISTEN/NOTIFY.
+    pub session_cache_ttl_secs: u64,
+    /// Sessions cached per instance at most (least recently used ones go first).
+    pub session_cache_max_entries: usize,
+    /// Lets production run with `cookie_secure = false` (TLS ended somewhere that is not
+    /// HTTPS to the browser, e.g. a private network). Off: production refuses to start.
+    pub allow_insecure_cookie: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -242,6 +270,14 @@ pub struct ApiKeySettings {
     pub unknown_ttl_secs: u64,
     /// How often `last_used_at` is written.
     pub last_used_flush_secs: u64,
+    /// Keys (and unknown keys) cached at most; the least recently used go first.
+    pub cache_max_entries: usize,
+    /// Lookups of unknown keys allowed per client IP (IPv6: per /64) per window...
+    pub failed_lookups_per_ip: u32,
+    pub failed_lookup_window_secs: u64,
+    /// ...and database lookups of keys running at once, so a flood of made-up keys cannot
+    /// take every pooled connection.
+    pub max_concurrent_lookups: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -612,6 +648,77 @@ impl Settings {
                 "OBSERVE__AUTH__RATE_LIMIT_ATTEMPTS and _WINDOW_SECS must be at least 1".into(),
             );
         }
+        for (name, value) in [
+            (
+                "OBSERVE__AUTH__ACCOUNT_RATE_LIMIT_ATTEMPTS",
+                u64::from(self.auth.account_rate_limit_attempts),
+            ),
+            (
+                "OBSERVE__AUTH__REGISTER_RATE_LIMIT_ATTEMPTS",
+                u64::from(self.auth.register_rate_limit_attempts),
+            ),
+            (
+                "OBSERVE__AUTH__EMAIL_RATE_LIMIT_ATTEMPTS",
+                u64::from(self.auth.email_rate_limit_attempts),
+            ),
+            (
+                "OBSERVE__AUTH__MAX_CONCURRENT_HASHES",
+                self.auth.max_concurrent_hashes as u64,
+            ),
+            (
+                "OBSERVE__AUTH__SESSION_CACHE_MAX_ENTRIES",
+                self.auth.session_cache_max_entries as u64,
+            ),
+            (
+                "OBSERVE__API_KEYS__CACHE_MAX_ENTRIES",
+                self.api_keys.cache_max_entries as u64,
+            ),
+            (
+                "OBSERVE__API_KEYS__FAILED_LOOKUPS_PER_IP",
+                u64::from(self.api_keys.failed_lookups_per_ip),
+            ),
+            (
+                "OBSERVE__API_KEYS__FAILED_LOOKUP_WINDOW_SECS",
+                self.api_keys.failed_lookup_window_secs,
+            ),
+            (
+                "OBSERVE__API_KEYS__MAX_CONCURRENT_LOOKUPS",
+                self.api_keys.max_concurrent_lookups as u64,
+            ),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name} must be at least 1"));
+            }
+        }
+        if self.auth.session_max_days <= 0 {
+            problems
+                .push("OBSERVE__AUTH__SESSION_MAX_DAYS must be a positive number of days".into());
+        } else if self.auth.refresh_token_expire_days > self.auth.session_max_days {
+            problems.push(format!(
+                "REFRESH_TOKEN_EXPIRE_DAYS ({}) is longer than OBSERVE__AUTH__SESSION_MAX_DAYS ({}); a refresh token cannot outlive its session",
+                self.auth.refresh_token_expire_days, self.auth.session_max_days
+            ));
+        }
+        if !(0..=300).contains(&self.auth.refresh_reuse_grace_secs) {
+            problems.push(
+                "OBSERVE__AUTH__REFRESH_REUSE_GRACE_SECS must be 0 to 300 seconds (a longer window lets a stolen refresh token go unnoticed longer)".into(),
+            );
+        }
+        if self.server.mode == Mode::Production {
+            // OWASP ASVS V3.4.1: session cookies carry the Secure attribute.
+            if !self.auth.cookie_secure && !self.auth.allow_insecure_cookie {
+                problems.push(
+                    "OBSERVE__AUTH__COOKIE_SECURE is false in production mode: the refresh-token cookie would travel over plain HTTP; serve observe behind HTTPS and set OBSERVE__AUTH__COOKIE_SECURE=true (or, if TLS really ends elsewhere, OBSERVE__AUTH__ALLOW_INSECURE_COOKIE=true)".into(),
+                );
+            }
+            // Behind an undeclared proxy every client shares the proxy's IP, and so one auth
+            // budget: a few failures would lock everyone out.
+            if self.server.client_ip_header.trim().is_empty() && !self.server.direct_connections {
+                problems.push(
+                    "production mode needs to know how clients reach observe: behind a proxy, set OBSERVE__SERVER__CLIENT_IP_HEADER to the header it sets (e.g. X-Forwarded-For); with no proxy, set OBSERVE__SERVER__DIRECT_CONNECTIONS=true".into(),
+                );
+            }
+        }
         if self.mail.max_attempts == 0 || self.mail.poll_interval_secs == 0 {
             problems.push(
                 "OBSERVE__MAIL__MAX_ATTEMPTS and POLL_INTERVAL_SECS must be at least 1".into(),
@@ -694,6 +801,57 @@ mod tests {
         let mut s = load(&[("OBSERVE_ENV", "production"), ("SECRET_KEY", "short")]).unwrap();
         let err = s.validate().unwrap_err().to_string();
         assert!(err.contains("only 5 characters"), "{err}");
+    }
+
+    fn production(vars: &[(&str, &str)]) -> Settings {
+        let mut all = vec![
+            ("OBSERVE_ENV", "production"),
+            ("SECRET_KEY", "0123456789abcdef0123456789abcdef01"),
+        ];
+        all.extend_from_slice(vars);
+        load(&all).unwrap()
+    }
+
+    #[test]
+    fn production_refuses_an_insecure_cookie_unless_told_to_allow_it() {
+        let mut s = production(&[]);
+        s.server.direct_connections = true;
+        s.auth.cookie_secure = false;
+        let err = s
+            .validate()
+            .expect_err("insecure cookie accepted in production");
+        assert!(
+            err.to_string().contains("OBSERVE__AUTH__COOKIE_SECURE"),
+            "{err}"
+        );
+        s.auth.allow_insecure_cookie = true;
+        assert!(s.validate().is_ok());
+        let mut s = production(&[]);
+        s.server.direct_connections = true;
+        s.auth.cookie_secure = true;
+        assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn production_needs_to_know_whether_a_proxy_is_in_front() {
+        let mut s = production(&[]);
+        s.auth.cookie_secure = true;
+        let err = s
+            .validate()
+            .expect_err("no proxy setting accepted in production");
+        assert!(
+            err.to_string()
+                .contains("OBSERVE__SERVER__CLIENT_IP_HEADER"),
+            "{err}"
+        );
+        s.server.client_ip_header = "X-Forwarded-For".into();
+        assert!(s.validate().is_ok());
+        s.server.client_ip_header = String::new();
+        s.server.direct_connections = true;
+        assert!(s.validate().is_ok());
+        // Development needs neither.
+        let mut s = load(&[]).unwrap();
+        assert!(s.validate().is_ok());
     }
 
     #[test]

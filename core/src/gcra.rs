@@ -127,6 +127,41 @@ redis.call('SET', KEYS[1], new_tat, 'PX', math.max(ahead, 1))
 return {1, math.floor((capacity - ahead) / interval), ahead, 0}
 ";
 
+/// Whether one more unit would be allowed, in Redis, without spending it: `{allowed,
+/// remaining, reset_ms, retry_ms}` as [`SCRIPT`] answers. Auth failure budgets are looked at
+/// before a password is checked and spent only when it turns out wrong.
+const PEEK_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit = math.max(tonumber(ARGV[1]), 1)
+local period = tonumber(ARGV[2])
+local interval = math.max(math.floor(period / limit), 1)
+local capacity = interval * limit
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local remaining = math.floor(math.max(capacity - (tat - now), 0) / interval)
+if tat + interval - now > capacity then
+  return {0, remaining, tat - now, tat + interval - now - capacity}
+end
+return {1, remaining, tat - now, 0}
+";
+
+/// [`step`] without spending: the decision one more unit would get at `now_ms`.
+pub fn peek_step(tat_ms: Option<u64>, now_ms: u64, limit: u32, period_ms: u64) -> Decision {
+    let limit = limit.max(1);
+    let interval = (period_ms / u64::from(limit)).max(1);
+    let capacity = interval * u64::from(limit);
+    let tat = tat_ms.unwrap_or(now_ms).max(now_ms);
+    let over = (tat + interval - now_ms).saturating_sub(capacity);
+    Decision {
+        allowed: over == 0,
+        limit,
+        remaining: (capacity.saturating_sub(tat - now_ms) / interval) as u32,
+        reset_after: Duration::from_millis(tat - now_ms),
+        retry_after: Duration::from_millis(over),
+    }
+}
+
 /// Tokens taken from Redis at once for a key limited to `limit` per period: a hundredth of
 /// the limit, at most 1000; 0 (ask Redis every time) when that is under 2.
 pub fn lease_block(limit: u32) -> u32 {
@@ -201,6 +236,7 @@ pub struct Limiter {
     redis: RedisPool,
     prefix: String,
     script: Arc<redis::Script>,
+    peek_script: Arc<redis::Script>,
     leases: Arc<Mutex<HashMap<String, Arc<KeyLease>>>>,
     local: Arc<Mutex<HashMap<String, u64>>>,
     degraded: Arc<AtomicBool>,
@@ -218,6 +254,7 @@ impl Limiter {
             redis,
             prefix: prefix.into(),
             script: Arc::new(redis::Script::new(SCRIPT)),
+            peek_script: Arc::new(redis::Script::new(PEEK_SCRIPT)),
             leases: Arc::default(),
             local: Arc::default(),
             degraded: Arc::default(),
@@ -249,13 +286,59 @@ impl Limiter {
         match decision {
             Ok(decision) => decision,
             Err(e) => {
-                if !self.degraded.swap(true, Ordering::SeqCst) {
-                    tracing::warn!(error = %e, "Redis unavailable: rate limits enforced per instance until it returns");
-                    self.metrics.ratelimit_degraded.set(1);
-                    self.last_probe_ms.store(now_ms(), Ordering::SeqCst);
-                }
+                self.enter_degraded(&e);
                 self.locally(&full_key, limit, period, cost)
             }
+        }
+    }
+
+    /// Whether one more request of `key` would be allowed now, without counting it (never
+    /// through a lease: small auth budgets are asked of Redis every time). During a Redis
+    /// outage the per-instance state answers.
+    pub async fn peek(&self, key: &str, limit: u32, period: Duration) -> Decision {
+        let full_key = format!("{}rl:{key}", self.prefix);
+        if !self.degraded() {
+            match self.peek_in_redis(&full_key, limit, period).await {
+                Ok(decision) => return decision,
+                Err(e) => self.enter_degraded(&e),
+            }
+        }
+        self.probe_in_background();
+        let tat = self
+            .local
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&full_key)
+            .copied();
+        peek_step(tat, now_ms(), limit, period.as_millis() as u64)
+    }
+
+    async fn peek_in_redis(
+        &self,
+        key: &str,
+        limit: u32,
+        period: Duration,
+    ) -> Result<Decision, String> {
+        let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
+        let (allowed, remaining, reset_ms, retry_ms): (i64, i64, i64, i64) = self
+            .peek_script
+            .key(key)
+            .arg(limit)
+            .arg(period.as_millis() as u64)
+            .invoke_async(&mut *conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(decision_from(
+            (allowed, remaining, reset_ms, retry_ms),
+            limit,
+        ))
+    }
+
+    fn enter_degraded(&self, error: &str) {
+        if !self.degraded.swap(true, Ordering::SeqCst) {
+            tracing::warn!(error = %error, "Redis unavailable: rate limits enforced per instance until it returns");
+            self.metrics.ratelimit_degraded.set(1);
+            self.last_probe_ms.store(now_ms(), Ordering::SeqCst);
         }
     }
 
@@ -369,14 +452,10 @@ impl Limiter {
             .invoke_async(&mut *conn)
             .await
             .map_err(|e| e.to_string())?;
-        let ms = |v: i64| Duration::from_millis(v.max(0) as u64);
-        Ok(Decision {
-            allowed: allowed == 1,
-            limit: limit.max(1),
-            remaining: remaining.max(0) as u32,
-            reset_after: ms(reset_ms),
-            retry_after: ms(retry_ms),
-        })
+        Ok(decision_from(
+            (allowed, remaining, reset_ms, retry_ms),
+            limit,
+        ))
     }
 
     fn locally(&self, key: &str, limit: u32, period: Duration, cost: u32) -> Decision {
@@ -397,6 +476,21 @@ impl Limiter {
             local.insert(key.to_string(), tat);
         }
         decision
+    }
+}
+
+/// A decision from a script's `{allowed, remaining, reset_ms, retry_ms}`.
+fn decision_from(
+    (allowed, remaining, reset_ms, retry_ms): (i64, i64, i64, i64),
+    limit: u32,
+) -> Decision {
+    let ms = |v: i64| Duration::from_millis(v.max(0) as u64);
+    Decision {
+        allowed: allowed == 1,
+        limit: limit.max(1),
+        remaining: remaining.max(0) as u32,
+        reset_after: ms(reset_ms),
+        retry_after: ms(retry_ms),
     }
 }
 
@@ -439,6 +533,20 @@ mod tests {
         assert_eq!(d.remaining, 0);
         let (d, _) = step(Some(60_000), 600, 100, MINUTE);
         assert!(d.allowed, "one interval later, one more");
+    }
+
+    #[test]
+    fn peeking_tells_what_the_next_request_would_get_and_spends_nothing() {
+        let (d, tat) = step(None, 0, 2, MINUTE);
+        assert!(d.allowed);
+        assert!(peek_step(tat, 0, 2, MINUTE).allowed, "one left");
+        let (_, tat) = step(tat, 0, 2, MINUTE);
+        let peeked = peek_step(tat, 0, 2, MINUTE);
+        assert!(!peeked.allowed);
+        assert_eq!(peeked.retry_after, Duration::from_millis(30_000));
+        assert_eq!(peeked, peek_step(tat, 0, 2, MINUTE), "nothing was spent");
+        assert!(peek_step(tat, 30_000, 2, MINUTE).allowed);
+        assert!(peek_step(None, 0, 2, MINUTE).allowed);
     }
 
     #[test]

@@ -1,45 +1,47 @@
-//! API-key authentication without a database round trip per request.
+//! API-key authentication without a database round trip per request, and the change channel
+//! that keeps every instance's per-instance caches (API keys, sessions) honest.
 //!
 //! Keys are looked up by the SHA-256 of the secret and the answer (owner, or "no such key")
-//! is cached in memory. A revocation removes the cached entry at once on the instance that
-//! made it, and announces itself on the PostgreSQL channel [`CHANNEL`] so every other
-//! instance forgets it too, within the time its listener takes (the `KeyWatcher` actor).
-//! Cached entries also expire (`cache_ttl_secs`), a safety net should a notification be lost.
-//! Use of a key is noted in memory and written to `last_used_at` in batches.
+//! is cached in memory ([`crate::cache::LookupCache`]: least recently used out first, one
+//! query for concurrent misses of one key). A revocation removes the cached entry at once on
+//! the instance that made it, and announces itself on the PostgreSQL channel [`CHANNEL`] so
+//! every other instance forgets it too, within the time its listener takes (the `KeyWatcher`
+//! actor). Sessions ride the same channel ([`Scope::Session`], [`Scope::User`]). Cached
+//! entries also expire (`cache_ttl_secs`), a safety net should a notification be lost.
+//! Database lookups run at most `max_concurrent_lookups` at once, so a flood of made-up keys
+//! cannot take the pool from the rest of the server. Use of a key is noted in memory and
+//! written to `last_used_at` in batches.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::auth::hash_secret;
-use crate::config::DatabaseSettings;
+use crate::cache::{LookupCache, Source};
+use crate::config::{ApiKeySettings, DatabaseSettings};
 use crate::metrics::Metrics;
 use crate::store::api_keys::{self, KeyOwner};
 use crate::store::{GenericClient, StoreError};
 
-/// The PostgreSQL notification channel of key changes. Payloads: `key:<id>`,
-/// `project:<id>` (all its keys), `org:<id>` (all its projects' keys, e.g. a tier change).
+/// The PostgreSQL notification channel of key and session changes. Payloads: `key:<id>`,
+/// `project:<id>` (all its keys), `org:<id>` (all its projects' keys and its sessions, e.g. a
+/// tier change or a deletion), `session:<id>` (one session), `user:<id>` (all their sessions).
 pub const CHANNEL: &str = "observe_api_keys";
 
-/// Entries kept at most; past it the cache starts over (guards memory against floods of
-/// made-up keys).
-const MAX_ENTRIES: usize = 100_000;
+/// Longest wait for a database-lookup slot (the default pool checkout timeout).
+const LOOKUP_WAIT: Duration = Duration::from_secs(3);
 
-#[derive(Debug, Clone, Copy)]
-enum Entry {
-    Valid(KeyOwner, Instant),
-    Unknown(Instant),
-}
-
-/// Whose keys a change concerns.
+/// Whose keys or sessions a change concerns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     Key(Uuid),
     Project(Uuid),
     Organisation(Uuid),
+    Session(Uuid),
+    User(Uuid),
 }
 
 impl Scope {
@@ -48,6 +50,8 @@ impl Scope {
             Scope::Key(id) => format!("key:{id}"),
             Scope::Project(id) => format!("project:{id}"),
             Scope::Organisation(id) => format!("org:{id}"),
+            Scope::Session(id) => format!("session:{id}"),
+            Scope::User(id) => format!("user:{id}"),
         }
     }
 
@@ -58,6 +62,8 @@ impl Scope {
             "key" => Some(Scope::Key(id)),
             "project" => Some(Scope::Project(id)),
             "org" => Some(Scope::Organisation(id)),
+            "session" => Some(Scope::Session(id)),
+            "user" => Some(Scope::User(id)),
             _ => None,
         }
     }
@@ -67,84 +73,98 @@ impl Scope {
             Scope::Key(id) => owner.key_id == id,
             Scope::Project(id) => owner.project_id == id,
             Scope::Organisation(id) => owner.organisation_id == id,
+            Scope::Session(_) | Scope::User(_) => false,
         }
     }
 }
 
+/// A per-instance cache that the changes announced on [`CHANNEL`] must reach.
+pub trait Invalidate: Send + Sync {
+    /// Forgets what `scope` concerns.
+    fn forget(&self, scope: Scope);
+    /// Forgets everything (changes may have been missed).
+    fn forget_all(&self);
+}
+
+/// Whether `secret` has the shape of a key observe issues: `obs_` and 43 URL-safe base64
+/// characters. Anything else is refused before any lookup.
+pub fn well_formed(secret: &str) -> bool {
+    secret.len() == crate::auth::API_KEY_PREFIX.len() + 43
+        && secret.starts_with(crate::auth::API_KEY_PREFIX)
+        && secret[crate::auth::API_KEY_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 #[derive(Clone)]
 pub struct KeyCache {
-    entries: Arc<Mutex<HashMap<Vec<u8>, Entry>>>,
+    entries: LookupCache<Vec<u8>, Option<KeyOwner>>,
     used: Arc<Mutex<HashMap<Uuid, DateTime<Utc>>>>,
     metrics: Metrics,
-    /// Bumped by every forget: a lookup that started before one must not store its answer,
-    /// which may predate the revocation.
-    generation: Arc<std::sync::atomic::AtomicU64>,
+    /// Database lookups running at once at most.
+    lookups: Arc<tokio::sync::Semaphore>,
     ttl: Duration,
     unknown_ttl: Duration,
 }
 
 impl KeyCache {
-    pub fn new(ttl: Duration, unknown_ttl: Duration, metrics: Metrics) -> Self {
+    pub fn new(settings: &ApiKeySettings, metrics: Metrics) -> Self {
         Self {
-            entries: Arc::default(),
+            entries: LookupCache::new(settings.cache_max_entries),
             used: Arc::default(),
             metrics,
-            generation: Arc::default(),
-            ttl,
-            unknown_ttl,
+            lookups: Arc::new(tokio::sync::Semaphore::new(
+                settings.max_concurrent_lookups.max(1),
+            )),
+            ttl: Duration::from_secs(settings.cache_ttl_secs),
+            unknown_ttl: Duration::from_secs(settings.unknown_ttl_secs),
         }
     }
 
-    /// The owner of the key `secret`, or `None` for an unknown or revoked key. Only a cache
-    /// miss takes a connection, so cached keys keep working while PostgreSQL is away.
+    /// The cached answer for `secret`, if there is one (a use of a valid key is noted).
+    pub fn cached(&self, secret: &str) -> Option<Option<KeyOwner>> {
+        let answer = self
+            .entries
+            .get(&hash_secret(secret), std::time::Instant::now())?;
+        self.count(Source::Cache);
+        self.note_use(answer.as_ref());
+        Some(answer)
+    }
+
+    /// The owner of the key `secret`, or `None` for an unknown or revoked key, and where the
+    /// answer came from. Only a cache miss takes a connection, so cached keys keep working
+    /// while PostgreSQL is away.
     pub async fn authenticate(
         &self,
         pool: &crate::db::PgPool,
         secret: &str,
-    ) -> Result<Option<KeyOwner>, StoreError> {
-        let hash = hash_secret(secret);
-        if let Some(answer) = self.cached(&hash) {
-            self.count(true);
-            self.note_use(answer.as_ref());
-            return Ok(answer);
-        }
-        self.count(false);
-        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
-        let client = pool.get().await?;
-        let owner = api_keys::owner_by_hash(&client, &hash).await?;
-        let now = Instant::now();
-        let entry = match owner {
-            Some(owner) => Entry::Valid(owner, now + self.ttl),
-            None => Entry::Unknown(now + self.unknown_ttl),
-        };
-        {
-            let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-            // Checked under the lock that `forget` takes: no forget can slip in between.
-            if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
-                if entries.len() >= MAX_ENTRIES {
-                    entries.clear();
-                }
-                entries.insert(hash, entry);
-            }
-        }
+    ) -> Result<(Option<KeyOwner>, Source), StoreError> {
+        let (ttl, unknown_ttl) = (self.ttl, self.unknown_ttl);
+        let lookups = self.lookups.clone();
+        let (owner, source) = self
+            .entries
+            .get_or_load(hash_secret(secret), || async move {
+                // Bounded like a pool checkout: past it the SDK hears 503 and retries.
+                let _slot = match tokio::time::timeout(LOOKUP_WAIT, lookups.acquire_owned()).await {
+                    Ok(Ok(slot)) => slot,
+                    _ => return Err(StoreError::Unavailable("API key lookups busy".into())),
+                };
+                let client = pool.get().await?;
+                let hash = hash_secret(secret);
+                let owner = api_keys::owner_by_hash(&client, &hash).await?;
+                let ttl = if owner.is_some() { ttl } else { unknown_ttl };
+                Ok((owner, ttl))
+            })
+            .await?;
+        self.count(source);
         self.note_use(owner.as_ref());
-        Ok(owner)
+        Ok((owner, source))
     }
 
-    fn cached(&self, hash: &[u8]) -> Option<Option<KeyOwner>> {
-        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        match entries.get(hash)? {
-            Entry::Valid(owner, until) if *until > now => Some(Some(*owner)),
-            Entry::Unknown(until) if *until > now => Some(None),
-            _ => None,
-        }
-    }
-
-    fn count(&self, hit: bool) {
+    fn count(&self, source: Source) {
         self.metrics
             .api_key_lookups
-            .with_label_values(&[if hit { "cache" } else { "database" }])
+            .with_label_values(&[source.label()])
             .inc();
     }
 
@@ -159,21 +179,15 @@ impl KeyCache {
 
     /// Forgets every cached key the change concerns.
     pub fn forget(&self, scope: Scope) {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        entries.retain(|_, entry| match entry {
-            Entry::Valid(owner, _) => !scope.covers(owner),
-            Entry::Unknown(_) => true,
+        self.entries.forget_where(|_, entry| match entry {
+            Some(owner) => scope.covers(owner),
+            None => false,
         });
     }
 
     /// Forgets everything (after notifications may have been missed).
     pub fn forget_all(&self) {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        entries.clear();
+        self.entries.forget_all();
     }
 
     /// The uses noted since the last call.
@@ -192,6 +206,16 @@ impl KeyCache {
                 *slot = at;
             }
         }
+    }
+}
+
+impl Invalidate for KeyCache {
+    fn forget(&self, scope: Scope) {
+        KeyCache::forget(self, scope);
+    }
+
+    fn forget_all(&self) {
+        KeyCache::forget_all(self);
     }
 }
 
@@ -224,10 +248,13 @@ pub async fn flush_last_used(
     Ok(())
 }
 
-/// Listens for key changes on a dedicated connection and applies them to `cache` until the
-/// connection fails (the caller restarts it). Everything cached is forgotten once listening,
-/// since changes made while not listening were missed.
-pub async fn watch(settings: &DatabaseSettings, cache: &KeyCache) -> Result<(), StoreError> {
+/// Listens for key and session changes on a dedicated connection and applies them to every
+/// cache in `caches` until the connection fails (the caller restarts it). Everything cached is
+/// forgotten once listening, since changes made while not listening were missed.
+pub async fn watch(
+    settings: &DatabaseSettings,
+    caches: &[Arc<dyn Invalidate>],
+) -> Result<(), StoreError> {
     use futures_util::StreamExt;
     use tokio_postgres::AsyncMessage;
 
@@ -251,11 +278,13 @@ pub async fn watch(settings: &DatabaseSettings, cache: &KeyCache) -> Result<(), 
         "connection closed".to_string()
     });
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-    cache.forget_all();
+    for cache in caches {
+        cache.forget_all();
+    }
     tracing::debug!(channel = CHANNEL, "listening for API key changes");
     while let Some(payload) = rx.recv().await {
         match Scope::parse(&payload) {
-            Some(scope) => cache.forget(scope),
+            Some(scope) => caches.iter().for_each(|cache| cache.forget(scope)),
             None => tracing::warn!(payload = %payload, "unknown API key notification"),
         }
     }
@@ -313,6 +342,10 @@ mod tests {
             assert_eq!(Scope::parse(&scope.payload()), Some(scope));
             assert!(scope.covers(&o));
         }
+        for scope in [Scope::Session(Uuid::new_v4()), Scope::User(Uuid::new_v4())] {
+            assert_eq!(Scope::parse(&scope.payload()), Some(scope));
+            assert!(!scope.covers(&o));
+        }
         assert!(!Scope::Key(Uuid::new_v4()).covers(&o));
         assert_eq!(Scope::parse("key:nope"), None);
         assert_eq!(
@@ -321,43 +354,46 @@ mod tests {
         );
     }
 
+    #[test]
+    fn only_keys_of_the_issued_shape_are_well_formed() {
+        let (key, _) = crate::auth::new_api_key();
+        assert!(well_formed(&key.secret));
+        for bad in [
+            "obs_short".to_string(),
+            format!("obs_{}", "!".repeat(43)),
+            format!("obs_{}", "a".repeat(44)),
+            format!("xyz_{}", "a".repeat(43)),
+            format!("obs_{}é", "a".repeat(41)),
+        ] {
+            assert!(!well_formed(&bad), "{bad}");
+        }
+    }
+
     fn cache() -> KeyCache {
-        KeyCache::new(
-            Duration::from_secs(60),
-            Duration::from_secs(10),
-            Metrics::new().unwrap(),
-        )
+        let mut settings = crate::config::Settings::load_from(|_| None)
+            .unwrap()
+            .api_keys;
+        settings.cache_ttl_secs = 60;
+        KeyCache::new(&settings, Metrics::new().unwrap())
     }
 
     #[test]
     fn forgetting_a_scope_drops_only_its_keys() {
         let cache = cache();
         let (a, b) = (owner(), owner());
-        let far = Instant::now() + Duration::from_secs(60);
-        {
-            let mut entries = cache.entries.lock().unwrap();
-            entries.insert(vec![1], Entry::Valid(a, far));
-            entries.insert(vec![2], Entry::Valid(b, far));
-            entries.insert(vec![3], Entry::Unknown(far));
-        }
+        let far = std::time::Instant::now() + Duration::from_secs(60);
+        cache.entries.put(vec![1], Some(a), far);
+        cache.entries.put(vec![2], Some(b), far);
+        cache.entries.put(vec![3], None, far);
         cache.forget(Scope::Project(a.project_id));
-        assert!(cache.cached(&[1]).is_none());
-        assert_eq!(cache.cached(&[2]), Some(Some(b)));
-        assert_eq!(cache.cached(&[3]), Some(None));
+        let now = std::time::Instant::now();
+        assert!(cache.entries.get(&vec![1], now).is_none());
+        assert_eq!(cache.entries.get(&vec![2], now), Some(Some(b)));
+        assert_eq!(cache.entries.get(&vec![3], now), Some(None));
+        cache.forget(Scope::User(Uuid::new_v4()));
+        assert_eq!(cache.entries.len(), 2, "a user's change concerns no key");
         cache.forget_all();
-        assert!(cache.cached(&[2]).is_none());
-    }
-
-    #[test]
-    fn expired_entries_are_not_answers() {
-        let cache = cache();
-        let past = Instant::now() - Duration::from_millis(1);
-        cache
-            .entries
-            .lock()
-            .unwrap()
-            .insert(vec![9], Entry::Valid(owner(), past));
-        assert!(cache.cached(&[9]).is_none());
+        assert!(cache.entries.get(&vec![2], now).is_none());
     }
 
     #[test]

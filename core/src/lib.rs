@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod batch;
+pub mod cache;
 pub mod check;
 pub mod config;
 pub mod db;
@@ -23,6 +24,7 @@ pub mod monitor;
 pub mod outbox;
 pub mod ratelimit;
 pub mod redis;
+pub mod sessions;
 pub mod store;
 pub mod telemetry;
 pub mod tiers;

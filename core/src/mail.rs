@@ -7,8 +7,10 @@
 //! - [`Provider::Resend`] when `RESEND_API_KEY` is set: `POST {resend.base_url}/emails` through
 //!   awc, with the outbox id as Resend's `Idempotency-Key`, so a retry after a lost answer does
 //!   not send the email twice.
-//! - [`Provider::Log`] otherwise: one log line with the address, subject and text body (a
-//!   self-hoster reads reset links there), and the row is kept in the outbox, marked sent.
+//! - [`Provider::Log`] otherwise: one log line with the address, subject and text body, and
+//!   the row is kept in the outbox, marked sent. In development the body is whole (a
+//!   developer reads reset links there); in production every `token=` value in it is
+//!   redacted, since logs are shipped and kept where a token must not be (SPEC §10).
 //!
 //! A failed send is classified by [`SendError::is_retryable`]: network trouble, timeouts, 429
 //! and 5xx come back after an exponential backoff ([`retry_delay`]) until `mail.max_attempts`;
@@ -513,16 +515,45 @@ pub async fn send_via_resend(
 }
 
 /// Writes `email` to the log as one line (the `log` provider). The line holds the text body,
-/// so a self-hoster without a mail provider can read the links it carries.
-pub fn write_to_log(outbox_id: Uuid, email: &Email) {
+/// so a developer without a mail provider can read the links it carries; with `redact` (in
+/// production) the tokens in those links are replaced by `[redacted]`.
+pub fn write_to_log(outbox_id: Uuid, email: &Email, redact: bool) {
+    let body = if redact {
+        redact_tokens(&email.text)
+    } else {
+        email.text.clone()
+    };
     tracing::info!(
         outbox_id = %outbox_id,
         kind = %email.kind,
         to = %email.to,
         subject = %email.subject,
-        body = %email.text,
+        body = %body,
+        redacted = redact,
         "email written to the log (no RESEND_API_KEY configured)"
     );
+}
+
+/// `text` with the value of every `token=` parameter replaced by `[redacted]`.
+pub fn redact_tokens(text: &str) -> String {
+    const MARK: &str = "token=";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(MARK) {
+        let (before, after) = rest.split_at(at + MARK.len());
+        out.push_str(before);
+        let end = after
+            .find(|c: char| {
+                !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '%'))
+            })
+            .unwrap_or(after.len());
+        if end > 0 {
+            out.push_str("[redacted]");
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -635,7 +666,8 @@ pub async fn deliver_claimed(
     } else {
         match provider {
             Provider::Log => {
-                write_to_log(row.id, &email);
+                let redact = settings.server.mode == crate::config::Mode::Production;
+                write_to_log(row.id, &email, redact);
                 Outcome::Sent {
                     provider_message_id: None,
                 }
@@ -753,6 +785,20 @@ mod tests {
         assert_eq!(e.to, "new<b>@example.com");
         assert!(e.html.contains("new&lt;b&gt;@example.com"));
         assert!(e.text.contains("https://app/confirm?t=1"));
+    }
+
+    #[test]
+    fn redaction_removes_every_token_value_and_keeps_the_rest() {
+        let text = "Reset: https://app/reset-password?token=abc-DEF_123 (1 hour)\n\
+                    again https://app/x?a=1&token=zz9&b=2 and token= alone";
+        let redacted = redact_tokens(text);
+        assert_eq!(
+            redacted,
+            "Reset: https://app/reset-password?token=[redacted] (1 hour)\n\
+             again https://app/x?a=1&token=[redacted]&b=2 and token= alone"
+        );
+        assert!(!redacted.contains("abc-DEF_123") && !redacted.contains("zz9"));
+        assert_eq!(redact_tokens("no links"), "no links");
     }
 
     #[test]

@@ -10,7 +10,9 @@ use actix_web::http::header;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use observe_core::auth::random_token;
 use observe_core::github::{self, GithubError};
+use observe_core::keys::Scope;
 use observe_core::store::sessions;
+use observe_core::store::tokens;
 use observe_core::store::{accounts, StoreError};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
@@ -129,17 +131,21 @@ pub async fn github_callback(
 
     let mut client = state.db.get().await?;
     let tx = client.transaction().await?;
+    let mut taken_over = None;
     let user = match accounts::user_by_github_id(&tx, gh.id).await? {
         Some(user) => user,
         None => match accounts::user_by_email(&tx, &gh.email).await? {
             // Same proven address: the same person; link the accounts.
             Some(user) if user.email_verified => user,
             // An account whose registrant never proved the address: GitHub just proved it
-            // belongs to this person, so they get it, and a password or session someone else
-            // may have set up on it in advance stops working.
+            // belongs to this person, so they get it, and whatever someone else may have set
+            // up on it in advance stops working: the password, every session (access tokens
+            // included), and every emailed link (a pending move to another address).
             Some(user) => {
                 accounts::claim_unverified(&tx, user.id).await?;
                 sessions::revoke_all_for_user(&tx, user.id, None).await?;
+                tokens::spend_all_for_user(&tx, user.id).await?;
+                taken_over = Some(user.id);
                 tracing::warn!(user_id = %user.id, "unverified account taken over by the GitHub user who proved its address");
                 user
             }
@@ -169,6 +175,9 @@ pub async fn github_callback(
     };
     let session = start_session(&tx, &state, user.id, org.id).await?;
     tx.commit().await?;
+    if let Some(user_id) = taken_over {
+        state.sessions.forget(Scope::User(user_id));
+    }
     tracing::info!(user_id = %user.id, github_login = %gh.login, "signed in with GitHub");
     Ok(HttpResponse::Found()
         .insert_header((header::LOCATION, state.settings.frontend_url.clone()))

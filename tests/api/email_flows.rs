@@ -191,3 +191,62 @@ async fn an_email_change_needs_the_password_and_a_link_sent_to_the_new_address()
     assert_eq!(login(new_email.clone()).await.status, 200);
     assert_eq!(login(account.email.clone()).await.status, 401);
 }
+
+/// The body of the log mailer's line for the email sent to `to`.
+fn logged_body(app: &crate::helpers::TestApp, to: &str) -> Option<String> {
+    app.logs.json_lines().iter().rev().find_map(|l| {
+        let fields = if l["fields"].is_object() {
+            &l["fields"]
+        } else {
+            l
+        };
+        (fields["to"] == to).then(|| fields["body"].as_str().map(str::to_string))?
+    })
+}
+
+/// Item 9: with no mail provider, production writes emails to the log with their tokens
+/// redacted; development keeps them (it is how a developer gets the link).
+#[actix_web::test]
+async fn the_log_mailer_redacts_tokens_in_production_only() {
+    let production = spawn_app_with(
+        |s| {
+            s.server.mode = observe_core::config::Mode::Production;
+            s.auth.secret_key = secrecy::SecretString::from("p".repeat(40));
+            s.auth.cookie_secure = true;
+            s.server.direct_connections = true;
+        },
+        None,
+    )
+    .await;
+    let development = spawn_app_with(|_| {}, None).await;
+    let mut bodies = Vec::new();
+    for app in [&production, &development] {
+        let account = register(app).await;
+        let reply = call(
+            app,
+            Method::POST,
+            "/auth/forgot-password",
+            None,
+            Some(json!({"email": account.email})),
+        )
+        .await;
+        assert_eq!(reply.status, 202);
+        assert!(
+            eventually(10, || async { logged_body(app, &account.email).is_some() }).await,
+            "no reset email in the log"
+        );
+        bodies.push(logged_body(app, &account.email).unwrap());
+    }
+    let token_after = |body: &str| -> String {
+        let (_, rest) = body.split_once("/reset-password?token=").unwrap();
+        rest.chars().take_while(|c| !c.is_whitespace()).collect()
+    };
+    assert_eq!(
+        token_after(&bodies[0]),
+        "[redacted]",
+        "production logged the reset token: {}",
+        bodies[0]
+    );
+    let kept = token_after(&bodies[1]);
+    assert_eq!(kept.len(), 43, "development keeps the link whole: {kept:?}");
+}

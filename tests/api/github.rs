@@ -9,7 +9,9 @@ use awc::http::Method;
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::helpers::{call, send, set_cookie, spawn_app_with, Reply, TestApp, TEST_PASSWORD};
+use crate::helpers::{
+    call, eventually, send, set_cookie, spawn_app_with, token_in_log, Reply, TestApp, TEST_PASSWORD,
+};
 
 const GOOD_CODE: &str = "good-code";
 const TOKEN: &str = "gho_fake_token";
@@ -372,43 +374,48 @@ async fn forged_state_denied_consent_bad_code_and_unverified_email_end_without_a
 async fn a_github_only_account_is_deleted_with_a_recent_sign_in_only() {
     let fake = FakeGithub::start("gone@example.com", true).await;
     let app = app_for(&fake).await;
-    let (state, cookie) = begin(&app, &fake).await;
-    let reply = callback(
-        &app,
-        &format!("code={GOOD_CODE}&state={state}"),
-        Some(&cookie),
-    )
-    .await;
-    let me = me_after(&app, &reply).await;
-    let user_id: uuid::Uuid = me["user"]["id"].as_str().unwrap().parse().unwrap();
-    let org_id: uuid::Uuid = me["organisation"]["id"].as_str().unwrap().parse().unwrap();
+    let reply = sign_in(&app, &fake).await;
+    let refresh = set_cookie(&reply, "refresh_token").unwrap().0;
 
-    // A token signed 59 minutes ago (as a stolen, older token would be) is not enough.
-    let tokens = &app.state.tokens;
-    let old = tokens
-        .issue_at(
-            user_id,
-            org_id,
-            chrono::Utc::now() - chrono::Duration::minutes(59),
-        )
-        .unwrap();
+    // The sign-in was an hour ago; refreshing gives a new access token, but not a new
+    // sign-in: the refresh keeps the time of the real authentication.
+    let db = app.state.db.get().await.unwrap();
+    db.execute(
+        "UPDATE sessions SET authenticated_at = now() - interval '1 hour'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let refreshed = crate::helpers::refresh_with(&app, &refresh).await;
+    assert_eq!(refreshed.status, 200, "{}", refreshed.text);
+    let token = refreshed.json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let reply = call(
         &app,
         Method::POST,
         "/auth/delete-account",
-        Some(&old),
+        Some(&token),
         Some(json!({})),
     )
     .await;
     assert_eq!(reply.status, 401, "{}", reply.text);
     assert_eq!(reply.json()["error"]["code"], "reauthentication_required");
 
-    let fresh = tokens.issue(user_id, org_id).unwrap();
+    // A new sign-in is recent enough.
+    let reply = sign_in(&app, &fake).await;
+    let refresh = set_cookie(&reply, "refresh_token").unwrap().0;
+    let refreshed = crate::helpers::refresh_with(&app, &refresh).await;
+    let token = refreshed.json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let reply = call(
         &app,
         Method::POST,
         "/auth/delete-account",
-        Some(&fresh),
+        Some(&token),
         Some(json!({})),
     )
     .await;
@@ -421,4 +428,86 @@ async fn without_a_github_client_sign_in_is_not_offered() {
     let reply = send(app.req(Method::GET, "/auth/github/login"), None).await;
     assert_eq!(reply.status, 404);
     assert_eq!(reply.json()["error"]["code"], "not_configured");
+}
+
+/// Item 6: someone registers the victim's address and starts moving the account to an
+/// address of their own; the victim then proves the address through GitHub and takes the
+/// account over. The squatter's pending confirmation link and access token must die with it.
+#[actix_web::test]
+async fn a_github_takeover_ends_the_squatters_email_change_link_and_access_token() {
+    let fake = FakeGithub::start("taken@example.com", true).await;
+    let app = app_for(&fake).await;
+    let reply = call(
+        &app,
+        Method::POST,
+        "/auth/register",
+        None,
+        Some(json!({"email": "taken@example.com", "password": TEST_PASSWORD, "name": "Squatter"})),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let squatter = reply.json()["access_token"].as_str().unwrap().to_string();
+    let reply = call(
+        &app,
+        Method::POST,
+        "/auth/change-email",
+        Some(&squatter),
+        Some(json!({"new_email": "squatter@example.net", "password": TEST_PASSWORD})),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    assert!(
+        eventually(10, || async {
+            token_in_log(&app, "/confirm-email").is_some()
+        })
+        .await,
+        "the confirmation link was never written to the log"
+    );
+    let link = token_in_log(&app, "/confirm-email").unwrap();
+
+    let reply = sign_in(&app, &fake).await;
+    assert_eq!(
+        reply.header("location").as_deref(),
+        Some("http://dashboard.test")
+    );
+    let me = me_after(&app, &reply).await;
+    assert_eq!(me["user"]["email"], "taken@example.com");
+
+    let confirm = call(
+        &app,
+        Method::POST,
+        "/auth/confirm-email",
+        None,
+        Some(json!({"token": link})),
+    )
+    .await;
+    assert_eq!(
+        confirm.status, 400,
+        "the squatter's confirm link still works after the takeover: {}",
+        confirm.text
+    );
+    assert_eq!(confirm.json()["error"]["code"], "invalid_token");
+    for path in ["/auth/me", "/projects"] {
+        let reply = call(&app, Method::GET, path, Some(&squatter), None).await;
+        assert_eq!(
+            reply.status, 401,
+            "{path}: the squatter's access token still works after the takeover"
+        );
+    }
+    let me = me_after(&app, &sign_in(&app, &fake).await).await;
+    assert_eq!(
+        me["user"]["email"], "taken@example.com",
+        "address unchanged"
+    );
+}
+
+/// A whole GitHub sign-in: its callback's reply.
+async fn sign_in(app: &TestApp, fake: &FakeGithub) -> Reply {
+    let (state, cookie) = begin(app, fake).await;
+    callback(
+        app,
+        &format!("code={GOOD_CODE}&state={state}"),
+        Some(&cookie),
+    )
+    .await
 }

@@ -495,3 +495,81 @@ pub async fn count(app: &TestApp, sql: &str, project: &str) -> i64 {
         .expect("count query")
         .get(0)
 }
+
+/// The token of the last `{path}?token=` link the log mailer wrote (no mail provider
+/// configured; development keeps links whole in the log).
+pub fn token_in_log(app: &TestApp, path: &str) -> Option<String> {
+    let marker = format!("{path}?token=");
+    app.logs.json_lines().iter().rev().find_map(|l| {
+        let body = l["fields"]["body"].as_str().or(l["body"].as_str())?;
+        let (_, rest) = body.split_once(&marker)?;
+        Some(
+            rest.chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .collect(),
+        )
+    })
+}
+
+/// `POST /auth/refresh` with a refresh cookie.
+pub async fn refresh_with(app: &TestApp, cookie: &str) -> Reply {
+    send(
+        app.req(awc::http::Method::POST, "/auth/refresh")
+            .insert_header(("Cookie", format!("refresh_token={cookie}"))),
+        None,
+    )
+    .await
+}
+
+/// `POST /auth/login`, optionally as if from `forwarded_for` (behind a configured proxy).
+pub async fn login_from(
+    app: &TestApp,
+    email: &str,
+    password: &str,
+    forwarded_for: Option<&str>,
+) -> Reply {
+    let mut req = app
+        .req(awc::http::Method::POST, "/auth/login")
+        .insert_header(("content-type", "application/json"));
+    if let Some(ip) = forwarded_for {
+        req = req.insert_header(("X-Forwarded-For", ip));
+    }
+    send(
+        req,
+        Some(
+            serde_json::json!({"email": email, "password": password})
+                .to_string()
+                .into_bytes(),
+        ),
+    )
+    .await
+}
+
+/// `POST /auth/change-password` as the session of `token` (its refresh cookie too).
+pub async fn change_password(app: &TestApp, account: &Account, current: &str, new: &str) -> Reply {
+    send(
+        app.req(awc::http::Method::POST, "/auth/change-password")
+            .insert_header(("Authorization", format!("Bearer {}", account.token)))
+            .insert_header(("Cookie", format!("refresh_token={}", account.refresh)))
+            .insert_header(("content-type", "application/json")),
+        Some(
+            serde_json::json!({"current_password": current, "new_password": new})
+                .to_string()
+                .into_bytes(),
+        ),
+    )
+    .await
+}
+
+/// Waits until `n` instances sharing `app`'s log capture listen for key and session changes,
+/// so what a test does next is carried by NOTIFY, not by a listener's start forgetting all.
+pub async fn listeners_up(app: &TestApp, n: usize) -> bool {
+    eventually(10, || async {
+        app.logs
+            .contents()
+            .matches("listening for API key changes")
+            .count()
+            >= n
+    })
+    .await
+}

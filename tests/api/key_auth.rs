@@ -117,16 +117,7 @@ async fn a_revocation_reaches_another_instance_within_moments() {
     assert_eq!(whoami(&b, &other_key).await.0, 200);
     // Both instances' listeners are up (each logs once), so what follows is carried by
     // NOTIFY, not by a listener's start forgetting everything.
-    assert!(
-        eventually(10, || async {
-            b.logs
-                .contents()
-                .matches("listening for API key changes")
-                .count()
-                >= 2
-        })
-        .await
-    );
+    assert!(crate::helpers::listeners_up(&b, 2).await);
 
     let reply = call(
         &a,
@@ -186,5 +177,68 @@ async fn last_use_is_written_in_batches() {
         })
         .await,
         "last_used_at was never written"
+    );
+}
+
+/// A well-formed key that matches no stored key (`obs_` and 43 URL-safe characters).
+fn made_up_key(i: usize) -> String {
+    format!("obs_{:0>43}", format!("madeup{i}"))
+}
+
+#[actix_web::test]
+async fn malformed_keys_are_refused_without_a_lookup() {
+    let app = spawn_app_with(|_| {}, Some(test_routes())).await;
+    for bad in [
+        "obs_short".to_string(),
+        format!("obs_{}", "!".repeat(43)),
+        format!("obs_{}", "a".repeat(44)),
+    ] {
+        assert_eq!(whoami(&app, &bad).await.0, 401, "{bad}");
+    }
+    let (_, metrics) = app.get_text("/metrics").await;
+    assert_eq!(
+        lookups(&metrics, "database"),
+        0,
+        "malformed keys were looked up"
+    );
+}
+
+#[actix_web::test]
+async fn a_flood_of_unknown_keys_from_one_ip_is_cut_off() {
+    let app = spawn_app_with(
+        |s| {
+            s.api_keys.failed_lookups_per_ip = 5;
+            s.api_keys.failed_lookup_window_secs = 60;
+        },
+        Some(test_routes()),
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        statuses.push(whoami(&app, &made_up_key(i)).await.0);
+    }
+    assert_eq!(&statuses[..5], &[401; 5], "{statuses:?}");
+    assert_eq!(
+        &statuses[5..],
+        &[429; 15],
+        "unknown keys are looked up without limit: {statuses:?}"
+    );
+    let (_, metrics) = app.get_text("/metrics").await;
+    assert_eq!(lookups(&metrics, "database"), 5, "{metrics}");
+}
+
+#[actix_web::test]
+async fn concurrent_first_uses_of_one_key_share_one_query() {
+    let app = spawn_app_with(|_| {}, Some(test_routes())).await;
+    let account = register(&app).await;
+    let project = create_project(&app, &account.token, "burst").await;
+    let (_, key) = new_key(&app, &account.token, &project).await;
+    let replies = futures_util::future::join_all((0..20).map(|_| whoami(&app, &key))).await;
+    assert!(replies.iter().all(|r| r.0 == 200), "{replies:?}");
+    let (_, metrics) = app.get_text("/metrics").await;
+    assert_eq!(
+        lookups(&metrics, "database"),
+        1,
+        "concurrent misses each ran their own query"
     );
 }

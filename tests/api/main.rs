@@ -4,6 +4,7 @@
 
 mod accounts;
 mod admin;
+mod auth_limits;
 mod check_writer;
 mod durability;
 mod email_flows;
@@ -25,6 +26,7 @@ mod openapi;
 mod process;
 mod projects;
 mod ratelimit;
+mod sessions;
 mod shutdown;
 mod supervision;
 mod support;

@@ -175,7 +175,8 @@ pub async fn set_password(
 ) -> Result<(), StoreError> {
     client
         .execute(
-            "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1",
+            "UPDATE users SET password_hash = $2, updated_at = now(), credentials_changed_at = now()
+             WHERE id = $1",
             &[&user_id, &hash],
         )
         .await?;
@@ -218,14 +219,16 @@ pub async fn link_github(
 
 /// Takes over an account whose address was never proved, for someone who just proved it
 /// (through GitHub): whatever password its registrant set stops working, and the address
-/// counts as verified. The caller also revokes its sessions.
+/// counts as verified, and every emailed link made before stops working. The caller also
+/// revokes its sessions and spends its tokens.
 pub async fn claim_unverified(
     client: &impl GenericClient,
     user_id: Uuid,
 ) -> Result<(), StoreError> {
     client
         .execute(
-            "UPDATE users SET password_hash = NULL, email_verified = true, updated_at = now()
+            "UPDATE users SET password_hash = NULL, email_verified = true, updated_at = now(),
+                              credentials_changed_at = now()
              WHERE id = $1 AND NOT email_verified",
             &[&user_id],
         )
