@@ -157,6 +157,8 @@ struct Uncertain {
     /// Requests of the same flush that were not written (the flush stopped at the lost
     /// connection): written again once this one is settled.
     unwritten: Vec<Entry<Pending>>,
+    /// Items and bytes it holds (kept current as `unwritten` shrinks).
+    weight: (usize, usize),
     /// Looks at the transaction so far, and when the next may start.
     looks: u32,
     next_look: Instant,
@@ -372,8 +374,15 @@ impl IngestActor {
                 error = %error,
                 "a flush's COMMIT answer was lost: its requests wait until PostgreSQL tells whether it committed"
             );
+            let weight = weigh(
+                uncertain
+                    .iter()
+                    .map(|(e, _)| &e.value)
+                    .chain(unwritten.iter().map(|e| &e.value)),
+            );
             self.uncertain = Some(Uncertain {
                 backend,
+                weight,
                 since: now,
                 entries: uncertain,
                 unwritten,
@@ -567,6 +576,10 @@ impl IngestActor {
                 .into_iter()
                 .partition(|e| now.saturating_duration_since(e.arrived) >= deadline);
             u.unwritten = kept;
+            if !late.is_empty() {
+                let all = u.entries.iter().map(|(e, _)| &e.value);
+                u.weight = weigh(all.chain(u.unwritten.iter().map(|e| &e.value)));
+            }
             expired.extend(late.into_iter().map(|e| e.value));
         }
         for mut pending in expired {
@@ -588,14 +601,7 @@ impl IngestActor {
     /// Keeps the buffer gauges in step with what this actor holds.
     fn publish_weight(&mut self) {
         let held = self.batcher.held();
-        let extra = self.uncertain.as_ref().map_or((0, 0), |u| {
-            let all = u
-                .entries
-                .iter()
-                .map(|(e, _)| &e.value)
-                .chain(u.unwritten.iter().map(|e| &e.value));
-            all.fold((0, 0), |(i, b), p| (i + p.items(), b + p.bytes()))
-        });
+        let extra = self.uncertain.as_ref().map_or((0, 0), |u| u.weight);
         let now = ((held.items + extra.0) as i64, (held.bytes + extra.1) as i64);
         self.metrics
             .ingest
@@ -655,6 +661,11 @@ impl IngestActor {
     }
 }
 
+/// Items and bytes of `pending`.
+fn weigh<'a>(pending: impl Iterator<Item = &'a Pending>) -> (usize, usize) {
+    pending.fold((0, 0), |(i, b), p| (i + p.items(), b + p.bytes()))
+}
+
 impl Actor for IngestActor {
     type Context = Context<Self>;
 
@@ -695,6 +706,12 @@ impl Handler<Ingest> for IngestActor {
             reservation: msg.reservation,
         };
         self.next_seq += 1;
+        if self.stopping {
+            // A route that found this actor just before its project was deleted.
+            let mut pending = pending;
+            pending.answer(Outcome::ProjectGone);
+            return;
+        }
         match self.batcher.push(pending, Instant::now()) {
             Ok(()) => {
                 if self.settings.ack == Ack::Enqueue {

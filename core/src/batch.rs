@@ -143,7 +143,8 @@ impl<T: Weigh> Batcher<T> {
         &self.policy
     }
 
-    /// Buffers `value`, or hands it back when the buffer has no room for it.
+    /// Buffers `value`, or hands it back when the buffer has no room for it. `now` must not go
+    /// backwards from one push to the next (entries are kept in arrival order).
     pub fn push(&mut self, value: T, now: Instant) -> Result<(), Full<T>> {
         let weight = Weight::of(&value);
         let held = self.held();
@@ -236,22 +237,23 @@ impl<T: Weigh> Batcher<T> {
     }
 
     /// Removes and returns the waiting entries older than the policy's deadline (never the
-    /// batch in flight).
+    /// batch in flight). The queue is in arrival order (a failed batch goes back to the front,
+    /// and it is older than what arrived during its flight), so this looks only at the
+    /// entries it removes and the first it keeps: cheap enough to run on every push.
     pub fn expire(&mut self, now: Instant) -> Vec<T> {
         let Some(deadline) = self.policy.deadline else {
             return Vec::new();
         };
         let mut expired = Vec::new();
-        let mut kept = VecDeque::with_capacity(self.queue.len());
-        for entry in self.queue.drain(..) {
-            if now.saturating_duration_since(entry.arrived) >= deadline {
+        while let Some(front) = self.queue.front() {
+            if now.saturating_duration_since(front.arrived) < deadline {
+                break;
+            }
+            if let Some(entry) = self.queue.pop_front() {
                 self.queued.sub(entry.weight);
                 expired.push(entry.value);
-            } else {
-                kept.push_back(entry);
             }
         }
-        self.queue = kept;
         if self.queue.is_empty() {
             // Nothing left to retry: the next entry starts afresh.
             self.retry_at = None;
