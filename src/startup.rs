@@ -103,6 +103,7 @@ impl Application {
             &actix::Arbiter::current(),
             pool.clone(),
             settings.ingest.partitions_ahead_days,
+            Duration::from_millis(settings.maintenance.partition_lock_timeout_ms),
         );
         let tiers = observe_core::tiers::TierPolicy::new(settings.tiers.clone());
         // The monitor engine: CheckWriter and ShardManager here (drained at shutdown), the

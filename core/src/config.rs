@@ -85,6 +85,7 @@ pub struct Settings {
     pub billing: BillingSettings,
     pub ingest: IngestSettings,
     pub monitors: MonitorSettings,
+    pub maintenance: MaintenanceSettings,
     pub tiers: Tiers,
 }
 
@@ -148,6 +149,15 @@ pub struct MonitorSettings {
     /// For tests and benchmarks only: monitor intervals are divided by this (1 in production),
     /// so a 60 s interval becomes 300 ms with 200. Timeouts are not divided.
     pub interval_divisor: u32,
+}
+
+/// Background housekeeping: partitions, purges of deleted data (see `[maintenance]` in
+/// config/default.toml).
+#[derive(Debug, Clone, Deserialize)]
+pub struct MaintenanceSettings {
+    /// How long creating one partition may wait for its table's lock before it is skipped
+    /// (retried later), so partition creation never queues ingestion behind a busy table.
+    pub partition_lock_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -522,6 +532,11 @@ impl Settings {
             if value == 0 {
                 problems.push(format!("{name} must be at least 1"));
             }
+        }
+        if self.maintenance.partition_lock_timeout_ms == 0 {
+            problems.push(
+                "OBSERVE__MAINTENANCE__PARTITION_LOCK_TIMEOUT_MS must be at least 1 (0 would wait for a lock forever)".into(),
+            );
         }
         if self.database.pool_max_size == 0 {
             problems.push("OBSERVE__DATABASE__POOL_MAX_SIZE must be at least 1".into());

@@ -84,8 +84,16 @@ pub async fn live() -> web::Json<Live> {
 #[get("/health/ready")]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let (postgres, redis) = tokio::join!(
-        check("postgres", Role::Required, observe_core::db::ping(&state.db)),
-        check("redis", Role::Degradable, observe_core::redis::ping(&state.redis)),
+        check(
+            "postgres",
+            Role::Required,
+            observe_core::db::ping(&state.db)
+        ),
+        check(
+            "redis",
+            Role::Degradable,
+            observe_core::redis::ping(&state.redis)
+        ),
     );
     let mut checks = BTreeMap::new();
     let (mut unavailable, mut degraded) = (false, false);

@@ -14,6 +14,7 @@ pub mod api_keys;
 pub mod ingest;
 pub mod monitor_runs;
 pub mod monitors;
+pub mod partitions;
 pub mod projects;
 pub mod sessions;
 pub mod tokens;
