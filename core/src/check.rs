@@ -257,13 +257,16 @@ pub fn jitter(max: Duration) -> Duration {
 
 /// The HTTP client checks go through (`!Send`: one per arbiter thread). No redirects, no
 /// client-wide timeout (each check has its own), connections closed after each check.
-pub fn http_client() -> awc::Client {
+/// `max_connections` is the instance's check slots ([`crate::check_slots`]): a check holds a
+/// slot before its timeout starts, so the client never makes it wait for a connection inside
+/// its timeout.
+pub fn http_client(max_connections: usize) -> awc::Client {
     let connector = awc::Connector::new()
         // Each check bounds itself as a whole; these only must not cut it shorter.
         .timeout(Duration::from_secs(900))
         .handshake_timeout(Duration::from_secs(900))
-        // Thousands of checks may be in flight at once (slow targets).
-        .limit(4096)
+        // Twice the slots: headroom for connections of finished checks still closing.
+        .limit(max_connections.max(1).saturating_mul(2))
         .conn_keep_alive(Duration::from_secs(1));
     awc::Client::builder()
         .connector(connector)
@@ -327,9 +330,12 @@ pub async fn resolve_checked(
     if !allow_private {
         for addr in &addrs {
             if let Some(why) = forbidden(addr.ip()) {
+                // The address itself stays out of the text a tenant reads: naming what a host
+                // resolved to would let tenants map the internal DNS of observe's network
+                // (OWASP SSRF Prevention Cheat Sheet: no internal details in the answer).
                 return Err((
                     FailureKind::Connect,
-                    format!("target address {} is not allowed ({why})", addr.ip()),
+                    format!("target address is not allowed ({why})"),
                 ));
             }
         }

@@ -149,6 +149,12 @@ pub struct MonitorSettings {
     /// For tests and benchmarks only: monitor intervals are divided by this (1 in production),
     /// so a 60 s interval becomes 300 ms with 200. Timeouts are not divided.
     pub interval_divisor: u32,
+    /// The longest timeout a check may have: the API refuses more, the engine caps stored ones.
+    pub max_timeout_secs: u32,
+    /// Checks in flight at once on this instance (and HTTP connections the checks may hold).
+    pub max_concurrent_checks: usize,
+    /// Checks of one organisation in flight at once on this instance.
+    pub max_concurrent_checks_per_organisation: usize,
 }
 
 /// Background housekeeping: partitions, purges of deleted data (see `[maintenance]` in
@@ -528,10 +534,29 @@ impl Settings {
                 "OBSERVE__MONITORS__INTERVAL_DIVISOR",
                 u64::from(self.monitors.interval_divisor),
             ),
+            (
+                "OBSERVE__MONITORS__MAX_TIMEOUT_SECS",
+                u64::from(self.monitors.max_timeout_secs),
+            ),
+            (
+                "OBSERVE__MONITORS__MAX_CONCURRENT_CHECKS",
+                self.monitors.max_concurrent_checks as u64,
+            ),
+            (
+                "OBSERVE__MONITORS__MAX_CONCURRENT_CHECKS_PER_ORGANISATION",
+                self.monitors.max_concurrent_checks_per_organisation as u64,
+            ),
         ] {
             if value == 0 {
                 problems.push(format!("{name} must be at least 1"));
             }
+        }
+        if self.monitors.max_concurrent_checks_per_organisation
+            > self.monitors.max_concurrent_checks
+        {
+            problems.push(
+                "OBSERVE__MONITORS__MAX_CONCURRENT_CHECKS_PER_ORGANISATION must not exceed OBSERVE__MONITORS__MAX_CONCURRENT_CHECKS".into(),
+            );
         }
         if self.maintenance.partition_lock_timeout_ms == 0 {
             problems.push(

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod check;
+pub mod check_slots;
 pub mod config;
 pub mod db;
 pub mod fingerprint;

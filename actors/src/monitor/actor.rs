@@ -36,8 +36,9 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use observe_core::check::{self, CheckOptions, HttpClient, Outcome, Transition};
+use observe_core::check_slots::OrganisationSlots;
 use observe_core::monitor::{MonitorConfig, MonitorState, Status};
-use observe_core::store::monitor_runs::{self as store, CheckRow, IncidentChange};
+use observe_core::store::monitor_runs::{self as store, CheckRow, IncidentChange, Loaded};
 use observe_core::store::StoreError;
 use uuid::Uuid;
 
@@ -64,12 +65,15 @@ thread_local! {
     static CLIENT: std::cell::OnceCell<HttpClient> = const { std::cell::OnceCell::new() };
 }
 
-fn client() -> HttpClient {
-    CLIENT.with(|c| c.get_or_init(check::http_client).clone())
+fn client(max_connections: usize) -> HttpClient {
+    CLIENT.with(|c| {
+        c.get_or_init(|| check::http_client(max_connections))
+            .clone()
+    })
 }
 
 /// The handover from the ShardManager to the first incarnation.
-pub(super) type Preload = Arc<Mutex<Option<(MonitorConfig, MonitorState)>>>;
+pub(super) type Preload = Arc<Mutex<Option<Loaded>>>;
 
 pub struct MonitorActor {
     lifeline: Lifeline,
@@ -77,8 +81,10 @@ pub struct MonitorActor {
     generation: u64,
     engine: Engine,
     registry: Registry,
-    preload: Option<(MonitorConfig, MonitorState)>,
+    preload: Option<Loaded>,
     config: Option<MonitorConfig>,
+    /// Its organisation's share of the check slots (known once loaded).
+    organisation: Option<OrganisationSlots>,
     state: MonitorState,
     client: HttpClient,
     /// The slot the next check is for.
@@ -109,7 +115,9 @@ impl MonitorActor {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        let client = client(engine.settings.max_concurrent_checks);
         Self {
+            client,
             lifeline,
             id,
             generation,
@@ -117,6 +125,7 @@ impl MonitorActor {
             registry,
             preload,
             config: None,
+            organisation: None,
             state: MonitorState {
                 status: Status::Pending,
                 failure_streak: 0,
@@ -124,7 +133,6 @@ impl MonitorActor {
                 next_check_at: None,
                 open_incident: None,
             },
-            client: client(),
             next_due: None,
             last_scheduled: None,
             timer: None,
@@ -158,7 +166,14 @@ impl MonitorActor {
         ctx.stop();
     }
 
-    fn apply(&mut self, config: MonitorConfig, state: MonitorState, ctx: &mut Context<Self>) {
+    fn apply(&mut self, loaded: Loaded, ctx: &mut Context<Self>) {
+        let Loaded {
+            config,
+            state,
+            organisation_id,
+            ..
+        } = loaded;
+        self.organisation = Some(self.engine.slots.organisation(organisation_id));
         if config.paused {
             self.finish(ctx);
             return;
@@ -220,20 +235,14 @@ impl MonitorActor {
             return;
         };
         let interval = self.interval(&config);
-        let started_at = Utc::now();
-        let lateness = (started_at - scheduled).to_std().unwrap_or_default();
-        self.engine
-            .metrics
-            .monitors
-            .lateness_seconds
-            .observe(lateness.as_secs_f64());
+        let now = Utc::now();
         self.in_flight = true;
         self.last_scheduled = Some(scheduled);
         // The next slot is fixed now, whatever this check takes.
         let mut next = scheduled + to_chrono(interval);
-        if next + to_chrono(interval) < started_at {
+        if next + to_chrono(interval) < now {
             // More than a slot behind (a stalled thread): start again from now.
-            next = started_at;
+            next = now;
         }
         self.schedule(next, ctx);
 
@@ -241,24 +250,55 @@ impl MonitorActor {
             allow_private_targets: self.engine.settings.allow_private_targets,
             max_body_bytes: self.engine.settings.max_body_bytes,
             user_agent: self.engine.settings.user_agent.clone(),
-            timeout: Duration::from_secs(u64::from(config.timeout_seconds.max(1))),
+            // Monitors stored before the cap (or under a higher one) are held to it too.
+            timeout: Duration::from_secs(u64::from(
+                config
+                    .timeout_seconds
+                    .min(self.engine.settings.max_timeout_secs)
+                    .max(1),
+            )),
         };
         let retry_delay = Duration::from_millis(self.engine.settings.retry_delay_ms);
         let client = self.client.clone();
+        let slots = self.engine.slots.clone();
+        let organisation = self.organisation.clone();
+        let lateness = self.engine.metrics.monitors.lateness_seconds.clone();
         let run = async move {
+            // A slot first: waiting for it is not part of the check (neither of its timeout
+            // nor of its response time), but it is lateness.
+            let slot = match &organisation {
+                Some(o) => slots.acquire(o).await,
+                None => None,
+            };
+            let started_at = Utc::now();
+            lateness.observe(
+                (started_at - scheduled)
+                    .to_std()
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+            );
             let began = Instant::now();
             let mut outcome = check::run(&client, &config, &options).await;
+            let mut took = began.elapsed();
             if !outcome.ok {
+                // The slot is given back for the retry delay, where nothing is in flight.
+                drop(slot);
                 tokio::time::sleep(retry_delay).await;
+                let _slot = match &organisation {
+                    Some(o) => slots.acquire(o).await,
+                    None => None,
+                };
+                let again = Instant::now();
                 outcome = check::run(&client, &config, &options).await;
+                took += retry_delay + again.elapsed();
             }
-            (outcome, began.elapsed())
+            (outcome, took, started_at)
         };
-        ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(run).map(move |(outcome, took), act, ctx| {
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(run).map(
+            move |(outcome, took, started_at), act, ctx| {
                 act.checked(scheduled, started_at, outcome, took, ctx);
-            }),
-        );
+            },
+        ));
     }
 
     fn checked(
@@ -420,19 +460,20 @@ impl Actor for MonitorActor {
             self.finish(ctx);
             return;
         }
-        if let Some((config, state)) = self.preload.take() {
-            self.apply(config, state, ctx);
+        if let Some(loaded) = self.preload.take() {
+            self.apply(loaded, ctx);
             return;
         }
         let pool = self.engine.pool.clone();
         let id = self.id;
+        let total = i32::try_from(self.engine.settings.shards).unwrap_or(i32::MAX);
         let load = async move {
             let client = pool.get().await.map_err(StoreError::from)?;
-            store::load(&client, id).await
+            store::load(&client, id, total).await
         };
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(load).map(|result, act, ctx| match result {
-                Ok(Some((config, state))) => act.apply(config, state, ctx),
+                Ok(Some(loaded)) => act.apply(loaded, ctx),
                 Ok(None) => act.finish(ctx),
                 Err(e) => {
                     act.lifeline.fail(format!("cannot load the monitor: {e}"));

@@ -37,6 +37,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
+use observe_core::check_slots::CheckSlots;
 use observe_core::config::{MonitorSettings, Settings};
 use observe_core::db::PgPool;
 use observe_core::metrics::Metrics;
@@ -63,6 +64,8 @@ pub(crate) struct Engine {
     arbiters: Arc<Vec<ArbiterHandle>>,
     /// State writes are failing (one warning per outage, not one per monitor).
     saves_failing: Arc<AtomicBool>,
+    /// Checks in flight, per instance and per organisation.
+    slots: CheckSlots,
 }
 
 impl Engine {
@@ -205,7 +208,7 @@ impl Registry {
         inner.next_generation += 1;
         let updated_at = m.config.updated_at;
         let shard = m.shard;
-        let preload: Preload = Arc::new(Mutex::new(Some((m.config, m.state))));
+        let preload: Preload = Arc::new(Mutex::new(Some(m)));
         let (engine_c, registry) = (engine.clone(), self.clone());
         let handle = engine
             .supervisor
@@ -315,6 +318,10 @@ pub fn start(
         supervisor: supervisor.clone(),
         arbiters: Arc::new(arbiters),
         saves_failing: Arc::new(AtomicBool::new(false)),
+        slots: CheckSlots::new(
+            settings.monitors.max_concurrent_checks,
+            settings.monitors.max_concurrent_checks_per_organisation,
+        ),
     };
     let registry = Registry::new();
     let manager = {

@@ -27,7 +27,8 @@ use crate::tiers::{Tier, TierPolicy};
 const COLUMNS: &str = concat!(
     super::monitors::config_columns!(),
     ", m.status, m.failure_streak, m.last_checked_at, m.next_check_at, \
-     (SELECT i.id FROM incidents i WHERE i.monitor_id = m.id AND i.resolved_at IS NULL)"
+     (SELECT i.id FROM incidents i WHERE i.monitor_id = m.id AND i.resolved_at IS NULL), \
+     (SELECT p.organisation_id FROM projects p WHERE p.id = m.project_id)"
 );
 
 fn monitor(row: &Row) -> (MonitorConfig, MonitorState) {
@@ -43,25 +44,32 @@ fn monitor(row: &Row) -> (MonitorConfig, MonitorState) {
     (super::monitors::config_of(row), state)
 }
 
-/// Monitor `id` with its state and open incident, paused or not.
+/// Monitor `id` with its state, open incident, organisation and shard (of `total`), paused or
+/// not.
 pub async fn load(
     client: &impl GenericClient,
     id: Uuid,
-) -> Result<Option<(MonitorConfig, MonitorState)>, StoreError> {
+    total: i32,
+) -> Result<Option<Loaded>, StoreError> {
     let row = client
         .query_opt(
-            format!("SELECT {COLUMNS} FROM monitors m WHERE m.id = $1").as_str(),
-            &[&id],
+            format!(
+                "SELECT {COLUMNS}, observe_monitor_shard(m.id, $2) FROM monitors m WHERE m.id = $1"
+            )
+            .as_str(),
+            &[&id, &total],
         )
         .await?;
-    Ok(row.as_ref().map(monitor))
+    Ok(row.as_ref().map(loaded))
 }
 
-/// A monitor loaded to run: configuration, state and shard.
+/// A monitor loaded to run: configuration, state, its organisation (whose check slots it
+/// shares) and shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loaded {
     pub config: MonitorConfig,
     pub state: MonitorState,
+    pub organisation_id: Uuid,
     pub shard: i32,
 }
 
@@ -70,7 +78,9 @@ fn loaded(row: &Row) -> Loaded {
     Loaded {
         config,
         state,
-        shard: row.get(18),
+        // NULL only if the project vanished between the rows; its monitor is gone then too.
+        organisation_id: row.get::<_, Option<Uuid>>(18).unwrap_or_default(),
+        shard: row.get(19),
     }
 }
 
