@@ -550,6 +550,154 @@ async fn failures_are_classified_keyword_timeout_connect_tls_and_dns() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Leases that cannot be outlived
+// ---------------------------------------------------------------------------------------------
+
+/// The shard leases' renewal hangs (here: another session holds a lock on the table it writes;
+/// in life also a stalled connection or an overloaded server). The instance must stop its
+/// monitors once two thirds of the lease have passed since the last renewal *began*, whether or
+/// not the hanging renewal ever returns: past that, another instance may take the shards over.
+#[actix_web::test]
+async fn a_renewal_that_hangs_stops_the_monitors_before_the_lease_can_run_out() {
+    let app = spawn_app_with(
+        |s| {
+            fast(s);
+            // Renewed every second; monitors must stop within 2 s of the last renewal's start.
+            s.monitors.lease_secs = 3;
+        },
+        None,
+    )
+    .await;
+    let db = db(&app);
+    let target = Target::start().await;
+    let (project, _) = project_on(&app, "pro").await;
+    let url = target.url();
+    let monitor = insert_monitor(&db, project, NewMonitor::at(&url)).await;
+    app.state.monitors.changed(monitor);
+    assert!(
+        eventually(20, || async { checks(&db, monitor).await >= 2 }).await,
+        "the monitor is checked"
+    );
+
+    // A session locks the instances table: the next renewal waits for it.
+    let (mut locker, conn) = tokio_postgres::connect(&app.db_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    actix_web::rt::spawn(async move {
+        let _ = conn.await;
+    });
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE monitor_instances IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let locked_at = std::time::Instant::now();
+
+    // The last renewal began before the lock: 2 s later at the latest every monitor stops; a
+    // check already past its start may still land.
+    tokio::time::sleep_until((locked_at + Duration::from_millis(2600)).into()).await;
+    let hits = target.hits();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        target.hits(),
+        hits,
+        "monitors kept running while their leases could not be renewed"
+    );
+    assert_eq!(app.state.monitors.owned_shards(), 0);
+    assert_eq!(app.state.monitors.running(), 0);
+    // Meanwhile the leases did run out in the database: running on would have outlived them.
+    let lapsed: bool = db
+        .one(
+            "SELECT max(lease_until) < now() FROM monitor_shards WHERE owner IS NOT NULL",
+            &[],
+        )
+        .await
+        .get(0);
+    assert!(lapsed, "the leases outlasted the stall");
+
+    // The lock gone, the instance renews and runs its monitors again.
+    lock.rollback().await.unwrap();
+    assert!(
+        eventually(20, || async { target.hits() > hits + 2 }).await,
+        "the monitors run again once renewals succeed"
+    );
+    assert!(app.state.monitors.owned_shards() > 0);
+}
+
+/// A write from an instance that lost the shard changes nothing: here the lease is taken away
+/// under the instance (as when it stalled past its lease and another instance claimed the
+/// shard), and before its next renewal tells it so, its monitor keeps failing checks that would
+/// grow the streak and open an incident.
+#[actix_web::test]
+async fn state_writes_of_an_instance_that_lost_the_shard_change_nothing() {
+    let app = spawn_app_with(fast, None).await;
+    let db = db(&app);
+    let target = Target::start().await;
+    let (project, _) = project_on(&app, "pro").await;
+    let url = target.url();
+    let monitor = insert_monitor(&db, project, NewMonitor::at(&url)).await;
+    app.state.monitors.changed(monitor);
+    assert!(
+        eventually(20, || async {
+            let r = results(&db, monitor).await;
+            r.len() >= 2 && r.iter().all(|ok| *ok)
+        })
+        .await,
+        "the monitor is checked"
+    );
+
+    // Another instance holds every shard now (this one renews only every 10 s).
+    db.exec(
+        "UPDATE monitor_shards SET owner = 'another-instance', \
+             lease_until = now() + interval '1 hour'",
+        &[],
+    )
+    .await;
+    let state_of = || async {
+        let row = db
+            .one(
+                "SELECT status, failure_streak, last_checked_at FROM monitors WHERE id = $1",
+                &[&monitor],
+            )
+            .await;
+        (
+            row.get::<_, String>(0),
+            row.get::<_, i32>(1),
+            row.get::<_, Option<DateTime<Utc>>>(2),
+        )
+    };
+    // A write already past its check may still land; the state after it is the baseline.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = state_of().await;
+    target.set(Mode::Fail);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+
+    assert_eq!(
+        state_of().await,
+        before,
+        "a fenced write changed the monitor"
+    );
+    assert_eq!(before.0, "up");
+    assert_eq!(
+        incidents(&db, monitor).await,
+        (0, 0),
+        "a fenced write opened an incident"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM email_outbox", &[]).await,
+        0,
+        "a fenced write enqueued an alert"
+    );
+    // Told so by its own write, the instance stops the monitor.
+    let hits = target.hits();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        target.hits(),
+        hits,
+        "the monitor kept running after a fenced write"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // One tenant cannot starve the others
 // ---------------------------------------------------------------------------------------------
 

@@ -9,8 +9,11 @@
 //! within the time it was overdue (at most one interval), so an outage's backlog is spread out
 //! at the normal rate rather than fired at once.
 //!
-//! **A check:** [`observe_core::check::run`] with the monitor's timeout; a failure is tried
-//! once more after `monitors.retry_delay_ms` and only then counts. The slots are fixed
+//! **A check:** a check slot of its organisation and of the instance first
+//! ([`observe_core::check_slots`]; the wait is lateness, not part of the check), then
+//! [`observe_core::check::run`] with the monitor's timeout (at most `monitors.max_timeout_secs`);
+//! a failure is tried once more after `monitors.retry_delay_ms` (the slot given back meanwhile)
+//! and only then counts. The slots are fixed
 //! (`scheduled + interval`), so checks do not drift; one check runs at a time, and a slot that
 //! falls due while the previous check still runs starts as soon as it ends (its lateness is
 //! measured). The row goes to the CheckWriter (batched). The state change is written at once:
@@ -18,6 +21,8 @@
 //! in one transaction with the monitor's state and the alert emails
 //! ([`observe_core::store::monitor_runs`]); other checks update the monitor's row. A failed
 //! write is retried by the next check (the incident decision is taken again from the streak).
+//! Every write is fenced on the shard's lease: one refused because another instance holds the
+//! shard now writes nothing, and the actor stops for good.
 //!
 //! **Messages:** [`Update`] (new configuration, rescheduled at once when the interval
 //! changed), [`Stop`] (deleted, paused, shard lost, shutdown: stops for good; a check still
@@ -38,7 +43,9 @@ use chrono::{DateTime, Utc};
 use observe_core::check::{self, CheckOptions, HttpClient, Outcome, Transition};
 use observe_core::check_slots::OrganisationSlots;
 use observe_core::monitor::{MonitorConfig, MonitorState, Status};
-use observe_core::store::monitor_runs::{self as store, CheckRow, IncidentChange, Loaded};
+use observe_core::store::monitor_runs::{
+    self as store, CheckRow, Fence, IncidentChange, Loaded, StateError,
+};
 use observe_core::store::StoreError;
 use uuid::Uuid;
 
@@ -85,6 +92,8 @@ pub struct MonitorActor {
     config: Option<MonitorConfig>,
     /// Its organisation's share of the check slots (known once loaded).
     organisation: Option<OrganisationSlots>,
+    /// Its state writes count only while this instance holds the monitor's shard.
+    fence: Fence,
     state: MonitorState,
     client: HttpClient,
     /// The slot the next check is for.
@@ -116,7 +125,12 @@ impl MonitorActor {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         let client = client(engine.settings.max_concurrent_checks);
+        let fence = Fence {
+            instance: registry.instance(),
+            shards: i32::try_from(engine.settings.shards).unwrap_or(i32::MAX),
+        };
         Self {
+            fence,
             client,
             lifeline,
             id,
@@ -338,16 +352,20 @@ impl MonitorActor {
         let alerts = self.engine.alerts.clone();
         let id = self.id;
         let saved = next.clone();
+        let fence = self.fence.clone();
         let write = async move {
             let mut client = pool.get().await.map_err(StoreError::from)?;
             match action {
-                Transition::Save => store::save_state(&client, id, &saved).await.map(|()| None),
+                Transition::Save => store::save_state(&client, &fence, id, &saved)
+                    .await
+                    .map(|()| None),
                 Transition::Open => {
                     let cause = outcome
                         .failure
                         .unwrap_or(observe_core::monitor::FailureKind::Connect);
                     store::open_incident(
                         &mut client,
+                        &fence,
                         &config,
                         &saved,
                         started_at,
@@ -360,6 +378,7 @@ impl MonitorActor {
                 }
                 Transition::Close(incident) => store::close_incident(
                     &mut client,
+                    &fence,
                     &config,
                     &saved,
                     incident,
@@ -393,7 +412,7 @@ impl MonitorActor {
         );
     }
 
-    fn persisted(&mut self, result: Result<Option<(bool, IncidentChange)>, StoreError>) {
+    fn persisted(&mut self, result: Result<Option<(bool, IncidentChange)>, StateError>) {
         if result.is_ok() && self.engine.saves_failing.swap(false, Ordering::Relaxed) {
             tracing::info!(actor = Self::KIND, "monitor state saved again");
         }
@@ -428,7 +447,18 @@ impl MonitorActor {
                     mailer::deliver_soon(&self.engine.mailer, email);
                 }
             }
-            Err(e) => {
+            Err(StateError::Fenced) => {
+                // Another instance holds the shard now: nothing was written, and this
+                // incarnation stops for good (its ShardManager learns the same at its next
+                // renewal). The check's row is still recorded: the check did run.
+                tracing::warn!(
+                    actor = Self::KIND,
+                    monitor_id = %self.id,
+                    "this instance no longer holds the monitor's shard: state not written, monitor stopped"
+                );
+                self.stopping = true;
+            }
+            Err(StateError::Store(e)) => {
                 // The next check takes the decision again from the streak. One warning per
                 // outage for the whole engine, not one per monitor.
                 if self.engine.saves_failing.swap(true, Ordering::Relaxed) {

@@ -20,8 +20,15 @@
 //!
 //! **Exactly one instance per monitor:** a monitor runs only on the instance holding its
 //! shard's lease; actors of a shard are stopped before its lease is released, and before it
-//! can run out (renewals failing for 2/3 of `lease_secs`). A restarted MonitorActor that its
+//! can run out: at the start of the last successful renewal plus 2/3 of `lease_secs`, by a
+//! watchdog timer, whether or not the renewal in flight ever returns ([`shards::LeaseClock`]).
+//! State writes are fenced in PostgreSQL on the shard's lease, so a write from an instance
+//! that lost the shard writes nothing (and stops its actor). A restarted MonitorActor that its
 //! ShardManager no longer lists finishes at once (generation check in the registry).
+//!
+//! **Check slots:** every check takes a slot of its organisation and one of the instance
+//! ([`observe_core::check_slots`]) before its timeout (capped at `monitors.max_timeout_secs`)
+//! starts, so one tenant's hanging targets delay only that tenant.
 //!
 //! `monitors.interval_divisor` (tests and benchmarks only) divides every interval; timeouts
 //! and the retry delay are used as configured.
