@@ -139,6 +139,16 @@ impl Application {
             state.db.clone(),
             state.keys.clone(),
         );
+        // Purges deleted projects' raw rows in the background and stops their actors here.
+        observe_actors::purge::start(
+            &state.supervisor,
+            &actix::Arbiter::current(),
+            state.settings.clone(),
+            state.db.clone(),
+            state.metrics.clone(),
+            state.ingest.clone(),
+            state.monitors.clone(),
+        );
         let bind = state.settings.server.bind.clone();
         let listener = TcpListener::bind(&bind).map_err(|source| StartupError::Bind {
             addr: bind.clone(),

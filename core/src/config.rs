@@ -164,6 +164,13 @@ pub struct MaintenanceSettings {
     /// How long creating one partition may wait for its table's lock before it is skipped
     /// (retried later), so partition creation never queues ingestion behind a busy table.
     pub partition_lock_timeout_ms: u64,
+    /// Rows one purge statement deletes at most (each statement is its own transaction).
+    pub purge_batch_rows: i64,
+    /// A purge is kept this long after its request and swept once more then, for rows a flush
+    /// already under way elsewhere committed after the first sweep.
+    pub purge_settle_secs: u64,
+    /// How often an instance looks for pending purges besides being told (`LISTEN`).
+    pub purge_poll_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -557,6 +564,12 @@ impl Settings {
             problems.push(
                 "OBSERVE__MONITORS__MAX_CONCURRENT_CHECKS_PER_ORGANISATION must not exceed OBSERVE__MONITORS__MAX_CONCURRENT_CHECKS".into(),
             );
+        }
+        if self.maintenance.purge_batch_rows < 1 {
+            problems.push("OBSERVE__MAINTENANCE__PURGE_BATCH_ROWS must be at least 1".into());
+        }
+        if self.maintenance.purge_poll_secs == 0 {
+            problems.push("OBSERVE__MAINTENANCE__PURGE_POLL_SECS must be at least 1".into());
         }
         if self.maintenance.partition_lock_timeout_ms == 0 {
             problems.push(

@@ -444,7 +444,8 @@ pub async fn pause_monitor(
     Ok(web::Json(updated.into()))
 }
 
-/// Deletes a monitor with its checks and incidents; its checks stop at once.
+/// Deletes a monitor with its incidents; its checks stop at once, and its stored check results
+/// are purged in the background (bounded batches), so the answer never waits for them.
 #[utoipa::path(
     tag = "monitors",
     security(("bearer" = [])),

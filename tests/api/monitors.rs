@@ -1084,6 +1084,23 @@ async fn deleting_a_monitor_deletes_its_checks_and_incidents() {
     .await;
     assert_eq!(reply.status, 204, "{}", reply.text);
     let conn = app.state.db.get().await.unwrap();
+    // The checks are purged in the background (a purge recorded with the delete).
+    let doomed_id: Uuid = doomed.parse().unwrap();
+    assert!(
+        crate::helpers::eventually(20, || async {
+            let n: i64 = conn
+                .query_one(
+                    "SELECT count(*) FROM monitor_checks WHERE monitor_id = $1",
+                    &[&doomed_id],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n == 0
+        })
+        .await,
+        "the deleted monitor's checks are purged"
+    );
     for (table, id, expected) in [
         ("monitor_checks", &doomed, 0i64),
         ("incidents", &doomed, 0),

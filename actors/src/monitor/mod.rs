@@ -95,6 +95,7 @@ impl Engine {
 /// One running MonitorActor, as the registry knows it.
 pub(crate) struct Running {
     handle: Supervised<MonitorActor>,
+    project_id: Uuid,
     shard: i32,
     updated_at: DateTime<Utc>,
     generation: u64,
@@ -165,6 +166,7 @@ impl Registry {
             .filter(|(id, r)| {
                 pred(&EntryView {
                     id: **id,
+                    project_id: r.project_id,
                     shard: r.shard,
                     since: r.since,
                 })
@@ -215,6 +217,7 @@ impl Registry {
         inner.next_generation += 1;
         let updated_at = m.config.updated_at;
         let shard = m.shard;
+        let project_id = m.config.project_id;
         let preload: Preload = Arc::new(Mutex::new(Some(m)));
         let (engine_c, registry) = (engine.clone(), self.clone());
         let handle = engine
@@ -233,6 +236,7 @@ impl Registry {
             id,
             Running {
                 handle,
+                project_id,
                 shard,
                 updated_at,
                 generation,
@@ -268,6 +272,15 @@ impl MonitorControl {
                 SendError::Closed(_) => "engine restarting",
             };
             tracing::debug!(monitor_id = %monitor_id, reason, "monitor change left to the next poll");
+        }
+    }
+
+    /// Project `project_id` was deleted (here or on another instance): its MonitorActors on
+    /// this instance stop at once (a check talking to its target is dropped; a state write
+    /// under way finishes, and changes nothing, its row being gone).
+    pub fn project_deleted(&self, project_id: Uuid) {
+        if let Some(registry) = &self.registry {
+            registry.stop_where(|entry| entry.project_id == project_id);
         }
     }
 

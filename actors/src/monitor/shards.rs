@@ -566,6 +566,7 @@ mod tests {
 /// The registry's view of one running monitor.
 pub(super) struct EntryView {
     pub id: Uuid,
+    pub project_id: Uuid,
     pub shard: i32,
     pub since: Instant,
 }

@@ -16,6 +16,7 @@ pub mod monitor_runs;
 pub mod monitors;
 pub mod partitions;
 pub mod projects;
+pub mod purge;
 pub mod sessions;
 pub mod tokens;
 
