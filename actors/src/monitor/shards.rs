@@ -517,6 +517,14 @@ impl Handler<Drain> for ShardManager {
     }
 }
 
+/// The registry's view of one running monitor.
+pub(super) struct EntryView {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub shard: i32,
+    pub since: Instant,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,12 +569,4 @@ mod tests {
         assert!(clock.renewed(t0, t0 + Duration::from_secs(12)));
         assert_eq!(clock.valid_until(), Some(t0 + Duration::from_secs(30)));
     }
-}
-
-/// The registry's view of one running monitor.
-pub(super) struct EntryView {
-    pub id: Uuid,
-    pub project_id: Uuid,
-    pub shard: i32,
-    pub since: Instant,
 }
