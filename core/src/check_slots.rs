@@ -8,8 +8,8 @@
 //! fills its own share and waits behind itself, while the instance's other slots stay free for
 //! everyone else. Taking the organisation's slot first means a waiting check of a saturated
 //! organisation holds none of the instance's slots. This is the per-tenant concurrency limit
-//! PostHog puts in front of its shared query cluster (a limit of concurrent queries per team,
-//! under a global one), applied to outgoing checks.
+//! PostHog puts in front of its shared ClickHouse cluster (concurrent queries limited per
+//! organisation, `get_app_org_rate_limiter`), applied to outgoing checks.
 //!
 //! Each slot is one outgoing connection at most, so the HTTP client's connection limit is set
 //! to `max_concurrent_checks` and never makes a check wait inside its timeout either.
