@@ -100,6 +100,7 @@ impl Application {
             &actix::Arbiter::current(),
             pool.clone(),
             settings.ingest.partitions_ahead_days,
+            Duration::from_millis(settings.maintenance.partition_lock_timeout_ms),
         );
         let tiers = observe_core::tiers::TierPolicy::new(settings.tiers.clone());
         // The monitor engine: CheckWriter and ShardManager here (drained at shutdown), the
@@ -138,6 +139,16 @@ impl Application {
             state.db.clone(),
             state.keys.clone(),
             state.sessions.clone(),
+        );
+        // Purges deleted projects' raw rows in the background and stops their actors here.
+        observe_actors::purge::start(
+            &state.supervisor,
+            &actix::Arbiter::current(),
+            state.settings.clone(),
+            state.db.clone(),
+            state.metrics.clone(),
+            state.ingest.clone(),
+            state.monitors.clone(),
         );
         let bind = state.settings.server.bind.clone();
         let listener = TcpListener::bind(&bind).map_err(|source| StartupError::Bind {

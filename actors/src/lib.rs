@@ -12,6 +12,7 @@ pub mod keys;
 pub mod mailer;
 pub mod monitor;
 pub mod partitions;
+pub mod purge;
 pub mod supervisor;
 
 pub use supervisor::{Backoff, Drain, Exit, Lifeline, Supervised, SupervisedActor, Supervisor};

@@ -5,8 +5,10 @@
 //! not reach loopback, private (RFC 1918, `fc00::/7`), link-local (`169.254/16`, `fe80::/10`,
 //! cloud metadata `169.254.169.254` and `fd00:ec2::254` among them), shared/CGNAT
 //! (`100.64/10`), unspecified, "this network" (`0/8`), reserved (`240/4`), multicast or
-//! broadcast addresses, nor IPv6 addresses that embed one of those (IPv4-mapped `::ffff:a.b.c.d`,
-//! IPv4-compatible, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`).
+//! broadcast addresses, benchmarking (`198.18/15`), nor IPv6 addresses that embed one of those
+//! (IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`), nor
+//! IPv6 forms whose IPv4 address cannot be told (local-use NAT64 `64:ff9b:1::/48`, Teredo
+//! `2001::/32`).
 //!
 //! The host is resolved here, at every check ([`tokio::net::lookup_host`]), *every* address it
 //! resolves to is checked (a name with one public and one private record is refused), and the
@@ -51,6 +53,9 @@ pub enum Forbidden {
     Reserved,
     Multicast,
     Broadcast,
+    /// An IPv6 form that tunnels or translates to IPv4 whose address cannot be told apart
+    /// (Teredo, local-use NAT64).
+    Tunnel,
 }
 
 impl Forbidden {
@@ -65,6 +70,7 @@ impl Forbidden {
             Forbidden::Reserved => "reserved",
             Forbidden::Multicast => "multicast",
             Forbidden::Broadcast => "broadcast",
+            Forbidden::Tunnel => "IPv4 tunnel or translation (Teredo, local-use NAT64)",
         }
     }
 }
@@ -109,8 +115,9 @@ fn forbidden_v4(ip: Ipv4Addr) -> Option<Forbidden> {
     if (224..=239).contains(&a) {
         return Some(Forbidden::Multicast);
     }
-    // 240/4 (reserved), and 192.0.0/24 (IETF protocol assignments, e.g. DS-Lite).
-    if a >= 240 || (a == 192 && b == 0 && c == 0) {
+    // 240/4 (reserved), 192.0.0/24 (IETF protocol assignments, e.g. DS-Lite), and
+    // 198.18/15 (benchmarking, RFC 2544: lab networks, never a public service).
+    if a >= 240 || (a == 192 && b == 0 && c == 0) || (a == 198 && (b == 18 || b == 19)) {
         return Some(Forbidden::Reserved);
     }
     let _ = d;
@@ -137,6 +144,12 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<Forbidden> {
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         let v4 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
         return forbidden_v4(v4);
+    }
+    // Local-use NAT64 (64:ff9b:1::/48, RFC 8215) may place the IPv4 address at any of several
+    // offsets, and Teredo (2001::/32, RFC 4380) carries an obfuscated one: neither can be
+    // checked, so both are refused whole.
+    if s[..3] == [0x64, 0xff9b, 0x0001] || s[..2] == [0x2001, 0] {
+        return Some(Forbidden::Tunnel);
     }
     // 6to4 (2002::/16) embeds one in bits 16..48.
     if s[0] == 0x2002 {
@@ -244,13 +257,16 @@ pub fn jitter(max: Duration) -> Duration {
 
 /// The HTTP client checks go through (`!Send`: one per arbiter thread). No redirects, no
 /// client-wide timeout (each check has its own), connections closed after each check.
-pub fn http_client() -> awc::Client {
+/// `max_connections` is the instance's check slots ([`crate::check_slots`]): a check holds a
+/// slot before its timeout starts, so the client never makes it wait for a connection inside
+/// its timeout.
+pub fn http_client(max_connections: usize) -> awc::Client {
     let connector = awc::Connector::new()
         // Each check bounds itself as a whole; these only must not cut it shorter.
         .timeout(Duration::from_secs(900))
         .handshake_timeout(Duration::from_secs(900))
-        // Thousands of checks may be in flight at once (slow targets).
-        .limit(4096)
+        // Twice the slots: headroom for connections of finished checks still closing.
+        .limit(max_connections.max(1).saturating_mul(2))
         .conn_keep_alive(Duration::from_secs(1));
     awc::Client::builder()
         .connector(connector)
@@ -314,9 +330,12 @@ pub async fn resolve_checked(
     if !allow_private {
         for addr in &addrs {
             if let Some(why) = forbidden(addr.ip()) {
+                // The address itself stays out of the text a tenant reads: naming what a host
+                // resolved to would let tenants map the internal DNS of observe's network
+                // (OWASP SSRF Prevention Cheat Sheet: no internal details in the answer).
                 return Err((
                     FailureKind::Connect,
-                    format!("target address {} is not allowed ({why})", addr.ip()),
+                    format!("target address is not allowed ({why})"),
                 ));
             }
         }
@@ -538,6 +557,25 @@ mod tests {
             ("2002:7f00:1::1", Some(Forbidden::Loopback)),
             ("2001:4860:4860::8888", None),
             ("2606:4700::1111", None),
+            // Local-use NAT64 (RFC 8215): the IPv4 address may sit anywhere in it.
+            ("64:ff9b:1::7f00:1", Some(Forbidden::Tunnel)),
+            (
+                "64:ff9b:1:ffff:ffff:ffff:ffff:ffff",
+                Some(Forbidden::Tunnel),
+            ),
+            ("64:ff9b:2::1", None),
+            // Teredo (RFC 4380) carries an obfuscated IPv4 address.
+            ("2001::1", Some(Forbidden::Tunnel)),
+            (
+                "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+                Some(Forbidden::Tunnel),
+            ),
+            ("2001:1::1", None),
+            // Benchmarking (RFC 2544): never a public service.
+            ("198.18.0.1", Some(Forbidden::Reserved)),
+            ("198.19.255.255", Some(Forbidden::Reserved)),
+            ("198.17.255.255", None),
+            ("198.20.0.0", None),
         ];
         for (addr, want) in cases {
             assert_eq!(forbidden(ip(addr)), want, "{addr}");

@@ -85,6 +85,7 @@ pub struct Settings {
     pub billing: BillingSettings,
     pub ingest: IngestSettings,
     pub monitors: MonitorSettings,
+    pub maintenance: MaintenanceSettings,
     pub tiers: Tiers,
 }
 
@@ -163,6 +164,28 @@ pub struct MonitorSettings {
     /// For tests and benchmarks only: monitor intervals are divided by this (1 in production),
     /// so a 60 s interval becomes 300 ms with 200. Timeouts are not divided.
     pub interval_divisor: u32,
+    /// The longest timeout a check may have: the API refuses more, the engine caps stored ones.
+    pub max_timeout_secs: u32,
+    /// Checks in flight at once on this instance (and HTTP connections the checks may hold).
+    pub max_concurrent_checks: usize,
+    /// Checks of one organisation in flight at once on this instance.
+    pub max_concurrent_checks_per_organisation: usize,
+}
+
+/// Background housekeeping: partitions, purges of deleted data (see `[maintenance]` in
+/// config/default.toml).
+#[derive(Debug, Clone, Deserialize)]
+pub struct MaintenanceSettings {
+    /// How long creating one partition may wait for its table's lock before it is skipped
+    /// (retried later), so partition creation never queues ingestion behind a busy table.
+    pub partition_lock_timeout_ms: u64,
+    /// Rows one purge statement deletes at most (each statement is its own transaction).
+    pub purge_batch_rows: i64,
+    /// A purge is kept this long after its request and swept once more then, for rows a flush
+    /// already under way elsewhere committed after the first sweep.
+    pub purge_settle_secs: u64,
+    /// How often an instance looks for pending purges besides being told (`LISTEN`).
+    pub purge_poll_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -610,10 +633,40 @@ impl Settings {
                 "OBSERVE__MONITORS__INTERVAL_DIVISOR",
                 u64::from(self.monitors.interval_divisor),
             ),
+            (
+                "OBSERVE__MONITORS__MAX_TIMEOUT_SECS",
+                u64::from(self.monitors.max_timeout_secs),
+            ),
+            (
+                "OBSERVE__MONITORS__MAX_CONCURRENT_CHECKS",
+                self.monitors.max_concurrent_checks as u64,
+            ),
+            (
+                "OBSERVE__MONITORS__MAX_CONCURRENT_CHECKS_PER_ORGANISATION",
+                self.monitors.max_concurrent_checks_per_organisation as u64,
+            ),
         ] {
             if value == 0 {
                 problems.push(format!("{name} must be at least 1"));
             }
+        }
+        if self.monitors.max_concurrent_checks_per_organisation
+            > self.monitors.max_concurrent_checks
+        {
+            problems.push(
+                "OBSERVE__MONITORS__MAX_CONCURRENT_CHECKS_PER_ORGANISATION must not exceed OBSERVE__MONITORS__MAX_CONCURRENT_CHECKS".into(),
+            );
+        }
+        if self.maintenance.purge_batch_rows < 1 {
+            problems.push("OBSERVE__MAINTENANCE__PURGE_BATCH_ROWS must be at least 1".into());
+        }
+        if self.maintenance.purge_poll_secs == 0 {
+            problems.push("OBSERVE__MAINTENANCE__PURGE_POLL_SECS must be at least 1".into());
+        }
+        if self.maintenance.partition_lock_timeout_ms == 0 {
+            problems.push(
+                "OBSERVE__MAINTENANCE__PARTITION_LOCK_TIMEOUT_MS must be at least 1 (0 would wait for a lock forever)".into(),
+            );
         }
         if self.database.pool_max_size == 0 {
             problems.push("OBSERVE__DATABASE__POOL_MAX_SIZE must be at least 1".into());

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod batch;
 pub mod cache;
 pub mod check;
+pub mod check_slots;
 pub mod config;
 pub mod db;
 pub mod fingerprint;

@@ -26,6 +26,35 @@ pub struct Metrics {
     pub ratelimit_degraded: prometheus::IntGauge,
     pub ingest: IngestMetrics,
     pub monitors: MonitorMetrics,
+    pub purge: PurgeMetrics,
+}
+
+/// The purges of deleted projects' and monitors' raw rows.
+#[derive(Clone)]
+pub struct PurgeMetrics {
+    /// Rows deleted, by table.
+    pub rows: IntCounterVec,
+    /// Delete statements run (each at most `maintenance.purge_batch_rows` rows).
+    pub batches: prometheus::IntCounter,
+}
+
+impl PurgeMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let rows = IntCounterVec::new(
+            Opts::new(
+                "observe_purge_rows_total",
+                "Raw rows of deleted projects and monitors purged, by table",
+            ),
+            &["table"],
+        )?;
+        let batches = prometheus::IntCounter::new(
+            "observe_purge_batches_total",
+            "Purge delete statements run (each bounded by maintenance.purge_batch_rows)",
+        )?;
+        registry.register(Box::new(rows.clone()))?;
+        registry.register(Box::new(batches.clone()))?;
+        Ok(Self { rows, batches })
+    }
 }
 
 /// The uptime monitors' figures.
@@ -269,7 +298,9 @@ impl Metrics {
         registry.register(Box::new(dependency_up.clone()))?;
         let ingest = IngestMetrics::new(&registry)?;
         let monitors = MonitorMetrics::new(&registry)?;
+        let purge = PurgeMetrics::new(&registry)?;
         Ok(Self {
+            purge,
             ingest,
             monitors,
             registry,

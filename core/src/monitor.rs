@@ -185,7 +185,8 @@ pub const MAX_KEYWORD_CHARS: usize = 1024;
 pub const MAX_HEADERS: usize = 20;
 pub const MAX_HEADER_VALUE_CHARS: usize = 4096;
 pub const MAX_EXPECTED_STATUS: usize = 20;
-/// The timeout a monitor gets when none is given: this, or less than the interval.
+/// The timeout a monitor gets when none is given: this, or less than the interval (and at most
+/// the cap, [`InputRules::max_timeout_secs`]).
 pub const DEFAULT_TIMEOUT_SECS: u32 = 30;
 /// The fields a monitor's create or update body may hold.
 pub const INPUT_FIELDS: [&str; 9] = [
@@ -307,20 +308,38 @@ pub fn default_interval(min_allowed_secs: u32) -> u32 {
         .unwrap_or(INTERVALS[INTERVALS.len() - 1])
 }
 
+/// What the input of a monitor is held to besides its own syntax: the server's settings and
+/// the organisation's tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputRules {
+    /// The interval of a new monitor that names none.
+    pub default_interval_secs: u32,
+    /// `monitors.max_timeout_secs`: the longest timeout accepted.
+    pub max_timeout_secs: u32,
+    /// `monitors.allow_private_targets`: when false, a URL whose host is a literal private,
+    /// loopback or link-local address is refused.
+    pub allow_private_targets: bool,
+}
+
 /// Validates a monitor's create body (`base` is `None`: `name` and `url` are required and the
-/// rest get defaults, the interval `default_interval_secs`) or a partial update (`base` is the
-/// monitor as it is: fields the body leaves out keep their value). Unknown fields are refused,
-/// and `null` is accepted only for `keyword` (none). Every problem is reported, not the first.
-/// Tier rules (the minimum interval) are the caller's: they are not input errors.
+/// rest get defaults, the interval `rules.default_interval_secs`) or a partial update (`base`
+/// is the monitor as it is: fields the body leaves out keep their value). Unknown fields are
+/// refused, and `null` is accepted only for `keyword` (none). Every problem is reported, not
+/// the first. Tier rules (the minimum interval) are the caller's: they are not input errors.
 pub fn validate_input(
     input: &serde_json::Value,
     base: Option<&MonitorSpec>,
-    default_interval_secs: u32,
+    rules: &InputRules,
 ) -> Result<MonitorSpec, Vec<InputProblem>> {
-    let mut v = Validator::default();
+    let default_interval_secs = rules.default_interval_secs;
+    let mut v = Validator {
+        problems: Vec::new(),
+        max_timeout_secs: rules.max_timeout_secs.max(1),
+        allow_private_targets: rules.allow_private_targets,
+    };
     let Some(obj) = input.as_object() else {
         v.add("body", "must be a JSON object");
-        return Err(v.0);
+        return Err(v.problems);
     };
     for key in obj.keys() {
         if !INPUT_FIELDS.contains(&key.as_str()) {
@@ -368,7 +387,12 @@ pub fn validate_input(
             None
         }
         (None, Some(b), _) => Some(b.timeout_seconds),
-        (None, None, Some(i)) => Some(DEFAULT_TIMEOUT_SECS.min(i.saturating_sub(1)).max(1)),
+        (None, None, Some(i)) => Some(
+            DEFAULT_TIMEOUT_SECS
+                .min(v.max_timeout_secs)
+                .min(i.saturating_sub(1))
+                .max(1),
+        ),
         (None, None, None) => None,
     };
     let expected_status = match (field("expected_status"), base) {
@@ -417,7 +441,7 @@ pub fn validate_input(
             Some(keyword),
             Some(keyword_absent),
             Some(headers),
-        ) if v.0.is_empty() => Ok(MonitorSpec {
+        ) if v.problems.is_empty() => Ok(MonitorSpec {
             name,
             url,
             method,
@@ -428,16 +452,19 @@ pub fn validate_input(
             keyword_absent,
             headers,
         }),
-        _ => Err(v.0),
+        _ => Err(v.problems),
     }
 }
 
-#[derive(Default)]
-struct Validator(Vec<InputProblem>);
+struct Validator {
+    problems: Vec<InputProblem>,
+    max_timeout_secs: u32,
+    allow_private_targets: bool,
+}
 
 impl Validator {
     fn add(&mut self, field: &str, reason: impl Into<String>) {
-        self.0.push(InputProblem {
+        self.problems.push(InputProblem {
             field: field.to_string(),
             reason: reason.into(),
         });
@@ -475,7 +502,19 @@ impl Validator {
 
     fn url(&mut self, value: &serde_json::Value) -> Option<String> {
         let url = self.string("url", value)?.trim();
-        match check_url(url) {
+        let refused = check_url(url).and_then(|()| match literal_address(url) {
+            Some(ip) if !self.allow_private_targets => match crate::check::forbidden(ip) {
+                // Only a literal can be judged here; a name is resolved and checked at every
+                // check, since what it resolves to can change.
+                Some(why) => Err(format!(
+                    "points at a {why} address, which monitors may not reach; a server watching \
+                     its own network can allow it with monitors.allow_private_targets = true"
+                )),
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        });
+        match refused {
             Ok(()) => Some(url.to_string()),
             Err(reason) => {
                 self.add("url", reason);
@@ -516,6 +555,16 @@ impl Validator {
             );
             return None;
         };
+        if timeout > u64::from(self.max_timeout_secs) {
+            self.add(
+                "timeout_seconds",
+                format!(
+                    "must be at most {} seconds (monitors.max_timeout_secs)",
+                    self.max_timeout_secs
+                ),
+            );
+            return None;
+        }
         match interval {
             Some(i) if timeout >= u64::from(i) => {
                 self.add(
@@ -648,6 +697,57 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// The address a URL's host spells literally, if it does: a bracketed IPv6 address, or an IPv4
+/// address in any form resolvers accept (`127.0.0.1`, `2130706433`, `0x7f.1`, `0177.0.0.1`: the
+/// WHATWG URL Standard's IPv4 parser, which follows `inet_aton`). `None` for a name. Call it on
+/// a URL [`check_url`] accepted.
+pub fn literal_address(url: &str) -> Option<std::net::IpAddr> {
+    let uri: awc::http::Uri = url.parse().ok()?;
+    let host = uri.host()?;
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inner.parse::<std::net::Ipv6Addr>().ok().map(Into::into);
+    }
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let parts: Vec<u32> = host
+        .split('.')
+        .map(ipv4_number)
+        .collect::<Option<Vec<u32>>>()?;
+    let (last, first) = parts.split_last()?;
+    if first.len() > 3 || first.iter().any(|p| *p > 255) {
+        return None;
+    }
+    // The last part fills the bytes the others leave: `a.b` is a, then b over 24 bits.
+    let room = 4 - first.len() as u32;
+    if room < 4 && u64::from(*last) >= 1u64 << (8 * room) {
+        return None;
+    }
+    let mut value = u64::from(*last);
+    for (i, p) in first.iter().enumerate() {
+        value |= u64::from(*p) << (8 * (3 - i));
+    }
+    u32::try_from(value)
+        .ok()
+        .map(|v| std::net::IpAddr::V4(std::net::Ipv4Addr::from(v)))
+}
+
+/// One part of an IPv4 address as `inet_aton` reads it: decimal, `0x` hexadecimal, or octal
+/// with a leading `0`.
+fn ipv4_number(part: &str) -> Option<u32> {
+    if part.is_empty() {
+        return None;
+    }
+    let (digits, radix) = match part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+        Some(hex) => (hex, 16),
+        None if part.len() > 1 && part.starts_with('0') => (&part[1..], 8),
+        None => (part, 10),
+    };
+    if digits.is_empty() {
+        // "0x" alone is 0.
+        return (radix == 16).then_some(0);
+    }
+    u32::from_str_radix(digits, radix).ok()
+}
+
 /// An absolute `http`/`https` URL with a host (syntax only: where it points is checked by the
 /// engine at every check).
 fn check_url(url: &str) -> Result<(), String> {
@@ -738,6 +838,15 @@ mod tests {
         assert_eq!(Status::parse("down"), Some(Status::Down));
     }
 
+    /// The rules of a server with default settings, `default_interval_secs` for new monitors.
+    fn rules(default_interval_secs: u32) -> InputRules {
+        InputRules {
+            default_interval_secs,
+            max_timeout_secs: 30,
+            allow_private_targets: false,
+        }
+    }
+
     fn fields(problems: &[InputProblem]) -> Vec<&str> {
         problems.iter().map(|p| p.field.as_str()).collect()
     }
@@ -747,7 +856,7 @@ mod tests {
         let spec = validate_input(
             &serde_json::json!({"name": " Shop ", "url": "https://example.com/health"}),
             None,
-            300,
+            &rules(300),
         )
         .unwrap();
         assert_eq!(spec.name, "Shop");
@@ -775,7 +884,7 @@ mod tests {
                 "keyword_absent": true, "headers": {"X-Token": "abc", "Accept": "text/html"}
             }),
             None,
-            300,
+            &rules(300),
         )
         .unwrap();
         assert_eq!(spec.method, "POST");
@@ -806,7 +915,7 @@ mod tests {
                 "colour": "red"
             }),
             None,
-            300,
+            &rules(300),
         )
         .unwrap_err();
         let mut got = fields(&problems);
@@ -828,10 +937,10 @@ mod tests {
                 "url",
             ]
         );
-        let missing = validate_input(&serde_json::json!({}), None, 300).unwrap_err();
+        let missing = validate_input(&serde_json::json!({}), None, &rules(300)).unwrap_err();
         assert_eq!(fields(&missing), vec!["name", "url"]);
         assert_eq!(missing[0].reason, "is required");
-        let not_object = validate_input(&serde_json::json!([1]), None, 300).unwrap_err();
+        let not_object = validate_input(&serde_json::json!([1]), None, &rules(300)).unwrap_err();
         assert_eq!(fields(&not_object), vec!["body"]);
     }
 
@@ -876,38 +985,122 @@ mod tests {
         let spec = validate_input(
             &serde_json::json!({"name": "n", "url": "http://e.com", "interval_seconds": 60}),
             None,
-            300,
+            &rules(300),
         )
         .unwrap();
         assert_eq!(spec.timeout_seconds, 30);
         let problems = validate_input(
             &serde_json::json!({"name": "n", "url": "http://e.com", "interval_seconds": 60, "timeout_seconds": 60}),
             None,
-            300,
+            &rules(300),
         )
         .unwrap_err();
         assert_eq!(fields(&problems), vec!["timeout_seconds"]);
-        // An update that shortens the interval below the stored timeout must say so.
+        // An update that shortens the interval below the stored timeout must say so (with a
+        // cap raised above the shortest interval).
+        let raised = InputRules {
+            max_timeout_secs: 600,
+            ..rules(300)
+        };
         let base = validate_input(
             &serde_json::json!({"name": "n", "url": "http://e.com", "interval_seconds": 900, "timeout_seconds": 120}),
             None,
-            300,
+            &raised,
         )
         .unwrap();
         let problems = validate_input(
             &serde_json::json!({"interval_seconds": 60}),
             Some(&base),
-            300,
+            &raised,
         )
         .unwrap_err();
         assert_eq!(fields(&problems), vec!["timeout_seconds"]);
         let ok = validate_input(
             &serde_json::json!({"interval_seconds": 60, "timeout_seconds": 59}),
             Some(&base),
-            300,
+            &raised,
         )
         .unwrap();
         assert_eq!((ok.interval_seconds, ok.timeout_seconds), (60, 59));
+    }
+
+    #[test]
+    fn timeouts_are_capped() {
+        let problems = validate_input(
+            &serde_json::json!({"name": "n", "url": "http://e.com", "interval_seconds": 300, "timeout_seconds": 31}),
+            None,
+            &rules(300),
+        )
+        .unwrap_err();
+        assert_eq!(fields(&problems), vec!["timeout_seconds"]);
+        assert!(problems[0].reason.contains("monitors.max_timeout_secs"));
+        // The default follows a lower cap.
+        let low = InputRules {
+            max_timeout_secs: 10,
+            ..rules(300)
+        };
+        let spec = validate_input(
+            &serde_json::json!({"name": "n", "url": "http://e.com"}),
+            None,
+            &low,
+        )
+        .unwrap();
+        assert_eq!(spec.timeout_seconds, 10);
+    }
+
+    #[test]
+    fn literal_addresses_are_read_as_resolvers_read_them() {
+        let v4 = |s: &str| Some(std::net::IpAddr::V4(s.parse().unwrap()));
+        assert_eq!(literal_address("http://127.0.0.1:8080/"), v4("127.0.0.1"));
+        assert_eq!(literal_address("http://2130706433/"), v4("127.0.0.1"));
+        assert_eq!(literal_address("http://0x7f.1/"), v4("127.0.0.1"));
+        assert_eq!(literal_address("http://0177.0.0.1/"), v4("127.0.0.1"));
+        assert_eq!(literal_address("http://10.1/"), v4("10.0.0.1"));
+        assert_eq!(literal_address("http://192.168.0.1./"), v4("192.168.0.1"));
+        assert_eq!(
+            literal_address("http://[::1]/"),
+            Some(std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST))
+        );
+        for name in [
+            "http://example.com/",
+            "http://localhost/",
+            "http://1.2.3.4.5/",
+            "http://256.1.1.1/",
+            "http://1.2.3.example/",
+            "http://08.0.0.1/",
+        ] {
+            assert_eq!(literal_address(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn private_literals_are_refused_unless_allowed() {
+        let problems = validate_input(
+            &serde_json::json!({"name": "n", "url": "http://169.254.169.254/latest"}),
+            None,
+            &rules(300),
+        )
+        .unwrap_err();
+        assert_eq!(fields(&problems), vec!["url"]);
+        assert!(problems[0]
+            .reason
+            .contains("monitors.allow_private_targets"));
+        let allowed = InputRules {
+            allow_private_targets: true,
+            ..rules(300)
+        };
+        assert!(validate_input(
+            &serde_json::json!({"name": "n", "url": "http://169.254.169.254/latest"}),
+            None,
+            &allowed,
+        )
+        .is_ok());
+        assert!(validate_input(
+            &serde_json::json!({"name": "n", "url": "http://8.8.8.8/"}),
+            None,
+            &rules(300),
+        )
+        .is_ok());
     }
 
     #[test]
@@ -915,13 +1108,13 @@ mod tests {
         let base = validate_input(
             &serde_json::json!({"name": "n", "url": "http://e.com", "keyword": "up", "headers": {"A": "1"}}),
             None,
-            300,
+            &rules(300),
         )
         .unwrap();
         let updated = validate_input(
             &serde_json::json!({"name": "renamed", "keyword": null}),
             Some(&base),
-            60,
+            &rules(60),
         )
         .unwrap();
         assert_eq!(updated.name, "renamed");
@@ -929,10 +1122,10 @@ mod tests {
         assert_eq!(updated.url, base.url);
         assert_eq!(updated.interval_seconds, 300, "not the default of a create");
         assert_eq!(updated.headers, base.headers);
-        let same = validate_input(&serde_json::json!({}), Some(&base), 60).unwrap();
+        let same = validate_input(&serde_json::json!({}), Some(&base), &rules(60)).unwrap();
         assert_eq!(same, base);
-        let problems =
-            validate_input(&serde_json::json!({"name": null}), Some(&base), 60).unwrap_err();
+        let problems = validate_input(&serde_json::json!({"name": null}), Some(&base), &rules(60))
+            .unwrap_err();
         assert_eq!(fields(&problems), vec!["name"]);
     }
 
@@ -944,7 +1137,7 @@ mod tests {
         let problems = validate_input(
             &serde_json::json!({"name": "n", "url": "http://e.com", "headers": many}),
             None,
-            300,
+            &rules(300),
         )
         .unwrap_err();
         assert_eq!(fields(&problems), vec!["headers"]);
@@ -952,7 +1145,7 @@ mod tests {
             &serde_json::json!({"name": "n", "url": "http://e.com",
                 "headers": {"Content-Length": "1", "X-N": 1, "X-A": "a", "x-a": "b", "X\nB": "c"}}),
             None,
-            300,
+            &rules(300),
         )
         .unwrap_err();
         let mut got = fields(&problems);

@@ -53,7 +53,9 @@ pub struct CreateMonitor {
     /// 1 to 200 characters.
     #[schema(example = "Shop front")]
     pub name: String,
-    /// `http://` or `https://`, with a host; at most 2048 characters.
+    /// `http://` or `https://`, with a host; at most 2048 characters. A literal private,
+    /// loopback or link-local address is refused unless the server sets
+    /// `monitors.allow_private_targets` (a host name is checked at every check instead).
     #[schema(example = "https://shop.example.com/health")]
     pub url: String,
     /// GET (default), HEAD, POST, PUT, PATCH, DELETE or OPTIONS.
@@ -62,7 +64,8 @@ pub struct CreateMonitor {
     /// 60, 300 or 900, at least the tier's minimum; default: the shortest the tier allows.
     #[schema(example = 300)]
     pub interval_seconds: Option<u32>,
-    /// At least 1 and under `interval_seconds`; default 30 (or the interval less one).
+    /// At least 1, under `interval_seconds` and at most `monitors.max_timeout_secs` (30);
+    /// default 30 (or the interval less one).
     #[schema(example = 30)]
     pub timeout_seconds: Option<u32>,
     /// Codes and ranges a healthy answer has; default `["200-399"]`.
@@ -237,6 +240,18 @@ fn invalid(problems: Vec<monitor::InputProblem>) -> ApiError {
     )
 }
 
+/// What a monitor's input is held to on this server, for an organisation on `tier`.
+fn input_rules(state: &AppState, tier: Tier) -> monitor::InputRules {
+    let settings = &state.settings.monitors;
+    monitor::InputRules {
+        default_interval_secs: monitor::default_interval(
+            state.tiers.min_monitor_interval_secs(tier),
+        ),
+        max_timeout_secs: settings.max_timeout_secs,
+        allow_private_targets: settings.allow_private_targets,
+    }
+}
+
 /// 403 when the monitor's interval is shorter than the tier allows.
 fn check_interval(state: &AppState, tier: Tier, spec: &MonitorSpec) -> Result<(), ApiError> {
     let minimum_secs = state.tiers.min_monitor_interval_secs(tier);
@@ -304,8 +319,7 @@ pub async fn create_monitor(
     projects::get_locked(&tx, session.org_id, project_id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let default_interval = monitor::default_interval(state.tiers.min_monitor_interval_secs(tier));
-    let spec = monitor::validate_input(&body, None, default_interval).map_err(invalid)?;
+    let spec = monitor::validate_input(&body, None, &input_rules(&state, tier)).map_err(invalid)?;
     check_interval(&state, tier, &spec)?;
     // Unlimited tiers skip the count: creating thousands of monitors stays linear.
     if !matches!(state.tiers.limits(tier).monitors, Limit::Unlimited) {
@@ -389,8 +403,8 @@ pub async fn update_monitor(
         .await?
         .ok_or_else(ApiError::unauthorized)?;
     let base = MonitorSpec::of(&current.config);
-    let default_interval = monitor::default_interval(state.tiers.min_monitor_interval_secs(tier));
-    let spec = monitor::validate_input(&body, Some(&base), default_interval).map_err(invalid)?;
+    let spec =
+        monitor::validate_input(&body, Some(&base), &input_rules(&state, tier)).map_err(invalid)?;
     // A monitor whose interval a downgrade left under the minimum may still be renamed; a
     // new interval must be allowed.
     if spec.interval_seconds != base.interval_seconds {
@@ -430,7 +444,8 @@ pub async fn pause_monitor(
     Ok(web::Json(updated.into()))
 }
 
-/// Deletes a monitor with its checks and incidents; its checks stop at once.
+/// Deletes a monitor with its incidents; its checks stop at once, and its stored check results
+/// are purged in the background (bounded batches), so the answer never waits for them.
 #[utoipa::path(
     tag = "monitors",
     security(("bearer" = [])),

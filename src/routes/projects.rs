@@ -194,7 +194,10 @@ pub async fn get_project(
     Ok(web::Json(project.into()))
 }
 
-/// Deletes a project with its keys and data.
+/// Deletes a project with its keys, monitors and data. Answers once the project is gone: its
+/// keys stop authenticating and its monitors and ingestion stop on every instance at once; its
+/// raw rows (events, errors, requests, metrics, checks) are purged in the background, in
+/// bounded batches, so the answer does not wait for them however large the project is.
 #[utoipa::path(
     tag = "projects",
     security(("bearer" = [])),
@@ -209,13 +212,17 @@ pub async fn delete_project(
     let project_id = path.into_inner();
     let mut client = state.db.get().await?;
     let tx = client.transaction().await?;
+    // The delete also records the pending purge and announces it to every instance (a trigger).
     if !projects::delete(&tx, session.org_id, project_id).await? {
         return Err(ApiError::NotFound);
     }
     keys::announce(&tx, Scope::Project(project_id)).await?;
     tx.commit().await?;
     state.keys.forget(Scope::Project(project_id));
+    // This instance stops them before answering; the others when the announcement reaches
+    // their Purger.
     state.ingest.stop_project(project_id);
+    state.monitors.project_deleted(project_id);
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -23,6 +23,7 @@ mod migrations;
 mod monitor_engine;
 mod monitors;
 mod openapi;
+mod partitions;
 mod process;
 mod projects;
 mod ratelimit;

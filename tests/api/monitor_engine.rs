@@ -20,7 +20,7 @@ use tokio::process::Command;
 use uuid::Uuid;
 
 use crate::helpers::{
-    create_project, env_var, eventually, free_port, fresh_database, register, set_tier,
+    call, create_project, env_var, eventually, free_port, fresh_database, register, set_tier,
     spawn_app_with, test_settings, TestApp,
 };
 use crate::mailer::{api_key, towards, FakeResend};
@@ -46,6 +46,9 @@ struct TargetState {
     /// The next requests answered 500 regardless of the mode.
     fail_next: u32,
     hits: u64,
+    /// Requests being answered now, and the most there were at once.
+    in_flight: u32,
+    max_in_flight: u32,
 }
 
 /// A local HTTP server that monitors check.
@@ -60,6 +63,8 @@ impl Target {
             mode: Mode::Up,
             fail_next: 0,
             hits: 0,
+            in_flight: 0,
+            max_in_flight: 0,
         }));
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
@@ -95,6 +100,10 @@ impl Target {
     fn hits(&self) -> u64 {
         self.state.lock().unwrap().hits
     }
+
+    fn max_in_flight(&self) -> u32 {
+        self.state.lock().unwrap().max_in_flight
+    }
 }
 
 async fn answer(state: web::Data<Mutex<TargetState>>) -> HttpResponse {
@@ -113,7 +122,13 @@ async fn answer(state: web::Data<Mutex<TargetState>>) -> HttpResponse {
         Mode::Fail => HttpResponse::InternalServerError().body("boom"),
         Mode::NoKeyword => HttpResponse::Ok().body("maintenance"),
         Mode::Slow(ms) => {
+            {
+                let mut s = state.lock().unwrap();
+                s.in_flight += 1;
+                s.max_in_flight = s.max_in_flight.max(s.in_flight);
+            }
             tokio::time::sleep(Duration::from_millis(ms)).await;
+            state.lock().unwrap().in_flight -= 1;
             HttpResponse::Ok().body("status: all systems operational (slowly)")
         }
     }
@@ -535,6 +550,262 @@ async fn failures_are_classified_keyword_timeout_connect_tls_and_dns() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Leases that cannot be outlived
+// ---------------------------------------------------------------------------------------------
+
+/// The shard leases' renewal hangs (here: another session holds a lock on the table it writes;
+/// in life also a stalled connection or an overloaded server). The instance must stop its
+/// monitors once two thirds of the lease have passed since the last renewal *began*, whether or
+/// not the hanging renewal ever returns: past that, another instance may take the shards over.
+#[actix_web::test]
+async fn a_renewal_that_hangs_stops_the_monitors_before_the_lease_can_run_out() {
+    let app = spawn_app_with(
+        |s| {
+            fast(s);
+            // Renewed every second; monitors must stop within 2 s of the last renewal's start.
+            s.monitors.lease_secs = 3;
+        },
+        None,
+    )
+    .await;
+    let db = db(&app);
+    let target = Target::start().await;
+    let (project, _) = project_on(&app, "pro").await;
+    let url = target.url();
+    let monitor = insert_monitor(&db, project, NewMonitor::at(&url)).await;
+    app.state.monitors.changed(monitor);
+    assert!(
+        eventually(20, || async { checks(&db, monitor).await >= 2 }).await,
+        "the monitor is checked"
+    );
+
+    // A session locks the instances table: the next renewal waits for it.
+    let (mut locker, conn) = tokio_postgres::connect(&app.db_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    actix_web::rt::spawn(async move {
+        let _ = conn.await;
+    });
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE monitor_instances IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let locked_at = std::time::Instant::now();
+
+    // The last renewal began before the lock: 2 s later at the latest every monitor stops; a
+    // check already past its start may still land.
+    tokio::time::sleep_until((locked_at + Duration::from_millis(2600)).into()).await;
+    let hits = target.hits();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        target.hits(),
+        hits,
+        "monitors kept running while their leases could not be renewed"
+    );
+    assert_eq!(app.state.monitors.owned_shards(), 0);
+    assert_eq!(app.state.monitors.running(), 0);
+    // Meanwhile the leases did run out in the database: running on would have outlived them.
+    let lapsed: bool = db
+        .one(
+            "SELECT max(lease_until) < now() FROM monitor_shards WHERE owner IS NOT NULL",
+            &[],
+        )
+        .await
+        .get(0);
+    assert!(lapsed, "the leases outlasted the stall");
+
+    // The lock gone, the instance renews and runs its monitors again.
+    lock.rollback().await.unwrap();
+    assert!(
+        eventually(20, || async { target.hits() > hits + 2 }).await,
+        "the monitors run again once renewals succeed"
+    );
+    assert!(app.state.monitors.owned_shards() > 0);
+}
+
+/// A write from an instance that lost the shard changes nothing: here the lease is taken away
+/// under the instance (as when it stalled past its lease and another instance claimed the
+/// shard), and before its next renewal tells it so, its monitor keeps failing checks that would
+/// grow the streak and open an incident.
+#[actix_web::test]
+async fn state_writes_of_an_instance_that_lost_the_shard_change_nothing() {
+    let app = spawn_app_with(fast, None).await;
+    let db = db(&app);
+    let target = Target::start().await;
+    let (project, _) = project_on(&app, "pro").await;
+    let url = target.url();
+    let monitor = insert_monitor(&db, project, NewMonitor::at(&url)).await;
+    app.state.monitors.changed(monitor);
+    assert!(
+        eventually(20, || async {
+            let r = results(&db, monitor).await;
+            r.len() >= 2 && r.iter().all(|ok| *ok)
+        })
+        .await,
+        "the monitor is checked"
+    );
+
+    // Another instance holds every shard now (this one renews only every 10 s).
+    db.exec(
+        "UPDATE monitor_shards SET owner = 'another-instance', \
+             lease_until = now() + interval '1 hour'",
+        &[],
+    )
+    .await;
+    let state_of = || async {
+        let row = db
+            .one(
+                "SELECT status, failure_streak, last_checked_at FROM monitors WHERE id = $1",
+                &[&monitor],
+            )
+            .await;
+        (
+            row.get::<_, String>(0),
+            row.get::<_, i32>(1),
+            row.get::<_, Option<DateTime<Utc>>>(2),
+        )
+    };
+    // A write already past its check may still land; the state after it is the baseline.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = state_of().await;
+    target.set(Mode::Fail);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+
+    assert_eq!(
+        state_of().await,
+        before,
+        "a fenced write changed the monitor"
+    );
+    assert_eq!(before.0, "up");
+    assert_eq!(
+        incidents(&db, monitor).await,
+        (0, 0),
+        "a fenced write opened an incident"
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM email_outbox", &[]).await,
+        0,
+        "a fenced write enqueued an alert"
+    );
+    // Told so by its own write, the instance stops the monitor.
+    let hits = target.hits();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        target.hits(),
+        hits,
+        "the monitor kept running after a fenced write"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// One tenant cannot starve the others
+// ---------------------------------------------------------------------------------------------
+
+#[actix_web::test]
+async fn stored_timeouts_are_held_to_the_servers_cap() {
+    let app = spawn_app_with(
+        |s| {
+            fast(s);
+            s.monitors.max_timeout_secs = 1;
+        },
+        None,
+    )
+    .await;
+    let db = db(&app);
+    let target = Target::start().await;
+    target.set(Mode::Slow(2500));
+    let (project, _) = project_on(&app, "pro").await;
+    let url = target.url();
+    // Stored with 5 s (before the cap, or under a higher one): the target answers in 2.5 s.
+    let mut m = NewMonitor::at(&url);
+    m.timeout = 5;
+    let monitor = insert_monitor(&db, project, m).await;
+    app.state.monitors.changed(monitor);
+    assert!(
+        eventually(20, || async { !results(&db, monitor).await.is_empty() }).await,
+        "the monitor is checked"
+    );
+    let row = db
+        .one(
+            "SELECT ok, failure FROM monitor_checks WHERE monitor_id = $1 \
+             ORDER BY started_at LIMIT 1",
+            &[&monitor],
+        )
+        .await;
+    assert!(!row.get::<_, bool>(0), "a check past the cap fails");
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("timeout"));
+}
+
+/// A tenant whose targets hang takes at most its organisation's share of the check slots;
+/// its checks that wait for a slot are not charged the wait against their timeout; another
+/// tenant's checks go through meanwhile.
+#[actix_web::test]
+async fn a_tenant_with_hanging_targets_keeps_to_its_share_of_check_slots() {
+    let app = spawn_app_with(
+        |s| {
+            fast(s);
+            s.monitors.max_concurrent_checks = 4;
+            s.monitors.max_concurrent_checks_per_organisation = 2;
+        },
+        None,
+    )
+    .await;
+    let db = db(&app);
+    let slow = Target::start().await;
+    slow.set(Mode::Slow(1000));
+    let quick = Target::start().await;
+    let (noisy, _) = project_on(&app, "team").await;
+    let (quiet, _) = project_on(&app, "team").await;
+
+    // Six monitors of one organisation, each check holding its slot 1 s, with a 2 s timeout:
+    // with two slots the last of them waits 2 s for one, then runs 1 s.
+    let slow_url = slow.url();
+    let mut noisy_monitors = Vec::new();
+    for _ in 0..6 {
+        let mut m = NewMonitor::at(&slow_url);
+        m.timeout = 2;
+        let id = insert_monitor(&db, noisy, m).await;
+        app.state.monitors.changed(id);
+        noisy_monitors.push(id);
+    }
+    let quick_url = quick.url();
+    let mut m = NewMonitor::at(&quick_url);
+    m.timeout = 1;
+    let quiet_monitor = insert_monitor(&db, quiet, m).await;
+    app.state.monitors.changed(quiet_monitor);
+
+    let noisy_checks = || async {
+        db.count(
+            "SELECT count(*) FROM monitor_checks WHERE monitor_id = ANY($1)",
+            &[&noisy_monitors],
+        )
+        .await
+    };
+    assert!(
+        eventually(30, || async { noisy_checks().await >= 12 }).await,
+        "the slow monitors are checked"
+    );
+    assert!(
+        slow.max_in_flight() <= 2,
+        "one organisation had {} checks in flight at once",
+        slow.max_in_flight()
+    );
+    let noisy_failures = db
+        .count(
+            "SELECT count(*) FROM monitor_checks WHERE monitor_id = ANY($1) AND NOT ok",
+            &[&noisy_monitors],
+        )
+        .await;
+    assert_eq!(
+        noisy_failures, 0,
+        "waiting for a slot counted against the timeout"
+    );
+    let quiet_results = results(&db, quiet_monitor).await;
+    assert!(quiet_results.len() >= 5, "{quiet_results:?}");
+    assert!(quiet_results.iter().all(|ok| *ok), "{quiet_results:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Pause, update, delete
 // ---------------------------------------------------------------------------------------------
 
@@ -804,6 +1075,70 @@ async fn the_ssrf_guard_refuses_loopback_by_address_and_by_name() {
         assert!(error.contains("loopback"), "{error}");
     }
     assert_eq!(target.hits(), 0, "the target never receives a request");
+}
+
+/// The error a tenant sees for a refused check names what was refused, never the address the
+/// host resolved to: that would let a tenant map observe's internal DNS through error texts.
+#[actix_web::test]
+async fn a_refused_check_never_names_the_address_its_host_resolved_to() {
+    let app = spawn_app_with(
+        |s| {
+            fast(s);
+            s.monitors.allow_private_targets = false;
+        },
+        None,
+    )
+    .await;
+    let target = Target::start().await;
+    let account = register(&app).await;
+    let project = create_project(&app, &account.token, "named").await;
+    set_tier(&app, &project, "pro").await;
+    let reply = call(
+        &app,
+        awc::http::Method::POST,
+        &format!("/projects/{project}/monitors"),
+        Some(&account.token),
+        Some(serde_json::json!({
+            "name": "internal",
+            "url": format!("http://localhost:{}/health", target.port),
+            "interval_seconds": 60,
+        })),
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let detail = format!(
+        "/projects/{project}/monitors/{}",
+        reply.json()["id"].as_str().unwrap()
+    );
+    let checked = || async {
+        call(
+            &app,
+            awc::http::Method::GET,
+            &detail,
+            Some(&account.token),
+            None,
+        )
+        .await
+        .json()["recent_checks"][0]
+            .clone()
+    };
+    assert!(
+        eventually(20, || async { checked().await.is_object() }).await,
+        "the monitor is checked"
+    );
+    let check = checked().await;
+    assert_eq!(check["ok"], false);
+    assert_eq!(check["failure"], "connect");
+    let error = check["error"].as_str().unwrap();
+    assert!(error.contains("not allowed"), "{error}");
+    assert!(error.contains("loopback"), "{error}");
+    for address in ["127.0.0.1", "::1"] {
+        assert!(
+            !error.contains(address),
+            "the error names {address}: {error}"
+        );
+    }
+    assert_eq!(target.hits(), 0);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ use awc::http::Method;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{call, count, create_project, register, set_tier, spawn_app, TestApp};
+use crate::helpers::{
+    call, count, create_project, register, set_tier, spawn_app, spawn_app_with, TestApp,
+};
 
 /// Creates a monitor, asserting 201; returns its JSON.
 async fn create_monitor(app: &TestApp, token: &str, project: &str, body: Value) -> Value {
@@ -188,7 +190,7 @@ async fn a_monitor_is_created_listed_read_updated_paused_resumed_and_deleted() {
         &project,
         json!({
             "name": "API", "url": "http://api.example.com:8080/status?x=1", "method": "post",
-            "interval_seconds": 900, "timeout_seconds": 45,
+            "interval_seconds": 900, "timeout_seconds": 25,
             "expected_status": [200, "204", "300-302"], "keyword": "healthy",
             "keyword_absent": true, "headers": {"X-Probe": "observe", "Accept": "application/json"}
         }),
@@ -196,7 +198,7 @@ async fn a_monitor_is_created_listed_read_updated_paused_resumed_and_deleted() {
     .await;
     assert_eq!(full["method"], "POST");
     assert_eq!(full["interval_seconds"], 900);
-    assert_eq!(full["timeout_seconds"], 45);
+    assert_eq!(full["timeout_seconds"], 25);
     assert_eq!(full["expected_status"], json!([200, 204, "300-302"]));
     assert_eq!(full["keyword"], "healthy");
     assert_eq!(full["keyword_absent"], true);
@@ -209,7 +211,7 @@ async fn a_monitor_is_created_listed_read_updated_paused_resumed_and_deleted() {
     assert_eq!(
         count(
             &app,
-            "SELECT count(*) FROM monitors WHERE project_id = $1 AND expected_status = '[200, 204, \"300-302\"]'::jsonb AND headers->>'X-Probe' = 'observe' AND timeout_seconds = 45",
+            "SELECT count(*) FROM monitors WHERE project_id = $1 AND expected_status = '[200, 204, \"300-302\"]'::jsonb AND headers->>'X-Probe' = 'observe' AND timeout_seconds = 25",
             &project
         )
         .await,
@@ -274,7 +276,7 @@ async fn a_monitor_is_created_listed_read_updated_paused_resumed_and_deleted() {
     assert_eq!(updated["keyword"], Value::Null);
     assert_eq!(updated["headers"], json!({"X-Other": "1"}));
     assert_eq!(updated["interval_seconds"], 300);
-    assert_eq!(updated["timeout_seconds"], 45);
+    assert_eq!(updated["timeout_seconds"], 25);
     assert_eq!(updated["url"], full["url"]);
     assert_eq!(updated["method"], "POST");
     assert_eq!(updated["expected_status"], full["expected_status"]);
@@ -392,7 +394,9 @@ async fn a_monitor_is_created_listed_read_updated_paused_resumed_and_deleted() {
 
 #[actix_web::test]
 async fn invalid_monitors_are_refused_with_every_field_named() {
-    let app = spawn_app().await;
+    // The timeout cap raised above the shortest interval, so a stored timeout can outlast a
+    // shorter interval (what the update rules below are about).
+    let app = spawn_app_with(|s| s.monitors.max_timeout_secs = 600, None).await;
     let account = register(&app).await;
     let project = create_project(&app, &account.token, "p").await;
     let monitors = format!("/projects/{project}/monitors");
@@ -559,6 +563,116 @@ async fn invalid_monitors_are_refused_with_every_field_named() {
     )
     .await;
     assert_eq!(reply.status, 404);
+}
+
+/// A URL whose host is a literal private, loopback or link-local address can only be an attempt
+/// to reach observe's own network (SSRF): it is refused when the monitor is written, naming the
+/// setting that allows it. Host names are allowed here and checked at every check (DNS can
+/// change). The timeout is capped (30 s by default), so one tenant's hanging targets cannot
+/// hold check slots for minutes.
+#[actix_web::test]
+async fn literal_private_addresses_and_timeouts_over_the_cap_are_refused() {
+    let app = spawn_app().await;
+    let account = register(&app).await;
+    let project = create_project(&app, &account.token, "p").await;
+    let monitors = format!("/projects/{project}/monitors");
+    let post = |body: Value| {
+        let app = &app;
+        let token = account.token.clone();
+        let monitors = monitors.clone();
+        async move { call(app, Method::POST, &monitors, Some(&token), Some(body)).await }
+    };
+    let names_the_setting = |reply: &crate::helpers::Reply| {
+        let details = &reply.json()["error"]["details"];
+        details[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("monitors.allow_private_targets"))
+    };
+
+    for url in [
+        "http://127.0.0.1:8080/health",
+        "http://[::1]:3000/",
+        "http://10.0.0.8/",
+        "http://172.16.4.4/",
+        "http://192.168.1.1/admin",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://100.64.0.1/",
+        "http://0.0.0.0:8000/",
+        "http://[::ffff:192.168.0.1]/",
+        "http://[fd00:ec2::254]/",
+        // Other spellings of 127.0.0.1 that resolvers accept.
+        "http://2130706433/",
+        "http://0x7f.1/",
+        "http://0177.0.0.1/",
+    ] {
+        let reply = post(json!({"name": "n", "url": url})).await;
+        assert_eq!(invalid_fields(&reply), vec!["url"], "{url}");
+        assert!(names_the_setting(&reply), "{url}: {}", reply.text);
+    }
+    // A name is checked at every check, not here.
+    let named = create_monitor(
+        &app,
+        &account.token,
+        &project,
+        json!({"name": "n", "url": "http://localhost:8080/"}),
+    )
+    .await;
+    // Updates are held to the same rule.
+    let reply = call(
+        &app,
+        Method::PATCH,
+        &format!("{monitors}/{}", id_of(&named)),
+        Some(&account.token),
+        Some(json!({"url": "http://192.168.0.10/"})),
+    )
+    .await;
+    assert_eq!(invalid_fields(&reply), vec!["url"]);
+    assert!(names_the_setting(&reply), "{}", reply.text);
+
+    // Timeouts: at most monitors.max_timeout_secs (30).
+    let reply = post(
+        json!({"name": "n", "url": "http://e.com", "interval_seconds": 300, "timeout_seconds": 31}),
+    )
+    .await;
+    assert_eq!(invalid_fields(&reply), vec!["timeout_seconds"]);
+    let reason = reply.json()["error"]["details"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("30") && reason.contains("monitors.max_timeout_secs"),
+        "{reason}"
+    );
+    let capped = create_monitor(
+        &app,
+        &account.token,
+        &project,
+        json!({"name": "n", "url": "http://e.com", "interval_seconds": 300, "timeout_seconds": 30}),
+    )
+    .await;
+    assert_eq!(capped["timeout_seconds"], 30);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM monitors WHERE project_id = $1",
+            &project
+        )
+        .await,
+        2,
+        "nothing refused was stored"
+    );
+
+    // Self-hosters watching their own network lift the rule.
+    let open = spawn_app_with(|s| s.monitors.allow_private_targets = true, None).await;
+    let account = register(&open).await;
+    let project = create_project(&open, &account.token, "lan").await;
+    create_monitor(
+        &open,
+        &account.token,
+        &project,
+        json!({"name": "router", "url": "http://192.168.1.1/"}),
+    )
+    .await;
 }
 
 #[actix_web::test]
@@ -970,6 +1084,23 @@ async fn deleting_a_monitor_deletes_its_checks_and_incidents() {
     .await;
     assert_eq!(reply.status, 204, "{}", reply.text);
     let conn = app.state.db.get().await.unwrap();
+    // The checks are purged in the background (a purge recorded with the delete).
+    let doomed_id: Uuid = doomed.parse().unwrap();
+    assert!(
+        crate::helpers::eventually(20, || async {
+            let n: i64 = conn
+                .query_one(
+                    "SELECT count(*) FROM monitor_checks WHERE monitor_id = $1",
+                    &[&doomed_id],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n == 0
+        })
+        .await,
+        "the deleted monitor's checks are purged"
+    );
     for (table, id, expected) in [
         ("monitor_checks", &doomed, 0i64),
         ("incidents", &doomed, 0),

@@ -9,8 +9,11 @@
 //! within the time it was overdue (at most one interval), so an outage's backlog is spread out
 //! at the normal rate rather than fired at once.
 //!
-//! **A check:** [`observe_core::check::run`] with the monitor's timeout; a failure is tried
-//! once more after `monitors.retry_delay_ms` and only then counts. The slots are fixed
+//! **A check:** a check slot of its organisation and of the instance first
+//! ([`observe_core::check_slots`]; the wait is lateness, not part of the check), then
+//! [`observe_core::check::run`] with the monitor's timeout (at most `monitors.max_timeout_secs`);
+//! a failure is tried once more after `monitors.retry_delay_ms` (the slot given back meanwhile)
+//! and only then counts. The slots are fixed
 //! (`scheduled + interval`), so checks do not drift; one check runs at a time, and a slot that
 //! falls due while the previous check still runs starts as soon as it ends (its lateness is
 //! measured). The row goes to the CheckWriter (batched). The state change is written at once:
@@ -18,6 +21,8 @@
 //! in one transaction with the monitor's state and the alert emails
 //! ([`observe_core::store::monitor_runs`]); other checks update the monitor's row. A failed
 //! write is retried by the next check (the incident decision is taken again from the streak).
+//! Every write is fenced on the shard's lease: one refused because another instance holds the
+//! shard now writes nothing, and the actor stops for good.
 //!
 //! **Messages:** [`Update`] (new configuration, rescheduled at once when the interval
 //! changed), [`Stop`] (deleted, paused, shard lost, shutdown: stops for good; a check still
@@ -36,8 +41,11 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use observe_core::check::{self, CheckOptions, HttpClient, Outcome, Transition};
+use observe_core::check_slots::OrganisationSlots;
 use observe_core::monitor::{MonitorConfig, MonitorState, Status};
-use observe_core::store::monitor_runs::{self as store, CheckRow, IncidentChange};
+use observe_core::store::monitor_runs::{
+    self as store, CheckRow, Fence, IncidentChange, Loaded, StateError,
+};
 use observe_core::store::StoreError;
 use uuid::Uuid;
 
@@ -63,12 +71,15 @@ thread_local! {
     static CLIENT: std::cell::OnceCell<HttpClient> = const { std::cell::OnceCell::new() };
 }
 
-fn client() -> HttpClient {
-    CLIENT.with(|c| c.get_or_init(check::http_client).clone())
+fn client(max_connections: usize) -> HttpClient {
+    CLIENT.with(|c| {
+        c.get_or_init(|| check::http_client(max_connections))
+            .clone()
+    })
 }
 
 /// The handover from the ShardManager to the first incarnation.
-pub(super) type Preload = Arc<Mutex<Option<(MonitorConfig, MonitorState)>>>;
+pub(super) type Preload = Arc<Mutex<Option<Loaded>>>;
 
 pub struct MonitorActor {
     lifeline: Lifeline,
@@ -76,8 +87,12 @@ pub struct MonitorActor {
     generation: u64,
     engine: Engine,
     registry: Registry,
-    preload: Option<(MonitorConfig, MonitorState)>,
+    preload: Option<Loaded>,
     config: Option<MonitorConfig>,
+    /// Its organisation's share of the check slots (known once loaded).
+    organisation: Option<OrganisationSlots>,
+    /// Its state writes count only while this instance holds the monitor's shard.
+    fence: Fence,
     state: MonitorState,
     client: HttpClient,
     /// The slot the next check is for.
@@ -108,7 +123,14 @@ impl MonitorActor {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        let client = client(engine.settings.max_concurrent_checks);
+        let fence = Fence {
+            instance: registry.instance(),
+            shards: i32::try_from(engine.settings.shards).unwrap_or(i32::MAX),
+        };
         Self {
+            fence,
+            client,
             lifeline,
             id,
             generation,
@@ -116,6 +138,7 @@ impl MonitorActor {
             registry,
             preload,
             config: None,
+            organisation: None,
             state: MonitorState {
                 status: Status::Pending,
                 failure_streak: 0,
@@ -123,7 +146,6 @@ impl MonitorActor {
                 next_check_at: None,
                 open_incident: None,
             },
-            client: client(),
             next_due: None,
             last_scheduled: None,
             timer: None,
@@ -157,7 +179,14 @@ impl MonitorActor {
         ctx.stop();
     }
 
-    fn apply(&mut self, config: MonitorConfig, state: MonitorState, ctx: &mut Context<Self>) {
+    fn apply(&mut self, loaded: Loaded, ctx: &mut Context<Self>) {
+        let Loaded {
+            config,
+            state,
+            organisation_id,
+            ..
+        } = loaded;
+        self.organisation = Some(self.engine.slots.organisation(organisation_id));
         if config.paused {
             self.finish(ctx);
             return;
@@ -219,20 +248,14 @@ impl MonitorActor {
             return;
         };
         let interval = self.interval(&config);
-        let started_at = Utc::now();
-        let lateness = (started_at - scheduled).to_std().unwrap_or_default();
-        self.engine
-            .metrics
-            .monitors
-            .lateness_seconds
-            .observe(lateness.as_secs_f64());
+        let now = Utc::now();
         self.in_flight = true;
         self.last_scheduled = Some(scheduled);
         // The next slot is fixed now, whatever this check takes.
         let mut next = scheduled + to_chrono(interval);
-        if next + to_chrono(interval) < started_at {
+        if next + to_chrono(interval) < now {
             // More than a slot behind (a stalled thread): start again from now.
-            next = started_at;
+            next = now;
         }
         self.schedule(next, ctx);
 
@@ -240,24 +263,55 @@ impl MonitorActor {
             allow_private_targets: self.engine.settings.allow_private_targets,
             max_body_bytes: self.engine.settings.max_body_bytes,
             user_agent: self.engine.settings.user_agent.clone(),
-            timeout: Duration::from_secs(u64::from(config.timeout_seconds.max(1))),
+            // Monitors stored before the cap (or under a higher one) are held to it too.
+            timeout: Duration::from_secs(u64::from(
+                config
+                    .timeout_seconds
+                    .min(self.engine.settings.max_timeout_secs)
+                    .max(1),
+            )),
         };
         let retry_delay = Duration::from_millis(self.engine.settings.retry_delay_ms);
         let client = self.client.clone();
+        let slots = self.engine.slots.clone();
+        let organisation = self.organisation.clone();
+        let lateness = self.engine.metrics.monitors.lateness_seconds.clone();
         let run = async move {
+            // A slot first: waiting for it is not part of the check (neither of its timeout
+            // nor of its response time), but it is lateness.
+            let slot = match &organisation {
+                Some(o) => slots.acquire(o).await,
+                None => None,
+            };
+            let started_at = Utc::now();
+            lateness.observe(
+                (started_at - scheduled)
+                    .to_std()
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+            );
             let began = Instant::now();
             let mut outcome = check::run(&client, &config, &options).await;
+            let mut took = began.elapsed();
             if !outcome.ok {
+                // The slot is given back for the retry delay, where nothing is in flight.
+                drop(slot);
                 tokio::time::sleep(retry_delay).await;
+                let _slot = match &organisation {
+                    Some(o) => slots.acquire(o).await,
+                    None => None,
+                };
+                let again = Instant::now();
                 outcome = check::run(&client, &config, &options).await;
+                took += retry_delay + again.elapsed();
             }
-            (outcome, began.elapsed())
+            (outcome, took, started_at)
         };
-        ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(run).map(move |(outcome, took), act, ctx| {
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(run).map(
+            move |(outcome, took, started_at), act, ctx| {
                 act.checked(scheduled, started_at, outcome, took, ctx);
-            }),
-        );
+            },
+        ));
     }
 
     fn checked(
@@ -297,18 +351,22 @@ impl MonitorActor {
         let alerts = self.engine.alerts.clone();
         let id = self.id;
         let saved = next.clone();
+        let fence = self.fence.clone();
         let checks = self.engine.checks.clone();
         let write = async move {
-            let saved_state = async {
+            let saved_state: Result<_, StateError> = async {
                 let mut client = pool.get().await.map_err(StoreError::from)?;
                 match action {
-                    Transition::Save => store::save_state(&client, id, &saved).await.map(|()| None),
+                    Transition::Save => store::save_state(&client, &fence, id, &saved)
+                        .await
+                        .map(|()| None),
                     Transition::Open => {
                         let cause = outcome
                             .failure
                             .unwrap_or(observe_core::monitor::FailureKind::Connect);
                         store::open_incident(
                             &mut client,
+                            &fence,
                             &config,
                             &saved,
                             started_at,
@@ -321,6 +379,7 @@ impl MonitorActor {
                     }
                     Transition::Close(incident) => store::close_incident(
                         &mut client,
+                        &fence,
                         &config,
                         &saved,
                         incident,
@@ -332,10 +391,13 @@ impl MonitorActor {
                 }
             }
             .await;
-            // The row follows the state, so a check cut short by a stop leaves neither. A
-            // full writer makes this wait (and the next check with it): backpressure, not a
-            // lost row.
-            checks.put(row).await;
+            // The row follows the state, so a check cut short by a stop leaves neither, and a
+            // check whose state write was fenced (another instance owns the monitor now) leaves
+            // no row to duplicate the new owner's. A full writer makes this wait (and the next
+            // check with it): backpressure, not a lost row.
+            if !matches!(saved_state, Err(StateError::Fenced)) {
+                checks.put(row).await;
+            }
             saved_state
         };
         self.state = next;
@@ -357,7 +419,7 @@ impl MonitorActor {
         );
     }
 
-    fn persisted(&mut self, result: Result<Option<(bool, IncidentChange)>, StoreError>) {
+    fn persisted(&mut self, result: Result<Option<(bool, IncidentChange)>, StateError>) {
         if result.is_ok() && self.engine.saves_failing.swap(false, Ordering::Relaxed) {
             tracing::info!(actor = Self::KIND, "monitor state saved again");
         }
@@ -392,7 +454,18 @@ impl MonitorActor {
                     mailer::deliver_soon(&self.engine.mailer, email);
                 }
             }
-            Err(e) => {
+            Err(StateError::Fenced) => {
+                // Another instance holds the shard now: nothing was written, and this
+                // incarnation stops for good (its ShardManager learns the same at its next
+                // renewal). The check's row is still recorded: the check did run.
+                tracing::warn!(
+                    actor = Self::KIND,
+                    monitor_id = %self.id,
+                    "this instance no longer holds the monitor's shard: state not written, monitor stopped"
+                );
+                self.stopping = true;
+            }
+            Err(StateError::Store(e)) => {
                 // The next check takes the decision again from the streak. One warning per
                 // outage for the whole engine, not one per monitor.
                 if self.engine.saves_failing.swap(true, Ordering::Relaxed) {
@@ -424,19 +497,20 @@ impl Actor for MonitorActor {
             self.finish(ctx);
             return;
         }
-        if let Some((config, state)) = self.preload.take() {
-            self.apply(config, state, ctx);
+        if let Some(loaded) = self.preload.take() {
+            self.apply(loaded, ctx);
             return;
         }
         let pool = self.engine.pool.clone();
         let id = self.id;
+        let total = i32::try_from(self.engine.settings.shards).unwrap_or(i32::MAX);
         let load = async move {
             let client = pool.get().await.map_err(StoreError::from)?;
-            store::load(&client, id).await
+            store::load(&client, id, total).await
         };
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(load).map(|result, act, ctx| match result {
-                Ok(Some((config, state))) => act.apply(config, state, ctx),
+                Ok(Some(loaded)) => act.apply(loaded, ctx),
                 Ok(None) => act.finish(ctx),
                 Err(e) => {
                     act.lifeline.fail(format!("cannot load the monitor: {e}"));

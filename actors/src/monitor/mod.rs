@@ -20,8 +20,15 @@
 //!
 //! **Exactly one instance per monitor:** a monitor runs only on the instance holding its
 //! shard's lease; actors of a shard are stopped before its lease is released, and before it
-//! can run out (renewals failing for 2/3 of `lease_secs`). A restarted MonitorActor that its
+//! can run out: at the start of the last successful renewal plus 2/3 of `lease_secs`, by a
+//! watchdog timer, whether or not the renewal in flight ever returns ([`shards::LeaseClock`]).
+//! State writes are fenced in PostgreSQL on the shard's lease, so a write from an instance
+//! that lost the shard writes nothing (and stops its actor). A restarted MonitorActor that its
 //! ShardManager no longer lists finishes at once (generation check in the registry).
+//!
+//! **Check slots:** every check takes a slot of its organisation and one of the instance
+//! ([`observe_core::check_slots`]) before its timeout (capped at `monitors.max_timeout_secs`)
+//! starts, so one tenant's hanging targets delay only that tenant.
 //!
 //! `monitors.interval_divisor` (tests and benchmarks only) divides every interval; timeouts
 //! and the retry delay are used as configured.
@@ -37,6 +44,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
+use observe_core::check_slots::CheckSlots;
 use observe_core::config::{MonitorSettings, Settings};
 use observe_core::db::PgPool;
 use observe_core::metrics::Metrics;
@@ -65,6 +73,8 @@ pub(crate) struct Engine {
     arbiters: Arc<Vec<ArbiterHandle>>,
     /// State writes are failing (one warning per outage, not one per monitor).
     saves_failing: Arc<AtomicBool>,
+    /// Checks in flight, per instance and per organisation.
+    slots: CheckSlots,
 }
 
 impl Engine {
@@ -87,6 +97,7 @@ impl Engine {
 /// One running MonitorActor, as the registry knows it.
 pub(crate) struct Running {
     handle: Supervised<MonitorActor>,
+    project_id: Uuid,
     shard: i32,
     updated_at: DateTime<Utc>,
     generation: u64,
@@ -157,6 +168,7 @@ impl Registry {
             .filter(|(id, r)| {
                 pred(&EntryView {
                     id: **id,
+                    project_id: r.project_id,
                     shard: r.shard,
                     since: r.since,
                 })
@@ -207,7 +219,8 @@ impl Registry {
         inner.next_generation += 1;
         let updated_at = m.config.updated_at;
         let shard = m.shard;
-        let preload: Preload = Arc::new(Mutex::new(Some((m.config, m.state))));
+        let project_id = m.config.project_id;
+        let preload: Preload = Arc::new(Mutex::new(Some(m)));
         let (engine_c, registry) = (engine.clone(), self.clone());
         let handle = engine
             .supervisor
@@ -225,6 +238,7 @@ impl Registry {
             id,
             Running {
                 handle,
+                project_id,
                 shard,
                 updated_at,
                 generation,
@@ -260,6 +274,15 @@ impl MonitorControl {
                 SendError::Closed(_) => "engine restarting",
             };
             tracing::debug!(monitor_id = %monitor_id, reason, "monitor change left to the next poll");
+        }
+    }
+
+    /// Project `project_id` was deleted (here or on another instance): its MonitorActors on
+    /// this instance stop at once (a check talking to its target is dropped; a state write
+    /// under way finishes, and changes nothing, its row being gone).
+    pub fn project_deleted(&self, project_id: Uuid) {
+        if let Some(registry) = &self.registry {
+            registry.stop_where(|entry| entry.project_id == project_id);
         }
     }
 
@@ -318,6 +341,10 @@ pub fn start(
         supervisor: supervisor.clone(),
         arbiters: Arc::new(arbiters),
         saves_failing: Arc::new(AtomicBool::new(false)),
+        slots: CheckSlots::new(
+            settings.monitors.max_concurrent_checks,
+            settings.monitors.max_concurrent_checks_per_organisation,
+        ),
     };
     let registry = Registry::new();
     let manager = {

@@ -8,10 +8,22 @@
 //! owns, counts the live instances, and claims free or expired shards up to its fair share,
 //! `ceil(shards / live instances)`; above its share (another instance joined) it stops the
 //! actors of the excess shards and releases them, so a second instance ends up with half. A
-//! shard it no longer owns has its actors stopped. If renewals keep failing (PostgreSQL away)
-//! for two thirds of the lease, it stops every actor before the leases can run out: a monitor
-//! is never run by two instances. A dead instance's shards are claimed by the others once
-//! their leases ran out.
+//! shard it no longer owns has its actors stopped. A dead instance's shards are claimed by the
+//! others once their leases ran out.
+//!
+//! **A lease cannot be outlived** ([`LeaseClock`]): the leases a renewal writes last
+//! `lease_secs` from the database's clock at the renewal, which is after the moment the renewal
+//! *began* here; so this instance counts its leases valid until that beginning plus two thirds
+//! of the lease, and a watchdog timer stops every actor at that instant unless a later renewal
+//! succeeded, whether the renewal in flight failed, hangs, or returns late (a renewal that
+//! returns after its own deadline counts for nothing). The remaining third is the margin for
+//! clock drift and a stalled thread. This is the rule of Kubernetes' client-go leader election
+//! (a leader gives up once its `RenewDeadline`, shorter than the lease, passes without a
+//! successful renewal). Each renewal runs in one transaction with a `statement_timeout` of a
+//! third of the lease, so a renewal stuck behind a lock gives up in time for the next one. The
+//! actors' state writes are also fenced in PostgreSQL on the shard's lease
+//! ([`observe_core::store::monitor_runs::Fence`]): a write from an instance that lost the shard
+//! writes nothing, and the actor stops.
 //!
 //! **Changes:** [`Reload`] (from [`super::MonitorControl::changed`], after a committed API
 //! change) reloads one monitor at once: started, updated, or stopped (paused, deleted). Every
@@ -53,6 +65,49 @@ const SYNC_OVERLAP: chrono::Duration = chrono::Duration::seconds(5);
 #[rtype(result = "()")]
 pub struct Reload(pub Uuid);
 
+/// When this instance must consider its shard leases lost: two thirds of the lease after the
+/// *start* of its last successful renewal. Plain data, driven by the caller's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseClock {
+    /// How long the leases count, from the start of a renewal.
+    valid_for: Duration,
+    /// The start of the last renewal that succeeded in time.
+    last_renewed: Option<Instant>,
+}
+
+impl LeaseClock {
+    /// Leases of `lease` count for two thirds of it.
+    pub fn new(lease: Duration) -> Self {
+        Self {
+            valid_for: lease.mul_f64(2.0 / 3.0),
+            last_renewed: None,
+        }
+    }
+
+    /// A renewal that began at `began` succeeded, as found at `now`. `false` when it returned
+    /// too late to count (its leases may have run out meanwhile): nothing changes then.
+    pub fn renewed(&mut self, began: Instant, now: Instant) -> bool {
+        if now >= began + self.valid_for {
+            return false;
+        }
+        // A renewal that began earlier than the last one counted (they overlap) adds nothing.
+        if self.last_renewed.is_none_or(|last| began > last) {
+            self.last_renewed = Some(began);
+        }
+        true
+    }
+
+    /// Until when the leases count, if they ever did.
+    pub fn valid_until(&self) -> Option<Instant> {
+        self.last_renewed.map(|at| at + self.valid_for)
+    }
+
+    /// Whether the leases no longer count at `now` (or never did).
+    pub fn expired(&self, now: Instant) -> bool {
+        self.valid_until().is_none_or(|until| now >= until)
+    }
+}
+
 pub struct ShardManager {
     _lifeline: Lifeline,
     engine: Engine,
@@ -61,7 +116,9 @@ pub struct ShardManager {
     syncing: bool,
     draining: bool,
     shards_ready: bool,
-    last_renewed: Option<Instant>,
+    leases: LeaseClock,
+    /// Fires when the leases stop counting, unless a renewal moved it.
+    watchdog: Option<SpawnHandle>,
     sync_since: Option<DateTime<Utc>>,
     /// Monitors to reload, gathered for a moment so a burst of changes is one query.
     reloads: Vec<Uuid>,
@@ -69,6 +126,7 @@ pub struct ShardManager {
 
 impl ShardManager {
     pub(super) fn new(lifeline: Lifeline, engine: Engine, registry: Registry) -> Self {
+        let leases = LeaseClock::new(Duration::from_secs(engine.settings.lease_secs));
         Self {
             _lifeline: lifeline,
             engine,
@@ -77,7 +135,8 @@ impl ShardManager {
             syncing: false,
             draining: false,
             shards_ready: false,
-            last_renewed: None,
+            leases,
+            watchdog: None,
             sync_since: None,
             reloads: Vec::new(),
         }
@@ -93,6 +152,8 @@ impl ShardManager {
 
     /// Renew, rebalance and reconcile.
     fn tick(&mut self, ctx: &mut Context<Self>) {
+        // Also checked here, should the watchdog's timer have been held up.
+        self.stop_if_leases_expired();
         if self.ticking || self.draining {
             return;
         }
@@ -102,21 +163,31 @@ impl ShardManager {
         let total = self.total();
         let lease = self.lease();
         let ensure = !self.shards_ready;
+        // A statement stuck behind a lock gives up before the next renewal is due.
+        let statement_timeout_ms = (lease / 3).as_millis().max(100);
         let began = Instant::now();
         let run = async move {
-            let client = pool.get().await?;
+            let mut client = pool.get().await?;
+            // One transaction: the leases it writes all start at its beginning (`now()`),
+            // which is after `began`.
+            let tx = client.transaction().await?;
+            tx.batch_execute(&format!(
+                "SET LOCAL statement_timeout = {statement_timeout_ms}"
+            ))
+            .await?;
             if ensure {
-                store::ensure_shards(&client, total).await?;
+                store::ensure_shards(&tx, total).await?;
             }
-            let (mut held, live) = store::renew(&client, &me, total, lease).await?;
+            let (mut held, live) = store::renew(&tx, &me, total, lease).await?;
             let fair = store::fair_share(total, live);
             let short = fair - held.len() as i64;
             if short > 0 {
-                held.extend(store::claim(&client, &me, total, short, lease).await?);
+                held.extend(store::claim(&tx, &me, total, short, lease).await?);
             }
             held.sort_unstable();
-            let listed = store::list_shards(&client, &held, total).await?;
-            let now = store::db_now(&client).await?;
+            let listed = store::list_shards(&tx, &held, total).await?;
+            let now = store::db_now(&tx).await?;
+            tx.commit().await?;
             Ok::<_, StoreError>((held, fair, listed, now))
         };
         ctx.spawn(
@@ -127,8 +198,12 @@ impl ShardManager {
                 }
                 match result {
                     Ok((held, fair, listed, now)) => {
+                        if !act.leases.renewed(began, Instant::now()) {
+                            act.renew_failed("the renewal returned after its leases' deadline");
+                            return;
+                        }
+                        act.arm_watchdog(ctx);
                         act.shards_ready = true;
-                        act.last_renewed = Some(Instant::now());
                         if act.sync_since.is_none() {
                             act.sync_since = Some(now);
                         }
@@ -140,23 +215,43 @@ impl ShardManager {
         );
     }
 
-    fn renew_failed(&mut self, error: StoreError) {
-        let limit = self.lease().mul_f64(2.0 / 3.0);
-        let expired = self.last_renewed.is_none_or(|at| at.elapsed() >= limit);
+    /// Sets the watchdog to the instant the leases stop counting.
+    fn arm_watchdog(&mut self, ctx: &mut Context<Self>) {
+        if let Some(handle) = self.watchdog.take() {
+            ctx.cancel_future(handle);
+        }
+        let Some(until) = self.leases.valid_until() else {
+            return;
+        };
+        let delay = until.saturating_duration_since(Instant::now());
+        self.watchdog = Some(ctx.run_later(delay, |act, _| {
+            act.watchdog = None;
+            act.stop_if_leases_expired();
+        }));
+    }
+
+    /// Stops every monitor of this instance once its leases no longer count.
+    fn stop_if_leases_expired(&mut self) {
+        if self.registry.owned().is_empty() || !self.leases.expired(Instant::now()) {
+            return;
+        }
+        tracing::error!(
+            actor = Self::KIND,
+            lease_secs = self.engine.settings.lease_secs,
+            "shard leases not renewed within two thirds of the lease: stopping this instance's monitors"
+        );
+        self.registry.set_owned(BTreeSet::new());
+        self.registry.stop_where(|_| true);
+        self.engine.metrics.monitors.shards_owned.set(0);
+    }
+
+    fn renew_failed(&mut self, error: impl std::fmt::Display) {
         tracing::warn!(
             actor = Self::KIND,
             error = %error,
             "renewing monitor shard leases failed"
         );
-        if expired && !self.registry.owned().is_empty() {
-            tracing::error!(
-                actor = Self::KIND,
-                "shard leases may have run out: stopping this instance's monitors"
-            );
-            self.registry.set_owned(BTreeSet::new());
-            self.registry.stop_where(|_| true);
-            self.engine.metrics.monitors.shards_owned.set(0);
-        }
+        self.stop_if_leases_expired();
     }
 
     fn rebalance(
@@ -425,6 +520,53 @@ impl Handler<Drain> for ShardManager {
 /// The registry's view of one running monitor.
 pub(super) struct EntryView {
     pub id: Uuid,
+    pub project_id: Uuid,
     pub shard: i32,
     pub since: Instant,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn leases_count_from_the_start_of_the_renewal_not_its_end() {
+        let t0 = Instant::now();
+        let mut clock = LeaseClock::new(LEASE);
+        assert!(clock.expired(t0), "never renewed");
+        // Began at t0, returned 15 s later: still counts, until t0 + 20 s (not t0 + 35 s).
+        assert!(clock.renewed(t0, t0 + Duration::from_secs(15)));
+        assert_eq!(clock.valid_until(), Some(t0 + Duration::from_secs(20)));
+        assert!(!clock.expired(t0 + Duration::from_millis(19_999)));
+        assert!(clock.expired(t0 + Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn a_renewal_that_hangs_does_not_extend_anything() {
+        let t0 = Instant::now();
+        let mut clock = LeaseClock::new(LEASE);
+        assert!(clock.renewed(t0, t0 + Duration::from_millis(50)));
+        // The next renewal began at t0 + 10 s and hangs: at t0 + 20 s the leases are over,
+        // whether or not it ever returns.
+        assert!(clock.expired(t0 + Duration::from_secs(20)));
+        // It returns at t0 + 31 s, after its own deadline (t0 + 30 s): it counts for nothing.
+        let began = t0 + Duration::from_secs(10);
+        assert!(!clock.renewed(began, t0 + Duration::from_secs(31)));
+        assert!(clock.expired(t0 + Duration::from_secs(31)));
+        // Returning before its deadline, it would have counted from its start.
+        let mut other = LeaseClock::new(LEASE);
+        assert!(other.renewed(began, t0 + Duration::from_secs(29)));
+        assert_eq!(other.valid_until(), Some(t0 + Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn an_older_renewal_returning_late_does_not_shorten_a_newer_one() {
+        let t0 = Instant::now();
+        let mut clock = LeaseClock::new(LEASE);
+        assert!(clock.renewed(t0 + Duration::from_secs(10), t0 + Duration::from_secs(11)));
+        assert!(clock.renewed(t0, t0 + Duration::from_secs(12)));
+        assert_eq!(clock.valid_until(), Some(t0 + Duration::from_secs(30)));
+    }
 }

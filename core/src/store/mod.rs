@@ -14,7 +14,9 @@ pub mod api_keys;
 pub mod ingest;
 pub mod monitor_runs;
 pub mod monitors;
+pub mod partitions;
 pub mod projects;
+pub mod purge;
 pub mod sessions;
 pub mod tokens;
 

@@ -7,6 +7,13 @@
 //! index `incidents_one_open` makes a second open incident impossible: a conflicting insert means
 //! "already open" and sends nothing. A close only counts (and sends) if it is the one that set
 //! `resolved_at`. So an alert is written once per incident, even across restarts and instances.
+//!
+//! **Fenced:** every state write (a monitor's state, an incident opened or closed, its alerts)
+//! first takes a share lock on the monitor's shard row, and only while this instance holds a
+//! live lease on it ([`Fence`]); otherwise it writes nothing and answers
+//! [`StateError::Fenced`]. The share lock makes another instance's claim of the shard wait for
+//! the write's commit, so a write from an instance that lost the shard (it stalled past its
+//! lease, and another took the shard) can never land after the new owner took over.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -27,7 +34,8 @@ use crate::tiers::{Tier, TierPolicy};
 const COLUMNS: &str = concat!(
     super::monitors::config_columns!(),
     ", m.status, m.failure_streak, m.last_checked_at, m.next_check_at, \
-     (SELECT i.id FROM incidents i WHERE i.monitor_id = m.id AND i.resolved_at IS NULL)"
+     (SELECT i.id FROM incidents i WHERE i.monitor_id = m.id AND i.resolved_at IS NULL), \
+     (SELECT p.organisation_id FROM projects p WHERE p.id = m.project_id)"
 );
 
 fn monitor(row: &Row) -> (MonitorConfig, MonitorState) {
@@ -43,25 +51,32 @@ fn monitor(row: &Row) -> (MonitorConfig, MonitorState) {
     (super::monitors::config_of(row), state)
 }
 
-/// Monitor `id` with its state and open incident, paused or not.
+/// Monitor `id` with its state, open incident, organisation and shard (of `total`), paused or
+/// not.
 pub async fn load(
     client: &impl GenericClient,
     id: Uuid,
-) -> Result<Option<(MonitorConfig, MonitorState)>, StoreError> {
+    total: i32,
+) -> Result<Option<Loaded>, StoreError> {
     let row = client
         .query_opt(
-            format!("SELECT {COLUMNS} FROM monitors m WHERE m.id = $1").as_str(),
-            &[&id],
+            format!(
+                "SELECT {COLUMNS}, observe_monitor_shard(m.id, $2) FROM monitors m WHERE m.id = $1"
+            )
+            .as_str(),
+            &[&id, &total],
         )
         .await?;
-    Ok(row.as_ref().map(monitor))
+    Ok(row.as_ref().map(loaded))
 }
 
-/// A monitor loaded to run: configuration, state and shard.
+/// A monitor loaded to run: configuration, state, its organisation (whose check slots it
+/// shares) and shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loaded {
     pub config: MonitorConfig,
     pub state: MonitorState,
+    pub organisation_id: Uuid,
     pub shard: i32,
 }
 
@@ -70,7 +85,9 @@ fn loaded(row: &Row) -> Loaded {
     Loaded {
         config,
         state,
-        shard: row.get(18),
+        // NULL only if the project vanished between the rows; its monitor is gone then too.
+        organisation_id: row.get::<_, Option<Uuid>>(18).unwrap_or_default(),
+        shard: row.get(19),
     }
 }
 
@@ -162,13 +179,97 @@ fn listed(row: &Row) -> Listed {
     }
 }
 
+/// Who may write a monitor's state: the instance `instance`, while it holds the live lease of
+/// the monitor's shard (of `shards`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub instance: String,
+    pub shards: i32,
+}
+
+/// Why a state write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// This instance does not hold the monitor's shard (any more): nothing was written.
+    #[error("this instance no longer holds the monitor's shard; nothing was written")]
+    Fenced,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<tokio_postgres::Error> for StateError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StateError::Store(e.into())
+    }
+}
+
+/// Takes a share lock on monitor `id`'s shard row if `fence` holds its live lease (until the
+/// caller's transaction ends): `false` when it does not.
+async fn hold_shard(
+    client: &impl GenericClient,
+    fence: &Fence,
+    id: Uuid,
+) -> Result<bool, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT 1 FROM monitor_shards \
+             WHERE shard = observe_monitor_shard($1, $2) AND owner = $3 AND lease_until > now() \
+             FOR SHARE",
+            &[&id, &fence.shards, &fence.instance],
+        )
+        .await?;
+    Ok(row.is_some())
+}
+
 /// The database's clock (so instances with skewed clocks agree on "changed since").
 pub async fn db_now(client: &impl GenericClient) -> Result<DateTime<Utc>, StoreError> {
     Ok(client.query_one("SELECT now()", &[]).await?.get(0))
 }
 
-/// Writes a monitor's runtime state to its row (not `updated_at`: that marks API changes).
+/// Writes a monitor's runtime state to its row (not `updated_at`: that marks API changes), if
+/// `fence` holds its shard: one statement, the share lock on the shard row held for it.
 pub async fn save_state(
+    client: &impl GenericClient,
+    fence: &Fence,
+    id: Uuid,
+    state: &MonitorState,
+) -> Result<(), StateError> {
+    let streak = i32::try_from(state.failure_streak).unwrap_or(i32::MAX);
+    let written = client
+        .query_opt(
+            "WITH held AS ( \
+                 SELECT 1 FROM monitor_shards \
+                 WHERE shard = observe_monitor_shard($1, $6) AND owner = $7 \
+                   AND lease_until > now() \
+                 FOR SHARE) \
+             UPDATE monitors SET status = $2, failure_streak = $3, last_checked_at = $4, \
+                 next_check_at = $5 \
+             WHERE id = $1 AND EXISTS (SELECT 1 FROM held) \
+             RETURNING 1",
+            &[
+                &id,
+                &state.status.as_str(),
+                &streak,
+                &state.last_checked_at,
+                &state.next_check_at,
+                &fence.shards,
+                &fence.instance,
+            ],
+        )
+        .await?;
+    if written.is_some() {
+        return Ok(());
+    }
+    // Nothing updated: a deleted monitor (fine: nothing to write), or the shard is not ours.
+    if hold_shard(client, fence, id).await? {
+        Ok(())
+    } else {
+        Err(StateError::Fenced)
+    }
+}
+
+/// [`save_state`] inside a transaction that already holds the shard ([`hold_shard`]).
+async fn write_state(
     client: &impl GenericClient,
     id: Uuid,
     state: &MonitorState,
@@ -316,18 +417,22 @@ fn link(alerts: &AlertPolicy, monitor: &MonitorConfig) -> String {
 }
 
 /// Opens an incident for `monitor` (unless one is open), saves `state` and, for tiers with
-/// email alerts, enqueues the down emails: one transaction.
+/// email alerts, enqueues the down emails: one transaction, if `fence` holds the shard.
 #[allow(clippy::too_many_arguments)]
 pub async fn open_incident(
     client: &mut Client,
+    fence: &Fence,
     monitor: &MonitorConfig,
     state: &MonitorState,
     started_at: DateTime<Utc>,
     cause: FailureKind,
     error: Option<&str>,
     alerts: &AlertPolicy,
-) -> Result<IncidentChange, StoreError> {
+) -> Result<IncidentChange, StateError> {
     let tx = client.transaction().await?;
+    if !hold_shard(&tx, fence, monitor.id).await? {
+        return Err(StateError::Fenced);
+    }
     let inserted = tx
         .query_opt(
             "INSERT INTO incidents (monitor_id, project_id, started_at, cause, error) \
@@ -389,22 +494,26 @@ pub async fn open_incident(
             }
         }
     };
-    save_state(&tx, monitor.id, state).await?;
+    write_state(&tx, monitor.id, state).await?;
     tx.commit().await?;
     Ok(change)
 }
 
 /// Closes incident `incident_id` (if still open), saves `state` and, for tiers with email
-/// alerts, enqueues the recovery emails: one transaction.
+/// alerts, enqueues the recovery emails: one transaction, if `fence` holds the shard.
 pub async fn close_incident(
     client: &mut Client,
+    fence: &Fence,
     monitor: &MonitorConfig,
     state: &MonitorState,
     incident_id: Uuid,
     resolved_at: DateTime<Utc>,
     alerts: &AlertPolicy,
-) -> Result<IncidentChange, StoreError> {
+) -> Result<IncidentChange, StateError> {
     let tx = client.transaction().await?;
+    if !hold_shard(&tx, fence, monitor.id).await? {
+        return Err(StateError::Fenced);
+    }
     let closed = tx
         .query_opt(
             "UPDATE incidents SET resolved_at = $2 \
@@ -441,7 +550,7 @@ pub async fn close_incident(
             .await?;
         }
     }
-    save_state(&tx, monitor.id, state).await?;
+    write_state(&tx, monitor.id, state).await?;
     tx.commit().await?;
     Ok(IncidentChange {
         incident_id,

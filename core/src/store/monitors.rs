@@ -296,8 +296,9 @@ pub async fn set_paused(
     Ok(row.as_ref().map(monitor))
 }
 
-/// Deletes a monitor of a project of the organisation, with its incidents (cascade) and its
-/// checks (trigger). `false` if there was no such monitor.
+/// Deletes a monitor of a project of the organisation, with its incidents (cascade); its
+/// checks are purged in the background (a trigger records the purge, migration 0007). `false`
+/// if there was no such monitor.
 pub async fn delete(
     client: &impl GenericClient,
     org_id: Uuid,

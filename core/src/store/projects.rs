@@ -135,7 +135,9 @@ pub async fn get(
     Ok(row.as_ref().map(project))
 }
 
-/// Deletes a project of the organisation (and, by cascade, its keys and data).
+/// Deletes a project of the organisation (and, by cascade, its keys, monitors, error groups
+/// and people). Its raw rows are not deleted here: a trigger records a pending purge, which the
+/// Purger carries out in bounded batches (migration 0007).
 pub async fn delete(
     client: &impl GenericClient,
     org_id: Uuid,
