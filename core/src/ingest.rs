@@ -384,6 +384,10 @@ impl Fields<'_> {
     /// Notes a problem if `value` holds a NUL anywhere (PostgreSQL stores no NUL in `text` and
     /// no `\u0000` in `jsonb`: such an item could never be written). Returns whether it did.
     fn refuse_nul(&mut self, field: &str, value: &Value) -> bool {
+        // The common case, no NUL, allocates nothing; the path is built only to report one.
+        if !has_nul(value) {
+            return false;
+        }
         match nul_in(value, field) {
             Some(NulAt::Value(path)) => {
                 self.problem(&path, "must not contain NUL characters");
@@ -518,6 +522,16 @@ enum NulAt {
     Value(String),
     /// The path of the object whose key holds it.
     Key(String),
+}
+
+/// Whether `value` holds a NUL anywhere, in a string or a key.
+fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 /// The first NUL in `value` (whose path is `path`), depth first.

@@ -909,15 +909,6 @@ async fn upsert_identities(
     Ok(())
 }
 
-/// Creates the raw tables' daily partitions `days_ahead` days ahead; returns how many were new.
-pub async fn ensure_partitions(client: &Client, days_ahead: u32) -> Result<i32, StoreError> {
-    let days = i32::try_from(days_ahead).unwrap_or(i32::MAX);
-    let row = client
-        .query_one("SELECT observe_ensure_partitions($1)", &[&days])
-        .await?;
-    Ok(row.get(0))
-}
-
 /// Items counted this month against an organisation's caps, by category.
 pub async fn usage(
     client: &impl super::GenericClient,
