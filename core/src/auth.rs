@@ -57,6 +57,8 @@ pub struct Passwords {
     /// Hashes running at once at most (each holds its memory and a core).
     slots: Arc<tokio::sync::Semaphore>,
     wait: StdDuration,
+    /// Hashes computed or verified so far (each one held a slot).
+    computed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Passwords {
@@ -76,14 +78,24 @@ impl Passwords {
                 settings.max_concurrent_hashes.max(1),
             )),
             wait: StdDuration::from_millis(settings.hash_wait_ms),
+            computed: Arc::default(),
         })
+    }
+
+    /// How many hashes this instance has computed or verified (each held a hashing slot).
+    pub fn computed(&self) -> u64 {
+        self.computed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A hashing slot, waited for at most `hash_wait_ms`. The permit moves into the blocking
     /// task, so a request that gives up does not free the slot before its hash is done.
     async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, AuthError> {
         match tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
+            Ok(Ok(permit)) => {
+                self.computed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(permit)
+            }
             _ => Err(AuthError::Busy),
         }
     }

@@ -308,4 +308,57 @@ mod tests {
         assert!(err.to_string().contains("down"), "{err}");
         assert!(cache.is_empty());
     }
+
+    #[tokio::test]
+    async fn a_cancelled_lookup_leaves_no_flight_behind() {
+        use futures_util::FutureExt;
+        let cache: LookupCache<String, u32> = LookupCache::new(8);
+        for i in 0..100 {
+            let lookup = cache.get_or_load(format!("made-up-{i}"), || async {
+                std::future::pending::<Result<(u32, Duration), StoreError>>().await
+            });
+            // Polled once (the load starts), then dropped: a client that went away.
+            assert!(lookup.now_or_never().is_none());
+        }
+        assert_eq!(
+            cache.lock().flights.len(),
+            0,
+            "cancelled lookups left their flights behind"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_forget_that_does_not_concern_a_load_in_flight_lets_it_be_kept() {
+        let cache: LookupCache<&str, u32> = LookupCache::new(8);
+        let forgetter = cache.clone();
+        let (value, _) = cache
+            .get_or_load("b", || async move {
+                // A change of something else arrives while "b" is being read.
+                forgetter.forget_where(|k, _| *k == "a");
+                Ok((2, LONG))
+            })
+            .await
+            .unwrap();
+        assert_eq!(value, 2);
+        assert_eq!(
+            cache.get(&"b", Instant::now()),
+            Some(2),
+            "an unrelated forget threw the load away"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_forget_that_concerns_a_load_in_flight_keeps_its_answer_out() {
+        let cache: LookupCache<&str, u32> = LookupCache::new(8);
+        let forgetter = cache.clone();
+        let (value, _) = cache
+            .get_or_load("b", || async move {
+                forgetter.forget_where(|_, v| *v == 2);
+                Ok((2, LONG))
+            })
+            .await
+            .unwrap();
+        assert_eq!(value, 2, "the caller still gets its answer");
+        assert_eq!(cache.get(&"b", Instant::now()), None, "but it is not kept");
+    }
 }

@@ -239,6 +239,7 @@ pub struct Limiter {
     peek_script: Arc<redis::Script>,
     leases: Arc<Mutex<HashMap<String, Arc<KeyLease>>>>,
     local: Arc<Mutex<HashMap<String, u64>>>,
+    local_capacity: usize,
     degraded: Arc<AtomicBool>,
     /// When Redis was last probed during an outage (ms since the epoch).
     last_probe_ms: Arc<AtomicU64>,
@@ -257,10 +258,17 @@ impl Limiter {
             peek_script: Arc::new(redis::Script::new(PEEK_SCRIPT)),
             leases: Arc::default(),
             local: Arc::default(),
+            local_capacity: 100_000,
             degraded: Arc::default(),
             last_probe_ms: Arc::default(),
             metrics,
         }
+    }
+
+    /// The same limiter keeping at most `keys` keys per instance while Redis is away.
+    pub fn with_local_capacity(mut self, keys: usize) -> Self {
+        self.local_capacity = keys;
+        self
     }
 
     /// Counts one request of `key` against `limit` per `period`. During a Redis outage no
@@ -547,6 +555,45 @@ mod tests {
         assert_eq!(peeked, peek_step(tat, 0, 2, MINUTE), "nothing was spent");
         assert!(peek_step(tat, 30_000, 2, MINUTE).allowed);
         assert!(peek_step(None, 0, 2, MINUTE).allowed);
+    }
+
+    fn offline_limiter() -> Limiter {
+        let mut settings = crate::config::Settings::load_from(|_| None).unwrap().redis;
+        // Never reached: these tests drive the per-instance fallback only.
+        settings.url = secrecy::SecretString::from("redis://127.0.0.1:1/");
+        let pool = crate::redis::pool(&settings).unwrap();
+        Limiter::new(pool, "test:", Metrics::new().unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_fallback_keeps_a_bounded_number_of_keys_the_recent_ones() {
+        let limiter = offline_limiter().with_local_capacity(100);
+        let window = Duration::from_secs(900);
+        for i in 0..300 {
+            assert!(limiter.locally(&format!("client-{i}"), 5, window, 1).allowed);
+        }
+        let held = limiter.local.lock().unwrap().len();
+        assert!(held <= 100, "the fallback grew to {held} keys past its bound of 100");
+        // The most recent keys are still counted.
+        for _ in 0..4 {
+            assert!(limiter.locally("client-299", 5, window, 1).allowed);
+        }
+        assert!(!limiter.locally("client-299", 5, window, 1).allowed);
+    }
+
+    #[tokio::test]
+    async fn a_look_at_cost_zero_spends_and_stores_nothing() {
+        let limiter = offline_limiter();
+        let window = Duration::from_secs(60);
+        let look = limiter.locally("k", 2, window, 0);
+        assert_eq!((look.allowed, look.remaining), (true, 2));
+        assert_eq!(limiter.local.lock().unwrap().len(), 0, "a look stored a key");
+        assert!(limiter.locally("k", 2, window, 1).allowed);
+        assert_eq!(limiter.locally("k", 2, window, 0).remaining, 1);
+        assert!(limiter.locally("k", 2, window, 1).allowed);
+        let look = limiter.locally("k", 2, window, 0);
+        assert_eq!(look.remaining, 0, "{look:?}");
+        assert!(!limiter.locally("k", 2, window, 1).allowed);
     }
 
     #[test]

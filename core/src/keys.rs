@@ -409,4 +409,26 @@ mod tests {
         cache.restore_used(taken);
         assert_eq!(cache.take_used(), vec![(o.key_id, later)]);
     }
+
+    #[tokio::test]
+    async fn session_changes_leave_key_loads_in_flight_alone() {
+        let cache = cache();
+        let o = owner();
+        let forgetter = cache.clone();
+        let (answer, _) = cache
+            .entries
+            .get_or_load(vec![9], || async move {
+                forgetter.forget(Scope::User(Uuid::new_v4()));
+                forgetter.forget(Scope::Session(Uuid::new_v4()));
+                Ok((Some(o), Duration::from_secs(60)))
+            })
+            .await
+            .unwrap();
+        assert_eq!(answer, Some(o));
+        assert_eq!(
+            cache.entries.get(&vec![9], std::time::Instant::now()),
+            Some(Some(o)),
+            "a session's change threw away a key lookup"
+        );
+    }
 }

@@ -145,6 +145,17 @@ mod tests {
     }
 
     #[test]
+    fn account_keys_cannot_be_recomputed_without_the_secret() {
+        let plain = Sha256::digest(b"ada@example.com");
+        let plain: String = plain[..16].iter().map(|b| format!("{b:02x}")).collect();
+        assert_ne!(
+            account_of("ada@example.com"),
+            plain,
+            "an unsalted SHA-256 of the address: a dictionary of addresses reverses it"
+        );
+    }
+
+    #[test]
     fn accounts_are_keyed_by_a_hash_of_the_normalised_email() {
         let a = account_of(" Ada@Example.com ");
         assert_eq!(a, account_of("ada@example.com"));

@@ -400,3 +400,28 @@ async fn an_email_change_racing_a_takeover_leaves_no_live_link() {
     );
     assert_ne!(status, 202, "the change was accepted for a taken-over account");
 }
+
+/// Item 3: a reset with a token that is no good is refused before any password is hashed, so
+/// garbage tokens cannot keep the hashing slots (and the cores behind them) busy.
+#[actix_web::test]
+async fn a_reset_with_a_bad_token_hashes_nothing() {
+    let app = spawn_app_with(|_| {}, None).await;
+    let before = app.state.passwords.computed();
+    for token in ["made-up-token", &"A".repeat(43)] {
+        let reply = call(
+            &app,
+            Method::POST,
+            "/auth/reset-password",
+            None,
+            Some(json!({"token": token, "new_password": "a long enough password"})),
+        )
+        .await;
+        assert_eq!(reply.status, 400, "{}", reply.text);
+        assert_eq!(reply.json()["error"]["code"], "invalid_token");
+    }
+    assert_eq!(
+        app.state.passwords.computed(),
+        before,
+        "a password was hashed for a token that was no good"
+    );
+}
