@@ -283,6 +283,9 @@ pub struct AuthSettings {
     /// Lets production run with `cookie_secure = false` (TLS ended somewhere that is not
     /// HTTPS to the browser, e.g. a private network). Off: production refuses to start.
     pub allow_insecure_cookie: bool,
+    /// How long a browser that signed in stays a known device of the account (its device
+    /// cookie): failures from it count against a budget of its own, not the account's.
+    pub device_cookie_days: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -301,6 +304,9 @@ pub struct ApiKeySettings {
     /// ...and database lookups of keys running at once, so a flood of made-up keys cannot
     /// take every pooled connection.
     pub max_concurrent_lookups: usize,
+    /// "No such key" answers cached at most, in an LRU apart from valid keys, so made-up keys
+    /// never push valid ones out.
+    pub unknown_cache_max_entries: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -751,6 +757,20 @@ impl Settings {
                 "REFRESH_TOKEN_EXPIRE_DAYS ({}) is longer than OBSERVE__AUTH__SESSION_MAX_DAYS ({}); a refresh token cannot outlive its session",
                 self.auth.refresh_token_expire_days, self.auth.session_max_days
             ));
+        }
+        for (name, value) in [
+            (
+                "OBSERVE__AUTH__DEVICE_COOKIE_DAYS",
+                self.auth.device_cookie_days,
+            ),
+            (
+                "OBSERVE__API_KEYS__UNKNOWN_CACHE_MAX_ENTRIES",
+                self.api_keys.unknown_cache_max_entries as u64,
+            ),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name} must be at least 1"));
+            }
         }
         if !(0..=300).contains(&self.auth.refresh_reuse_grace_secs) {
             problems.push(

@@ -283,8 +283,19 @@ async fn the_owner_on_a_known_device_signs_in_while_strangers_spend_the_account_
         let reply = login_on(&app, &account.email, "a wrong password", &ip, None).await;
         assert_eq!(reply.status, 401, "{}", reply.text);
     }
-    let reply = login_on(&app, &account.email, "a wrong password", "198.51.100.7", None).await;
-    assert_eq!(reply.status, 429, "the account's budget is spent: {}", reply.text);
+    let reply = login_on(
+        &app,
+        &account.email,
+        "a wrong password",
+        "198.51.100.7",
+        None,
+    )
+    .await;
+    assert_eq!(
+        reply.status, 429,
+        "the account's budget is spent: {}",
+        reply.text
+    );
 
     let reply = login_on(
         &app,
@@ -308,7 +319,14 @@ async fn the_owner_on_a_known_device_signs_in_while_strangers_spend_the_account_
         let ip = format!("203.0.113.{}", 10 + i);
         login_on(&app, &other.email, "a wrong password", &ip, None).await;
     }
-    let reply = login_on(&app, &other.email, TEST_PASSWORD, owner_ip, device.as_deref()).await;
+    let reply = login_on(
+        &app,
+        &other.email,
+        TEST_PASSWORD,
+        owner_ip,
+        device.as_deref(),
+    )
+    .await;
     assert_eq!(reply.status, 429, "{}", reply.text);
 }
 
@@ -335,7 +353,14 @@ async fn a_known_device_has_a_failure_budget_of_its_own() {
         let reply = login_on(&app, &account.email, "a wrong password", &ip, Some(&device)).await;
         assert_eq!(reply.status, 401, "{}", reply.text);
     }
-    let reply = login_on(&app, &account.email, TEST_PASSWORD, "192.0.2.30", Some(&device)).await;
+    let reply = login_on(
+        &app,
+        &account.email,
+        TEST_PASSWORD,
+        "192.0.2.30",
+        Some(&device),
+    )
+    .await;
     assert_eq!(reply.status, 429, "{}", reply.text);
 }
 
@@ -392,7 +417,11 @@ async fn invalid_refresh_and_logout_cookies_spend_the_client_budget() {
     for (cookie, ip) in [("garbage", "192.0.2.1"), (unknown.as_str(), "192.0.2.2")] {
         let mut seen = Vec::new();
         for _ in 0..3 {
-            seen.push(with_refresh_cookie(&app, "/auth/refresh", cookie, ip).await.status);
+            seen.push(
+                with_refresh_cookie(&app, "/auth/refresh", cookie, ip)
+                    .await
+                    .status,
+            );
         }
         assert_eq!(seen, [401, 401, 429], "refresh with {cookie:?}");
     }
@@ -439,5 +468,8 @@ async fn a_stalled_redis_does_not_hang_sign_in() {
         .expect("sign-in hung on a stalled Redis");
         assert_eq!(reply.status, expected, "{}", reply.text);
     }
-    assert!(stalled.scripts_received() >= 1, "the stall was never reached");
+    assert!(
+        stalled.scripts_received() >= 1,
+        "the stall was never reached"
+    );
 }

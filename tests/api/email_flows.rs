@@ -398,7 +398,10 @@ async fn an_email_change_racing_a_takeover_leaves_no_live_link() {
         live, 0,
         "the change-email link escaped the takeover (the request answered {status})"
     );
-    assert_ne!(status, 202, "the change was accepted for a taken-over account");
+    assert_ne!(
+        status, 202,
+        "the change was accepted for a taken-over account"
+    );
 }
 
 /// Item 3: a reset with a token that is no good is refused before any password is hashed, so

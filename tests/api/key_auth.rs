@@ -264,8 +264,17 @@ async fn a_parallel_flood_of_unknown_keys_gets_no_more_lookups_than_the_budget()
         5,
         "a burst of unknown keys went past the lookup budget: {statuses:?}"
     );
-    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 5, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 25, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        25,
+        "{statuses:?}"
+    );
+    assert_eq!(lookups(&metrics, "refused"), 25, "{metrics}");
 }
 
 /// Item 1: a valid key's first lookup is paid back, so an SDK's burst of first uses of its

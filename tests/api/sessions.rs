@@ -242,16 +242,22 @@ async fn a_logout_reaches_another_instance_within_moments() {
 async fn two_refreshes_with_the_same_cookie_at_once_get_the_same_pair() {
     let app = spawn_app().await;
     let account = register(&app).await;
-    let replies = futures_util::future::join_all(
-        (0..2).map(|_| refresh_with(&app, &account.refresh)),
-    )
-    .await;
+    let replies =
+        futures_util::future::join_all((0..2).map(|_| refresh_with(&app, &account.refresh))).await;
     for reply in &replies {
         assert_eq!(reply.status, 200, "{}", reply.text);
     }
     let cookie = |r: &Reply| set_cookie(r, "refresh_token").unwrap().0;
-    assert_eq!(cookie(&replies[0]), cookie(&replies[1]), "the same refresh token");
-    assert_eq!(access(&replies[0]), access(&replies[1]), "the same access token");
+    assert_eq!(
+        cookie(&replies[0]),
+        cookie(&replies[1]),
+        "the same refresh token"
+    );
+    assert_eq!(
+        access(&replies[0]),
+        access(&replies[1]),
+        "the same access token"
+    );
     assert_ne!(cookie(&replies[0]), account.refresh, "rotated");
     let db = app.state.db.get().await.unwrap();
     let revoked: i64 = db
