@@ -220,8 +220,15 @@ async fn a_logout_reaches_another_instance_within_moments() {
     )
     .await;
     let account = register(&a).await;
-    // B has the session in memory.
+    // B has the session in memory, so only the notification can end it there in time.
     assert_eq!(projects(&b, &account.token).await, 200);
+    let db = a.state.db.get().await.unwrap();
+    let session_id: uuid::Uuid = db
+        .query_one("SELECT id FROM sessions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(b.state.sessions.is_cached(session_id));
     assert!(listeners_up(&b, 2).await);
     let out = send(
         a.req(Method::POST, "/auth/logout")
@@ -233,6 +240,10 @@ async fn a_logout_reaches_another_instance_within_moments() {
     assert!(
         eventually(10, || async { projects(&b, &account.token).await == 401 }).await,
         "instance B still accepts the logged-out session's access token"
+    );
+    assert!(
+        b.state.settings.auth.session_cache_ttl_secs > 10,
+        "the cache's own expiry could have ended it: this test proves nothing about NOTIFY"
     );
 }
 
