@@ -744,6 +744,14 @@ impl Settings {
                 "OBSERVE__API_KEYS__MAX_CONCURRENT_LOOKUPS",
                 self.api_keys.max_concurrent_lookups as u64,
             ),
+            (
+                "OBSERVE__API_KEYS__UNKNOWN_CACHE_MAX_ENTRIES",
+                self.api_keys.unknown_cache_max_entries as u64,
+            ),
+            (
+                "OBSERVE__AUTH__DEVICE_COOKIE_DAYS",
+                self.auth.device_cookie_days,
+            ),
         ] {
             if value == 0 {
                 problems.push(format!("{name} must be at least 1"));
@@ -757,20 +765,6 @@ impl Settings {
                 "REFRESH_TOKEN_EXPIRE_DAYS ({}) is longer than OBSERVE__AUTH__SESSION_MAX_DAYS ({}); a refresh token cannot outlive its session",
                 self.auth.refresh_token_expire_days, self.auth.session_max_days
             ));
-        }
-        for (name, value) in [
-            (
-                "OBSERVE__AUTH__DEVICE_COOKIE_DAYS",
-                self.auth.device_cookie_days,
-            ),
-            (
-                "OBSERVE__API_KEYS__UNKNOWN_CACHE_MAX_ENTRIES",
-                self.api_keys.unknown_cache_max_entries as u64,
-            ),
-        ] {
-            if value == 0 {
-                problems.push(format!("{name} must be at least 1"));
-            }
         }
         if !(0..=300).contains(&self.auth.refresh_reuse_grace_secs) {
             problems.push(

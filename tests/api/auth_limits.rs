@@ -45,15 +45,7 @@ async fn successful_sign_ins_spend_no_budget() {
 
 #[actix_web::test]
 async fn failures_are_limited_per_account_from_any_ip() {
-    let app = spawn_app_with(
-        |s| {
-            s.auth.rate_limit_attempts = 100;
-            s.auth.account_rate_limit_attempts = 3;
-            s.server.client_ip_header = "X-Forwarded-For".into();
-        },
-        None,
-    )
-    .await;
+    let app = behind_proxy(100, 3).await;
     let target = register(&app).await;
     let bystander = register(&app).await;
     for i in 0..3 {
@@ -109,15 +101,7 @@ async fn register_and_login_have_separate_budgets() {
 
 #[actix_web::test]
 async fn ipv6_clients_are_limited_per_64_prefix() {
-    let app = spawn_app_with(
-        |s| {
-            s.auth.rate_limit_attempts = 2;
-            s.auth.account_rate_limit_attempts = 100;
-            s.server.client_ip_header = "X-Forwarded-For".into();
-        },
-        None,
-    )
-    .await;
+    let app = behind_proxy(2, 100).await;
     for ip in ["2001:db8:1:2::1", "2001:db8:1:2::2"] {
         let reply = login_from(&app, "v6@example.com", "a wrong password", Some(ip)).await;
         assert_eq!(reply.status, 401, "{}", reply.text);
@@ -194,7 +178,42 @@ async fn login_on(
     .await
 }
 
-fn statuses(replies: &[Reply]) -> Vec<u16> {
+/// An app behind a proxy (`X-Forwarded-For` names the client) with these failure budgets per
+/// client and per account.
+async fn behind_proxy(per_client: u32, per_account: u32) -> TestApp {
+    spawn_app_with(
+        move |s| {
+            s.auth.rate_limit_attempts = per_client;
+            s.auth.account_rate_limit_attempts = per_account;
+            s.server.client_ip_header = "X-Forwarded-For".into();
+        },
+        None,
+    )
+    .await
+}
+
+/// `n` wrong passwords at `email` from strangers, one by one, each from an address of its own
+/// (203.0.113.`first`…); their statuses.
+async fn strangers_fail(app: &TestApp, email: &str, first: usize, n: usize) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for i in first..first + n {
+        let ip = format!("203.0.113.{i}");
+        statuses.push(
+            login_on(app, email, "a wrong password", &ip, None)
+                .await
+                .status,
+        );
+    }
+    statuses
+}
+
+/// Wrong passwords at `email`, all sent at once, one from each of `ips` (`None`: the peer).
+async fn wrong_passwords_at_once(app: &TestApp, email: &str, ips: &[Option<String>]) -> Vec<u16> {
+    let replies = futures_util::future::join_all(
+        ips.iter()
+            .map(|ip| login_from(app, email, "a wrong password", ip.as_deref())),
+    )
+    .await;
     replies.iter().map(|r| r.status).collect()
 }
 
@@ -216,46 +235,26 @@ async fn parallel_wrong_passwords_from_one_client_each_spend_its_budget() {
     )
     .await;
     let account = register(&app).await;
-    let replies = futures_util::future::join_all(
-        (0..20).map(|_| login_from(&app, &account.email, "a wrong password", None)),
-    )
-    .await;
-    let statuses = statuses(&replies);
+    let statuses = wrong_passwords_at_once(&app, &account.email, &vec![None; 20]).await;
     assert_eq!(
-        count(&statuses, 401),
-        5,
+        (count(&statuses, 401), count(&statuses, 429)),
+        (5, 15),
         "more passwords were checked than the client's budget: {statuses:?}"
     );
-    assert_eq!(count(&statuses, 429), 15, "{statuses:?}");
 }
 
 /// Item 1, per account: a burst at one account from many addresses at once.
 #[actix_web::test]
 async fn parallel_wrong_passwords_at_one_account_each_spend_its_budget() {
-    let app = spawn_app_with(
-        |s| {
-            s.auth.rate_limit_attempts = 100;
-            s.auth.account_rate_limit_attempts = 3;
-            s.server.client_ip_header = "X-Forwarded-For".into();
-        },
-        None,
-    )
-    .await;
+    let app = behind_proxy(100, 3).await;
     let account = register(&app).await;
-    let replies = futures_util::future::join_all((0..12).map(|i| {
-        let ip = format!("203.0.113.{i}");
-        let email = account.email.clone();
-        let app = &app;
-        async move { login_on(app, &email, "a wrong password", &ip, None).await }
-    }))
-    .await;
-    let statuses = statuses(&replies);
+    let ips: Vec<Option<String>> = (0..12).map(|i| Some(format!("203.0.113.{i}"))).collect();
+    let statuses = wrong_passwords_at_once(&app, &account.email, &ips).await;
     assert_eq!(
-        count(&statuses, 401),
-        3,
+        (count(&statuses, 401), count(&statuses, 429)),
+        (3, 9),
         "more passwords were checked than the account's budget: {statuses:?}"
     );
-    assert_eq!(count(&statuses, 429), 9, "{statuses:?}");
 }
 
 /// Item 2 (OWASP, "Slow Down Online Guessing Attacks with Device Cookies"): strangers who spend
@@ -263,26 +262,14 @@ async fn parallel_wrong_passwords_at_one_account_each_spend_its_budget() {
 /// the owner's browser, which holds the device cookie of an earlier sign-in.
 #[actix_web::test]
 async fn the_owner_on_a_known_device_signs_in_while_strangers_spend_the_account_budget() {
-    let app = spawn_app_with(
-        |s| {
-            s.auth.rate_limit_attempts = 100;
-            s.auth.account_rate_limit_attempts = 3;
-            s.server.client_ip_header = "X-Forwarded-For".into();
-        },
-        None,
-    )
-    .await;
+    let app = behind_proxy(100, 3).await;
     let account = register(&app).await;
     let owner_ip = "192.0.2.10";
     let earlier = login_on(&app, &account.email, TEST_PASSWORD, owner_ip, None).await;
     assert_eq!(earlier.status, 200, "{}", earlier.text);
     let device = set_cookie(&earlier, "device").map(|(value, _)| value);
 
-    for i in 0..3 {
-        let ip = format!("203.0.113.{i}");
-        let reply = login_on(&app, &account.email, "a wrong password", &ip, None).await;
-        assert_eq!(reply.status, 401, "{}", reply.text);
-    }
+    assert_eq!(strangers_fail(&app, &account.email, 0, 3).await, [401; 3]);
     let reply = login_on(
         &app,
         &account.email,
@@ -315,10 +302,7 @@ async fn the_owner_on_a_known_device_signs_in_while_strangers_spend_the_account_
     assert_eq!(reply.status, 429, "{}", reply.text);
     // The cookie is good for its own account only.
     let other = register(&app).await;
-    for i in 0..3 {
-        let ip = format!("203.0.113.{}", 10 + i);
-        login_on(&app, &other.email, "a wrong password", &ip, None).await;
-    }
+    assert_eq!(strangers_fail(&app, &other.email, 10, 3).await, [401; 3]);
     let reply = login_on(
         &app,
         &other.email,
@@ -333,15 +317,7 @@ async fn the_owner_on_a_known_device_signs_in_while_strangers_spend_the_account_
 /// Item 2: a trusted device is limited by itself (its own budget), like a client.
 #[actix_web::test]
 async fn a_known_device_has_a_failure_budget_of_its_own() {
-    let app = spawn_app_with(
-        |s| {
-            s.auth.rate_limit_attempts = 2;
-            s.auth.account_rate_limit_attempts = 100;
-            s.server.client_ip_header = "X-Forwarded-For".into();
-        },
-        None,
-    )
-    .await;
+    let app = behind_proxy(2, 100).await;
     let account = register(&app).await;
     let earlier = login_on(&app, &account.email, TEST_PASSWORD, "192.0.2.1", None).await;
     let device = set_cookie(&earlier, "device")
@@ -368,20 +344,12 @@ async fn a_known_device_has_a_failure_budget_of_its_own() {
 /// did to the account's budget: the session is a trusted client.
 #[actix_web::test]
 async fn a_signed_in_owner_confirms_their_password_while_strangers_spend_the_account_budget() {
-    let app = spawn_app_with(
-        |s| {
-            s.auth.rate_limit_attempts = 100;
-            s.auth.account_rate_limit_attempts = 3;
-            s.server.client_ip_header = "X-Forwarded-For".into();
-        },
-        None,
-    )
-    .await;
+    let app = behind_proxy(100, 3).await;
     let account = register(&app).await;
-    for i in 0..4 {
-        let ip = format!("203.0.113.{i}");
-        login_on(&app, &account.email, "a wrong password", &ip, None).await;
-    }
+    assert_eq!(
+        strangers_fail(&app, &account.email, 0, 4).await,
+        [401, 401, 401, 429]
+    );
     let reply = change_password(&app, &account, TEST_PASSWORD, "a brand new password").await;
     assert_eq!(
         reply.status, 204,

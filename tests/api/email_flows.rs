@@ -4,8 +4,27 @@
 use awc::http::Method;
 use serde_json::json;
 
-use crate::helpers::{call, eventually, register, send, spawn_app_with, TEST_PASSWORD};
+use crate::helpers::{call, eventually, register, send, spawn_app_with, TestApp, TEST_PASSWORD};
 use crate::mailer::{api_key, towards, FakeResend};
+
+/// Asks for a reset link for `email` and waits for it to reach the fake: its token.
+async fn reset_link(app: &TestApp, fake: &FakeResend, email: &str) -> String {
+    let reply = call(
+        app,
+        Method::POST,
+        "/auth/forgot-password",
+        None,
+        Some(json!({ "email": email })),
+    )
+    .await;
+    assert_eq!(reply.status, 202);
+    assert_eq!(reply.json()["status"], "accepted");
+    assert!(
+        eventually(10, || async { token_sent_to(fake, email).is_some() }).await,
+        "no reset email arrived"
+    );
+    token_sent_to(fake, email).unwrap()
+}
 
 /// The token in the link of the last email sent to `to`.
 fn token_sent_to(fake: &FakeResend, to: &str) -> Option<String> {
@@ -36,23 +55,7 @@ async fn forgot_password_emails_a_single_use_link_that_resets_it() {
     )
     .await;
     assert_eq!(reply.status, 202);
-    let reply = call(
-        &app,
-        Method::POST,
-        "/auth/forgot-password",
-        None,
-        Some(json!({"email": account.email})),
-    )
-    .await;
-    assert_eq!(reply.status, 202);
-    assert_eq!(reply.json()["status"], "accepted");
-    assert!(
-        eventually(10, || async {
-            token_sent_to(&fake, &account.email).is_some()
-        })
-        .await,
-        "no reset email arrived"
-    );
+    let token = reset_link(&app, &fake, &account.email).await;
     assert_eq!(
         fake.received().len(),
         1,
@@ -68,7 +71,6 @@ async fn forgot_password_emails_a_single_use_link_that_resets_it() {
         .as_str()
         .unwrap()
         .contains("http://localhost:3000/reset-password?token="));
-    let token = token_sent_to(&fake, &account.email).unwrap();
     // The token never reached the logs: only its email body carries it.
     assert!(!app.logs.contents().contains(&token));
 
@@ -258,23 +260,7 @@ async fn an_address_change_voids_reset_links_sent_to_the_old_address() {
     let fake = FakeResend::start(&[], 200).await;
     let app = spawn_app_with(towards(&fake, &api_key()), None).await;
     let account = register(&app).await;
-    let reply = call(
-        &app,
-        Method::POST,
-        "/auth/forgot-password",
-        None,
-        Some(json!({"email": account.email})),
-    )
-    .await;
-    assert_eq!(reply.status, 202);
-    assert!(
-        eventually(10, || async {
-            token_sent_to(&fake, &account.email).is_some()
-        })
-        .await,
-        "no reset email arrived"
-    );
-    let reset_link = token_sent_to(&fake, &account.email).unwrap();
+    let old_link = reset_link(&app, &fake, &account.email).await;
 
     let new_email = format!("moved-{}@example.com", uuid::Uuid::new_v4().simple());
     let reply = call(
@@ -306,7 +292,7 @@ async fn an_address_change_voids_reset_links_sent_to_the_old_address() {
         Method::POST,
         "/auth/reset-password",
         None,
-        Some(json!({"token": reset_link, "new_password": "taken back by the old mailbox"})),
+        Some(json!({"token": old_link, "new_password": "taken back by the old mailbox"})),
     )
     .await;
     assert_eq!(
