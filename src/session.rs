@@ -1,6 +1,7 @@
 //! Who is calling: the access-token extractor (checked against its session), the API-key
-//! extractor, the refresh-token cookie, the client's IP, and the budgets of the auth
-//! endpoints.
+//! extractor, the refresh-token and device cookies, the client's IP, and the budgets of the
+//! auth endpoints: an attempt at a secret is paid for before the secret is checked and paid
+//! back when it was right ([`Attempt`]), so bursts of parallel guesses count in full.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -10,8 +11,8 @@ use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;
-use observe_core::cache::Source;
-use observe_core::ratelimit::{account_of, client_of, Budget, Decision};
+use observe_core::keys::KeyLookup;
+use observe_core::ratelimit::{client_of, AuthLimits, Budget, Decision, Device};
 use observe_core::sessions::Ended;
 use uuid::Uuid;
 
@@ -20,6 +21,10 @@ use crate::state::AppState;
 
 /// The refresh token's cookie: HttpOnly, `SameSite=Lax`, sent only to `/auth`.
 pub const REFRESH_COOKIE: &str = "refresh_token";
+
+/// The device cookie of a browser that signed in (OWASP device cookies): HttpOnly,
+/// `SameSite=Lax`, sent only to `/auth`.
+pub const DEVICE_COOKIE: &str = "device";
 
 /// A caller authenticated by an access token (`Authorization: Bearer <jwt>`) whose session
 /// still stands: not signed out or revoked, within its lifetime, and its user still a member
@@ -134,14 +139,47 @@ impl FromRequest for ApiKey {
                 return answer.map(ApiKey).ok_or(unknown);
             }
             let client = client.unwrap_or_default();
-            let limits = &state.auth_limits;
-            refuse_if_spent(limits.peek(Budget::KeyLookupsPerIp, &client).await)?;
-            let (owner, source) = state.keys.authenticate(&state.db, &secret).await?;
-            if owner.is_none() && source == Source::Database {
-                limits.spend(Budget::KeyLookupsPerIp, &client).await;
+            let budget = ClientLookups {
+                limits: &state.auth_limits,
+                client: &client,
+            };
+            match state
+                .keys
+                .authenticate(&state.db, &secret, &budget)
+                .await?
+                .0
+            {
+                KeyLookup::Owner(owner) => Ok(ApiKey(owner)),
+                KeyLookup::Unknown => Err(unknown),
+                KeyLookup::Refused(decision) => Err(rate_limited(decision)),
             }
-            owner.map(ApiKey).ok_or(unknown)
         })
+    }
+}
+
+/// A client's budget of key lookups: paid before a lookup runs, paid back when it finds a key.
+struct ClientLookups<'a> {
+    limits: &'a AuthLimits,
+    client: &'a str,
+}
+
+impl observe_core::keys::LookupBudget for ClientLookups<'_> {
+    async fn spend(&self) -> Result<(), Decision> {
+        let decision = self
+            .limits
+            .spend(Budget::KeyLookupsPerIp, self.client)
+            .await;
+        if decision.allowed {
+            Ok(())
+        } else {
+            Err(decision)
+        }
+    }
+
+    async fn refund(&self) {
+        self.limits
+            .refund(Budget::KeyLookupsPerIp, self.client)
+            .await;
     }
 }
 
@@ -153,6 +191,23 @@ pub fn refresh_cookie(value: String, max_age: Duration, secure: bool) -> Cookie<
         .same_site(SameSite::Lax)
         .secure(secure)
         .max_age(time::Duration::seconds(max_age.as_secs() as i64))
+        .finish()
+}
+
+/// A new device cookie for a browser that just signed in to the account of `email`: from now
+/// on it is a known device of that account, with a failure budget of its own.
+pub fn device_cookie(state: &AppState, email: &str) -> Cookie<'static> {
+    let subjects = state.auth_limits.subjects();
+    let value = subjects.new_device_cookie(&subjects.account(email));
+    let days = state.settings.auth.device_cookie_days;
+    Cookie::build(DEVICE_COOKIE, value)
+        .path("/auth")
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(state.settings.auth.cookie_secure)
+        .max_age(time::Duration::days(
+            i64::try_from(days).unwrap_or(i64::MAX / 86_400),
+        ))
         .finish()
 }
 
@@ -203,52 +258,123 @@ pub fn client_key(req: &HttpRequest, trusted_header: &str) -> String {
     }
 }
 
+/// 429 with `Retry-After` for a budget with no room.
+fn rate_limited(decision: Decision) -> ApiError {
+    let wait = decision.retry_after.max(Duration::from_secs(1));
+    ApiError::RateLimited {
+        retry_after_secs: wait.as_secs_f64().ceil() as u64,
+        limit: decision.limit,
+    }
+}
+
 /// 429 with `Retry-After` when a budget has no room.
 fn refuse_if_spent(decision: Decision) -> Result<(), ApiError> {
     if decision.allowed {
-        return Ok(());
+        Ok(())
+    } else {
+        Err(rate_limited(decision))
     }
-    let wait = decision.retry_after.max(Duration::from_secs(1));
-    Err(ApiError::RateLimited {
-        retry_after_secs: wait.as_secs_f64().ceil() as u64,
-        limit: decision.limit,
-    })
 }
 
-/// An attempt that checks a secret (a password, an emailed token): who it counts against if
-/// it fails.
+/// Whose failure budgets an attempt at a secret counts against, besides its client's.
+#[derive(Debug, Clone, Copy)]
+pub enum Against<'a> {
+    /// The client only (an emailed token, a refresh cookie: no account is named).
+    Client,
+    /// The account of this email: its budget, or, from a browser holding a device cookie of
+    /// that account, the device's own (OWASP device cookies: strangers spending the account's
+    /// budget lock out unknown clients, not the owner's browser).
+    Account(&'a str),
+    /// A signed-in session confirming its password: a trusted client with a budget of its own.
+    Session(Uuid),
+}
+
+/// What checking an attempt's secret gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Right,
+    Wrong,
+    /// Never checked (hashing slots busy, storage away).
+    Unchecked,
+}
+
+/// An attempt at a secret (a password, an emailed token, a refresh cookie), paid for before
+/// the secret is checked.
+#[must_use = "settle the attempt with what checking the secret gave"]
 pub struct Attempt {
-    client: String,
-    account: Option<String>,
+    spent: Vec<(Budget, String)>,
 }
 
 impl Attempt {
-    /// Refuses (429) an attempt from a client or on an account whose failure budget is spent,
-    /// before the secret is checked: past the budget, not even the right password gets in, so
-    /// guessing goes no faster. Nothing is spent yet.
+    /// Spends one failure of the client's budget and of the one `against` names, atomically
+    /// each: past either budget the attempt is refused (429) before the secret is checked, so
+    /// guessing goes no faster, and what it took of the other is given back. Paying first means
+    /// a burst of parallel attempts cannot all pass a check made before any of them failed; a
+    /// request cancelled midway stays paid for.
     pub async fn begin(
         req: &HttpRequest,
         state: &AppState,
-        account_email: Option<&str>,
+        against: Against<'_>,
     ) -> Result<Self, ApiError> {
-        let attempt = Self {
-            client: client_key(req, &state.settings.server.client_ip_header),
-            account: account_email.map(account_of),
-        };
         let limits = &state.auth_limits;
-        refuse_if_spent(limits.peek(Budget::FailuresPerIp, &attempt.client).await)?;
-        if let Some(account) = &attempt.account {
-            refuse_if_spent(limits.peek(Budget::FailuresPerAccount, account).await)?;
+        let client = client_key(req, &state.settings.server.client_ip_header);
+        let second = match against {
+            Against::Client => None,
+            Against::Account(email) => {
+                let subjects = limits.subjects();
+                let account = subjects.account(email);
+                let device = req
+                    .cookie(DEVICE_COOKIE)
+                    .and_then(|c| subjects.device(c.value(), &account));
+                Some(match device {
+                    Some(device) => (Budget::FailuresPerDevice, device.as_str().to_string()),
+                    None => (Budget::FailuresPerAccount, account),
+                })
+            }
+            Against::Session(id) => Some((
+                Budget::FailuresPerDevice,
+                Device::session(id).as_str().to_string(),
+            )),
+        };
+        let mut attempt = Self { spent: Vec::new() };
+        for (budget, subject) in std::iter::once((Budget::FailuresPerIp, client)).chain(second) {
+            let decision = limits.spend(budget, &subject).await;
+            if !decision.allowed {
+                attempt.give_back(state).await;
+                return Err(rate_limited(decision));
+            }
+            attempt.spent.push((budget, subject));
         }
         Ok(attempt)
     }
 
-    /// Counts the attempt as failed against its client and account.
-    pub async fn failed(&self, state: &AppState) {
-        let limits = &state.auth_limits;
-        limits.spend(Budget::FailuresPerIp, &self.client).await;
-        if let Some(account) = &self.account {
-            limits.spend(Budget::FailuresPerAccount, account).await;
+    /// Settles the attempt with what checking its secret gave: right (`Ok(Some)`) gives the
+    /// budgets back; wrong (`Ok(None)`) leaves them spent; an error means the secret was never
+    /// checked (hashing slots busy, storage away), so they are given back too.
+    pub async fn settle<T>(
+        self,
+        state: &AppState,
+        checked: Result<Option<T>, ApiError>,
+    ) -> Result<Option<T>, ApiError> {
+        let outcome = match &checked {
+            Ok(Some(_)) => Outcome::Right,
+            Ok(None) => Outcome::Wrong,
+            Err(_) => Outcome::Unchecked,
+        };
+        self.close(state, outcome).await;
+        checked
+    }
+
+    /// Settles the attempt with its outcome: only a wrong secret stays paid for.
+    pub async fn close(self, state: &AppState, outcome: Outcome) {
+        if outcome != Outcome::Wrong {
+            self.give_back(state).await;
+        }
+    }
+
+    async fn give_back(&self, state: &AppState) {
+        for (budget, subject) in &self.spent {
+            state.auth_limits.refund(*budget, subject).await;
         }
     }
 }

@@ -9,7 +9,8 @@
 //! authentication (`auth_time`, as OpenID Connect names it). Every other secret is 32 random
 //! bytes, shown once, and stored only as its SHA-256: high-entropy secrets need no slow hash,
 //! and lookup by hash stays an index probe. A rotated refresh token is derived from its
-//! predecessor with HMAC-SHA256 under `SECRET_KEY`, so a retried refresh derives the same one.
+//! predecessor with HMAC-SHA256 under `SECRET_KEY`, so a retried refresh derives the same one;
+//! every keyed hash goes through [`SecretMac`], each use under a label of its own.
 
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
@@ -19,6 +20,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
+use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm as JwtAlgorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
 use secrecy::ExposeSecret;
@@ -57,6 +59,8 @@ pub struct Passwords {
     /// Hashes running at once at most (each holds its memory and a core).
     slots: Arc<tokio::sync::Semaphore>,
     wait: StdDuration,
+    /// Hashes computed or verified so far (each one held a slot).
+    computed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Passwords {
@@ -76,14 +80,24 @@ impl Passwords {
                 settings.max_concurrent_hashes.max(1),
             )),
             wait: StdDuration::from_millis(settings.hash_wait_ms),
+            computed: Arc::default(),
         })
+    }
+
+    /// How many hashes this instance has computed or verified (each held a hashing slot).
+    pub fn computed(&self) -> u64 {
+        self.computed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A hashing slot, waited for at most `hash_wait_ms`. The permit moves into the blocking
     /// task, so a request that gives up does not free the slot before its hash is done.
     async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, AuthError> {
         match tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
+            Ok(Ok(permit)) => {
+                self.computed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(permit)
+            }
             _ => Err(AuthError::Busy),
         }
     }
@@ -152,12 +166,48 @@ pub struct Claims {
     pub exp: i64,
 }
 
+/// Keyed hashes (HMAC-SHA256) under `SECRET_KEY`. Each use has a label of its own, and the
+/// parts are separated, so a tag made for one purpose never stands for another.
+#[derive(Clone)]
+pub struct SecretMac {
+    key: Arc<Vec<u8>>,
+}
+
+impl SecretMac {
+    pub fn new(settings: &AuthSettings) -> Self {
+        Self {
+            key: Arc::new(settings.secret_key.expose_secret().as_bytes().to_vec()),
+        }
+    }
+
+    fn mac(&self, label: &str, parts: &[&[u8]]) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(label.as_bytes());
+        for part in parts {
+            mac.update(b"\0");
+            mac.update(part);
+        }
+        mac
+    }
+
+    /// The tag of `parts` under `label`.
+    pub fn tag(&self, label: &str, parts: &[&[u8]]) -> [u8; 32] {
+        self.mac(label, parts).finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` is the tag of `parts` under `label` (compared in constant time).
+    pub fn verify(&self, label: &str, parts: &[&[u8]], tag: &[u8]) -> bool {
+        self.mac(label, parts).verify_slice(tag).is_ok()
+    }
+}
+
 /// Signs and checks access tokens, and derives rotated refresh tokens.
 #[derive(Clone)]
 pub struct AccessTokens {
     encoding: EncodingKey,
     decoding: DecodingKey,
-    rotation_key: Arc<Vec<u8>>,
+    rotation: SecretMac,
     ttl: Duration,
 }
 
@@ -167,7 +217,7 @@ impl AccessTokens {
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
-            rotation_key: Arc::new(secret.to_vec()),
+            rotation: SecretMac::new(settings),
             ttl: Duration::minutes(settings.access_token_expire_minutes),
         }
     }
@@ -208,12 +258,12 @@ impl AccessTokens {
     /// The refresh token that replaces `secret` at its rotation: HMAC-SHA256 under
     /// `SECRET_KEY`, so only the server can derive it, and always the same one.
     pub fn successor(&self, secret: &str) -> Token {
-        use hmac::{Hmac, Mac};
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.rotation_key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        mac.update(b"observe/refresh-rotation/v1\0");
-        mac.update(secret.as_bytes());
-        let secret = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        // Label, NUL, secret: the bytes the first version hashed, so tokens rotated before
+        // keep deriving the same successors.
+        let tag = self
+            .rotation
+            .tag("observe/refresh-rotation/v1", &[secret.as_bytes()]);
+        let secret = URL_SAFE_NO_PAD.encode(tag);
         let hash = hash_secret(&secret);
         Token { secret, hash }
     }
@@ -232,6 +282,15 @@ pub fn random_token() -> Token {
     let secret = URL_SAFE_NO_PAD.encode(bytes);
     let hash = hash_secret(&secret);
     Token { secret, hash }
+}
+
+/// Whether `secret` has the shape of the secrets [`random_token`] makes (and of rotated refresh
+/// tokens): 43 URL-safe base64 characters. Anything else is refused before any lookup.
+pub fn token_shaped(secret: &str) -> bool {
+    secret.len() == 43
+        && secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The stored form of a secret.
@@ -388,6 +447,36 @@ mod tests {
             AccessTokens::new(&other).successor(&old).secret,
             next.secret
         );
+        // The bytes the first version hashed, so sessions rotated before stay rotatable.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice("k".repeat(40).as_bytes()).unwrap();
+        mac.update(b"observe/refresh-rotation/v1\0");
+        mac.update(old.as_bytes());
+        assert_eq!(
+            next.secret,
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        );
+        assert!(token_shaped(&next.secret) && token_shaped(&old));
+        for bad in [
+            "",
+            "short",
+            &"A".repeat(44),
+            &format!("{}!", "A".repeat(42)),
+        ] {
+            assert!(!token_shaped(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keyed_tags_depend_on_the_label_the_parts_and_the_key() {
+        let mac = SecretMac::new(&settings());
+        let tag = mac.tag("a", &[b"x", b"y"]);
+        assert!(mac.verify("a", &[b"x", b"y"], &tag));
+        assert!(!mac.verify("b", &[b"x", b"y"], &tag));
+        assert!(!mac.verify("a", &[b"xy"], &tag), "parts are separated");
+        assert!(!mac.verify("a", &[b"x", b"y"], &tag[..16]));
+        let mut other = settings();
+        other.secret_key = secrecy::SecretString::from("z".repeat(40));
+        assert!(!SecretMac::new(&other).verify("a", &[b"x", b"y"], &tag));
     }
 
     #[test]

@@ -283,6 +283,9 @@ pub struct AuthSettings {
     /// Lets production run with `cookie_secure = false` (TLS ended somewhere that is not
     /// HTTPS to the browser, e.g. a private network). Off: production refuses to start.
     pub allow_insecure_cookie: bool,
+    /// How long a browser that signed in stays a known device of the account (its device
+    /// cookie): failures from it count against a budget of its own, not the account's.
+    pub device_cookie_days: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -301,6 +304,9 @@ pub struct ApiKeySettings {
     /// ...and database lookups of keys running at once, so a flood of made-up keys cannot
     /// take every pooled connection.
     pub max_concurrent_lookups: usize,
+    /// "No such key" answers cached at most, in an LRU apart from valid keys, so made-up keys
+    /// never push valid ones out.
+    pub unknown_cache_max_entries: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -737,6 +743,14 @@ impl Settings {
             (
                 "OBSERVE__API_KEYS__MAX_CONCURRENT_LOOKUPS",
                 self.api_keys.max_concurrent_lookups as u64,
+            ),
+            (
+                "OBSERVE__API_KEYS__UNKNOWN_CACHE_MAX_ENTRIES",
+                self.api_keys.unknown_cache_max_entries as u64,
+            ),
+            (
+                "OBSERVE__AUTH__DEVICE_COOKIE_DAYS",
+                self.auth.device_cookie_days,
             ),
         ] {
             if value == 0 {

@@ -23,12 +23,24 @@
 //!
 //! When Redis fails, [`Limiter`] keeps enforcing the same limits per instance (so N instances
 //! allow up to N × the limit), logs one warning per outage, sets
-//! `observe_ratelimit_degraded` to 1, and returns to Redis by itself when it answers again.
+//! `observe_ratelimit_degraded` to 1, and returns to Redis by itself when it answers again. A
+//! Redis that answers nothing counts as failed: every script gets [`SCRIPT_TIMEOUT`] (the
+//! client library's own per-command timeout is a default of its, not a choice of ours). The
+//! per-instance state is bounded ([`LOCAL_MAX_KEYS`], least recently used out first), so an
+//! outage under a flood of distinct keys costs bounded memory and constant time per request.
+//!
+//! A cost of 0 ([`Limiter::check_n`]) is a pure look: it says what is left and writes nothing.
+//! Budgets that count failures only (sign-ins, key lookups) are spent *before* the attempt and
+//! given back by [`Limiter::refund`] when it succeeds: spending after a failure would let a
+//! burst of parallel attempts all pass a check made before any of them had failed.
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lru::LruCache;
 
 use crate::metrics::Metrics;
 use crate::redis::RedisPool;
@@ -123,43 +135,44 @@ if new_tat - now > capacity then
   return {0, math.floor(math.max(capacity - (tat - now), 0) / interval), tat - now, retry}
 end
 local ahead = new_tat - now
-redis.call('SET', KEYS[1], new_tat, 'PX', math.max(ahead, 1))
+if cost > 0 then
+  redis.call('SET', KEYS[1], new_tat, 'PX', math.max(ahead, 1))
+end
 return {1, math.floor((capacity - ahead) / interval), ahead, 0}
 ";
 
-/// Whether one more unit would be allowed, in Redis, without spending it: `{allowed,
-/// remaining, reset_ms, retry_ms}` as [`SCRIPT`] answers. Auth failure budgets are looked at
-/// before a password is checked and spent only when it turns out wrong.
-const PEEK_SCRIPT: &str = r"
+/// Gives `cost` units back to a key (an attempt that was spent up front and succeeded): moves
+/// its TAT back by as many intervals, never before now (a budget is never more than whole).
+const REFUND_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit = math.max(tonumber(ARGV[1]), 1)
 local period = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
 local interval = math.max(math.floor(period / limit), 1)
-local capacity = interval * limit
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local remaining = math.floor(math.max(capacity - (tat - now), 0) / interval)
-if tat + interval - now > capacity then
-  return {0, remaining, tat - now, tat + interval - now - capacity}
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if not tat then return 0 end
+local new_tat = tat - interval * cost
+if new_tat <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now)
 end
-return {1, remaining, tat - now, 0}
+return 1
 ";
 
-/// [`step`] without spending: the decision one more unit would get at `now_ms`.
-pub fn peek_step(tat_ms: Option<u64>, now_ms: u64, limit: u32, period_ms: u64) -> Decision {
-    let limit = limit.max(1);
-    let interval = (period_ms / u64::from(limit)).max(1);
-    let capacity = interval * u64::from(limit);
-    let tat = tat_ms.unwrap_or(now_ms).max(now_ms);
-    let over = (tat + interval - now_ms).saturating_sub(capacity);
-    Decision {
-        allowed: over == 0,
-        limit,
-        remaining: (capacity.saturating_sub(tat - now_ms) / interval) as u32,
-        reset_after: Duration::from_millis(tat - now_ms),
-        retry_after: Duration::from_millis(over),
-    }
+/// [`REFUND_SCRIPT`]'s step: the TAT to keep after giving `cost` units back (`None`: the
+/// budget is whole, nothing to keep).
+pub fn refund_step(
+    tat_ms: Option<u64>,
+    now_ms: u64,
+    limit: u32,
+    period_ms: u64,
+    cost: u32,
+) -> Option<u64> {
+    let interval = (period_ms / u64::from(limit.max(1))).max(1);
+    let new_tat = tat_ms?.saturating_sub(interval * u64::from(cost));
+    (new_tat > now_ms).then_some(new_tat)
 }
 
 /// Tokens taken from Redis at once for a key limited to `limit` per period: a hundredth of
@@ -236,9 +249,10 @@ pub struct Limiter {
     redis: RedisPool,
     prefix: String,
     script: Arc<redis::Script>,
-    peek_script: Arc<redis::Script>,
+    refund_script: Arc<redis::Script>,
     leases: Arc<Mutex<HashMap<String, Arc<KeyLease>>>>,
-    local: Arc<Mutex<HashMap<String, u64>>>,
+    /// Each key's TAT while Redis is away.
+    local: Arc<Mutex<LruCache<String, u64>>>,
     degraded: Arc<AtomicBool>,
     /// When Redis was last probed during an outage (ms since the epoch).
     last_probe_ms: Arc<AtomicU64>,
@@ -248,19 +262,39 @@ pub struct Limiter {
 /// How often, during an outage, a background probe asks whether Redis is back.
 const PROBE_EVERY_MS: u64 = 1_000;
 
+/// The longest one script (or the probe's `PING`) may take before Redis counts as down. Redis
+/// answers these in well under a millisecond; a second covers a busy moment and the reload of
+/// a script after a Redis restart (`EVALSHA`, then `EVAL`), and is still no hang for a sign-in.
+pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Keys the per-instance fallback keeps at most (least recently used out first): about 100
+/// bytes each, so 10 MB. A client's own key is touched by each of its requests, so a flood of
+/// other keys pushes out idle keys, never the flooder's.
+pub const LOCAL_MAX_KEYS: usize = 100_000;
+
+fn lru(keys: usize) -> LruCache<String, u64> {
+    LruCache::new(NonZeroUsize::new(keys).unwrap_or(NonZeroUsize::MIN))
+}
+
 impl Limiter {
     pub fn new(redis: RedisPool, prefix: impl Into<String>, metrics: Metrics) -> Self {
         Self {
             redis,
             prefix: prefix.into(),
             script: Arc::new(redis::Script::new(SCRIPT)),
-            peek_script: Arc::new(redis::Script::new(PEEK_SCRIPT)),
+            refund_script: Arc::new(redis::Script::new(REFUND_SCRIPT)),
             leases: Arc::default(),
-            local: Arc::default(),
+            local: Arc::new(Mutex::new(lru(LOCAL_MAX_KEYS))),
             degraded: Arc::default(),
             last_probe_ms: Arc::default(),
             metrics,
         }
+    }
+
+    /// The same limiter keeping at most `keys` keys per instance while Redis is away.
+    pub fn with_local_capacity(mut self, keys: usize) -> Self {
+        self.local = Arc::new(Mutex::new(lru(keys)));
+        self
     }
 
     /// Counts one request of `key` against `limit` per `period`. During a Redis outage no
@@ -270,7 +304,9 @@ impl Limiter {
         self.check_n(key, limit, period, 1).await
     }
 
-    /// Counts `cost` units (a batch's items) of `key` at once: all allowed, or none.
+    /// Counts `cost` units (a batch's items) of `key` at once: all allowed, or none. A cost of
+    /// 0 only looks (`remaining` says what is left) and writes nothing (in Redis, and in the
+    /// per-instance state while Redis is away).
     pub async fn check_n(&self, key: &str, limit: u32, period: Duration, cost: u32) -> Decision {
         let full_key = format!("{}rl:{key}", self.prefix);
         if self.degraded() {
@@ -292,46 +328,49 @@ impl Limiter {
         }
     }
 
-    /// Whether one more request of `key` would be allowed now, without counting it (never
-    /// through a lease: small auth budgets are asked of Redis every time). During a Redis
-    /// outage the per-instance state answers.
-    pub async fn peek(&self, key: &str, limit: u32, period: Duration) -> Decision {
+    /// Gives back `cost` units of `key` that a [`check_n`](Self::check_n) spent (an attempt
+    /// that was paid for up front and turned out to count for nothing, e.g. a right
+    /// password). Where it is given back: Redis, or the per-instance state while Redis is away.
+    /// Meant for small budgets spent one at a time; units of a lease are not given back to it.
+    pub async fn refund(&self, key: &str, limit: u32, period: Duration, cost: u32) {
         let full_key = format!("{}rl:{key}", self.prefix);
         if !self.degraded() {
-            match self.peek_in_redis(&full_key, limit, period).await {
-                Ok(decision) => return decision,
+            match self.refund_in_redis(&full_key, limit, period, cost).await {
+                Ok(()) => return,
                 Err(e) => self.enter_degraded(&e),
             }
         }
         self.probe_in_background();
-        let tat = self
-            .local
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&full_key)
-            .copied();
-        peek_step(tat, now_ms(), limit, period.as_millis() as u64)
+        let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
+        let tat = local.peek(&full_key).copied();
+        match refund_step(tat, now_ms(), limit, period.as_millis() as u64, cost) {
+            Some(tat) => {
+                local.put(full_key, tat);
+            }
+            None => {
+                local.pop(&full_key);
+            }
+        }
     }
 
-    async fn peek_in_redis(
+    async fn refund_in_redis(
         &self,
         key: &str,
         limit: u32,
         period: Duration,
-    ) -> Result<Decision, String> {
+        cost: u32,
+    ) -> Result<(), String> {
         let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
-        let (allowed, remaining, reset_ms, retry_ms): (i64, i64, i64, i64) = self
-            .peek_script
-            .key(key)
+        let mut invocation = self.refund_script.key(key);
+        invocation
             .arg(limit)
             .arg(period.as_millis() as u64)
-            .invoke_async(&mut *conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(decision_from(
-            (allowed, remaining, reset_ms, retry_ms),
-            limit,
-        ))
+            .arg(cost);
+        let invocation = invocation.invoke_async::<i64>(&mut *conn);
+        match tokio::time::timeout(SCRIPT_TIMEOUT, invocation).await {
+            Ok(answer) => answer.map(drop).map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {SCRIPT_TIMEOUT:?}")),
+        }
     }
 
     fn enter_degraded(&self, error: &str) {
@@ -355,9 +394,9 @@ impl Limiter {
         }
         let limiter = self.clone();
         tokio::spawn(async move {
-            if crate::redis::ping(&limiter.redis).await.is_ok()
-                && limiter.degraded.swap(false, Ordering::SeqCst)
-            {
+            let answered =
+                tokio::time::timeout(SCRIPT_TIMEOUT, crate::redis::ping(&limiter.redis)).await;
+            if matches!(answered, Ok(Ok(()))) && limiter.degraded.swap(false, Ordering::SeqCst) {
                 tracing::info!("rate limits shared through Redis again");
                 limiter.metrics.ratelimit_degraded.set(0);
                 // Local state is stale by now; Redis holds the truth again.
@@ -443,37 +482,31 @@ impl Limiter {
     ) -> Result<Decision, String> {
         let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
         // EVALSHA; the script is loaded on first use (and again after a Redis restart).
-        let (allowed, remaining, reset_ms, retry_ms): (i64, i64, i64, i64) = self
-            .script
-            .key(key)
+        let mut invocation = self.script.key(key);
+        invocation
             .arg(limit)
             .arg(period.as_millis() as u64)
-            .arg(cost)
-            .invoke_async(&mut *conn)
+            .arg(cost);
+        let invocation = invocation.invoke_async::<(i64, i64, i64, i64)>(&mut *conn);
+        let answer = tokio::time::timeout(SCRIPT_TIMEOUT, invocation)
             .await
+            .map_err(|_| format!("no answer within {SCRIPT_TIMEOUT:?}"))?
             .map_err(|e| e.to_string())?;
-        Ok(decision_from(
-            (allowed, remaining, reset_ms, retry_ms),
-            limit,
-        ))
+        Ok(decision_from(answer, limit))
     }
 
     fn locally(&self, key: &str, limit: u32, period: Duration, cost: u32) -> Decision {
         let now = now_ms();
         let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
-        // Drop keys whose budget is whole again, so the map holds only active keys.
-        if local.len() > 10_000 {
-            local.retain(|_, tat| *tat > now);
-        }
-        let (decision, new_tat) = step_n(
-            local.get(key).copied(),
-            now,
-            limit,
-            period.as_millis() as u64,
-            cost,
-        );
-        if let Some(tat) = new_tat {
-            local.insert(key.to_string(), tat);
+        // A look neither stores nor reorders; a spend marks the key as recently used.
+        let tat = if cost == 0 {
+            local.peek(key).copied()
+        } else {
+            local.get(key).copied()
+        };
+        let (decision, new_tat) = step_n(tat, now, limit, period.as_millis() as u64, cost);
+        if let Some(tat) = new_tat.filter(|_| cost > 0) {
+            local.put(key.to_string(), tat);
         }
         decision
     }
@@ -536,17 +569,87 @@ mod tests {
     }
 
     #[test]
-    fn peeking_tells_what_the_next_request_would_get_and_spends_nothing() {
+    fn a_look_tells_what_is_left_and_a_refund_gives_one_back() {
         let (d, tat) = step(None, 0, 2, MINUTE);
         assert!(d.allowed);
-        assert!(peek_step(tat, 0, 2, MINUTE).allowed, "one left");
+        let (look, kept) = step_n(tat, 0, 2, MINUTE, 0);
+        assert_eq!((look.allowed, look.remaining, kept), (true, 1, tat));
         let (_, tat) = step(tat, 0, 2, MINUTE);
-        let peeked = peek_step(tat, 0, 2, MINUTE);
-        assert!(!peeked.allowed);
-        assert_eq!(peeked.retry_after, Duration::from_millis(30_000));
-        assert_eq!(peeked, peek_step(tat, 0, 2, MINUTE), "nothing was spent");
-        assert!(peek_step(tat, 30_000, 2, MINUTE).allowed);
-        assert!(peek_step(None, 0, 2, MINUTE).allowed);
+        assert_eq!(step_n(tat, 0, 2, MINUTE, 0).0.remaining, 0);
+        assert!(!step(tat, 0, 2, MINUTE).0.allowed);
+        // One unit back: one more fits again.
+        let back = refund_step(tat, 0, 2, MINUTE, 1);
+        assert_eq!(back, Some(30_000));
+        assert!(step(back, 0, 2, MINUTE).0.allowed);
+        // Never more than whole: what the rate refilled meanwhile is not given twice.
+        assert_eq!(refund_step(tat, 45_000, 2, MINUTE, 1), None);
+        assert_eq!(refund_step(tat, 10_000, 2, MINUTE, 2), None);
+        assert_eq!(refund_step(None, 0, 2, MINUTE, 1), None);
+    }
+
+    fn offline_limiter() -> Limiter {
+        let mut settings = crate::config::Settings::load_from(|_| None).unwrap().redis;
+        // Never reached: these tests drive the per-instance fallback only.
+        settings.url = secrecy::SecretString::from("redis://127.0.0.1:1/");
+        let pool = crate::redis::pool(&settings).unwrap();
+        Limiter::new(pool, "test:", Metrics::new().unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_fallback_keeps_a_bounded_number_of_keys_the_recent_ones() {
+        let limiter = offline_limiter().with_local_capacity(100);
+        let window = Duration::from_secs(900);
+        for i in 0..300 {
+            assert!(
+                limiter
+                    .locally(&format!("client-{i}"), 5, window, 1)
+                    .allowed
+            );
+        }
+        let held = limiter.local.lock().unwrap().len();
+        assert!(
+            held <= 100,
+            "the fallback grew to {held} keys past its bound of 100"
+        );
+        // The most recent keys are still counted.
+        for _ in 0..4 {
+            assert!(limiter.locally("client-299", 5, window, 1).allowed);
+        }
+        assert!(!limiter.locally("client-299", 5, window, 1).allowed);
+    }
+
+    #[tokio::test]
+    async fn while_redis_is_away_refunds_are_made_locally() {
+        let limiter = offline_limiter();
+        limiter.degraded.store(true, Ordering::SeqCst);
+        let window = Duration::from_secs(60);
+        assert!(limiter.check("k", 1, window).await.allowed);
+        assert!(!limiter.check("k", 1, window).await.allowed);
+        limiter.refund("k", 1, window, 1).await;
+        assert!(
+            limiter.check("k", 1, window).await.allowed,
+            "not given back"
+        );
+        assert!(!limiter.check("k", 1, window).await.allowed);
+    }
+
+    #[tokio::test]
+    async fn a_look_at_cost_zero_spends_and_stores_nothing() {
+        let limiter = offline_limiter();
+        let window = Duration::from_secs(60);
+        let look = limiter.locally("k", 2, window, 0);
+        assert_eq!((look.allowed, look.remaining), (true, 2));
+        assert_eq!(
+            limiter.local.lock().unwrap().len(),
+            0,
+            "a look stored a key"
+        );
+        assert!(limiter.locally("k", 2, window, 1).allowed);
+        assert_eq!(limiter.locally("k", 2, window, 0).remaining, 1);
+        assert!(limiter.locally("k", 2, window, 1).allowed);
+        let look = limiter.locally("k", 2, window, 0);
+        assert_eq!(look.remaining, 0, "{look:?}");
+        assert!(!limiter.locally("k", 2, window, 1).allowed);
     }
 
     #[test]

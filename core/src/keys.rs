@@ -9,10 +9,15 @@
 //! actor). Sessions ride the same channel ([`Scope::Session`], [`Scope::User`]). Cached
 //! entries also expire (`cache_ttl_secs`), a safety net should a notification be lost.
 //! Database lookups run at most `max_concurrent_lookups` at once, so a flood of made-up keys
-//! cannot take the pool from the rest of the server. Use of a key is noted in memory and
-//! written to `last_used_at` in batches.
+//! cannot take the pool from the rest of the server, and each is paid for up front from the
+//! asking client's budget ([`LookupBudget`]), given back when the key exists. Answers of "no
+//! such key" are kept in an LRU of their own (`unknown_cache_max_entries`), so made-up keys
+//! never push valid ones out. Each cache hears only the changes it can hold (a session's
+//! change does not touch the key cache). Use of a key is noted in memory and written to
+//! `last_used_at` in batches.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -23,6 +28,7 @@ use crate::auth::hash_secret;
 use crate::cache::{LookupCache, Source};
 use crate::config::{ApiKeySettings, DatabaseSettings};
 use crate::metrics::Metrics;
+use crate::ratelimit::Decision;
 use crate::store::api_keys::{self, KeyOwner};
 use crate::store::{GenericClient, StoreError};
 
@@ -89,16 +95,40 @@ pub trait Invalidate: Send + Sync {
 /// Whether `secret` has the shape of a key observe issues: `obs_` and 43 URL-safe base64
 /// characters. Anything else is refused before any lookup.
 pub fn well_formed(secret: &str) -> bool {
-    secret.len() == crate::auth::API_KEY_PREFIX.len() + 43
-        && secret.starts_with(crate::auth::API_KEY_PREFIX)
-        && secret[crate::auth::API_KEY_PREFIX.len()..]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    secret
+        .strip_prefix(crate::auth::API_KEY_PREFIX)
+        .is_some_and(crate::auth::token_shaped)
+}
+
+/// What looking a key up found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyLookup {
+    Owner(KeyOwner),
+    /// No such key, or a revoked one.
+    Unknown,
+    /// Not looked up: the asking client's lookup budget is spent (never cached).
+    Refused(Decision),
+}
+
+impl KeyLookup {
+    fn unknown(&self) -> bool {
+        matches!(self, KeyLookup::Unknown)
+    }
+}
+
+/// What a database lookup of a key costs the client asking for it: one unit of a budget, paid
+/// before the query runs (so a burst cannot outrun it) and given back when the key exists.
+/// Only the caller that runs the query pays; callers sharing its answer pay nothing.
+pub trait LookupBudget {
+    /// Pays for one lookup; the refusing decision when the budget is spent.
+    fn spend(&self) -> impl Future<Output = Result<(), Decision>>;
+    /// Gives the lookup back: it found a key.
+    fn refund(&self) -> impl Future<Output = ()>;
 }
 
 #[derive(Clone)]
 pub struct KeyCache {
-    entries: LookupCache<Vec<u8>, Option<KeyOwner>>,
+    entries: LookupCache<Vec<u8>, KeyLookup>,
     used: Arc<Mutex<HashMap<Uuid, DateTime<Utc>>>>,
     metrics: Metrics,
     /// Database lookups running at once at most.
@@ -110,7 +140,11 @@ pub struct KeyCache {
 impl KeyCache {
     pub fn new(settings: &ApiKeySettings, metrics: Metrics) -> Self {
         Self {
-            entries: LookupCache::new(settings.cache_max_entries),
+            entries: LookupCache::with_negatives(
+                settings.cache_max_entries,
+                settings.unknown_cache_max_entries,
+                KeyLookup::unknown,
+            ),
             used: Arc::default(),
             metrics,
             lookups: Arc::new(tokio::sync::Semaphore::new(
@@ -123,27 +157,37 @@ impl KeyCache {
 
     /// The cached answer for `secret`, if there is one (a use of a valid key is noted).
     pub fn cached(&self, secret: &str) -> Option<Option<KeyOwner>> {
-        let answer = self
+        let answer = match self
             .entries
-            .get(&hash_secret(secret), std::time::Instant::now())?;
+            .get(&hash_secret(secret), std::time::Instant::now())?
+        {
+            KeyLookup::Owner(owner) => Some(owner),
+            KeyLookup::Unknown => None,
+            KeyLookup::Refused(_) => return None,
+        };
         self.count(Source::Cache);
         self.note_use(answer.as_ref());
         Some(answer)
     }
 
-    /// The owner of the key `secret`, or `None` for an unknown or revoked key, and where the
-    /// answer came from. Only a cache miss takes a connection, so cached keys keep working
-    /// while PostgreSQL is away.
+    /// What the key `secret` is, and where the answer came from. Only a cache miss takes a
+    /// connection, so cached keys keep working while PostgreSQL is away; and only after the
+    /// query is paid for from `budget`.
     pub async fn authenticate(
         &self,
         pool: &crate::db::PgPool,
         secret: &str,
-    ) -> Result<(Option<KeyOwner>, Source), StoreError> {
+        budget: &impl LookupBudget,
+    ) -> Result<(KeyLookup, Source), StoreError> {
         let (ttl, unknown_ttl) = (self.ttl, self.unknown_ttl);
         let lookups = self.lookups.clone();
-        let (owner, source) = self
+        let (answer, source) = self
             .entries
             .get_or_load(hash_secret(secret), || async move {
+                if let Err(refused) = budget.spend().await {
+                    // Shared with the callers of this flight, kept by nobody.
+                    return Ok((KeyLookup::Refused(refused), Duration::ZERO));
+                }
                 // Bounded like a pool checkout: past it the SDK hears 503 and retries.
                 let _slot = match tokio::time::timeout(LOOKUP_WAIT, lookups.acquire_owned()).await {
                     Ok(Ok(slot)) => slot,
@@ -151,14 +195,29 @@ impl KeyCache {
                 };
                 let client = pool.get().await?;
                 let hash = hash_secret(secret);
-                let owner = api_keys::owner_by_hash(&client, &hash).await?;
-                let ttl = if owner.is_some() { ttl } else { unknown_ttl };
-                Ok((owner, ttl))
+                match api_keys::owner_by_hash(&client, &hash).await? {
+                    Some(owner) => {
+                        budget.refund().await;
+                        Ok((KeyLookup::Owner(owner), ttl))
+                    }
+                    None => Ok((KeyLookup::Unknown, unknown_ttl)),
+                }
             })
             .await?;
-        self.count(source);
-        self.note_use(owner.as_ref());
-        Ok((owner, source))
+        match &answer {
+            // Answered by no lookup: the client's budget said no first.
+            KeyLookup::Refused(_) => self
+                .metrics
+                .api_key_lookups
+                .with_label_values(&["refused"])
+                .inc(),
+            KeyLookup::Owner(owner) => {
+                self.count(source);
+                self.note_use(Some(owner));
+            }
+            KeyLookup::Unknown => self.count(source),
+        }
+        Ok((answer, source))
     }
 
     fn count(&self, source: Source) {
@@ -177,11 +236,15 @@ impl KeyCache {
         }
     }
 
-    /// Forgets every cached key the change concerns.
+    /// Forgets every cached key the change concerns; a change of sessions concerns none, and
+    /// costs nothing here.
     pub fn forget(&self, scope: Scope) {
-        self.entries.forget_where(|_, entry| match entry {
-            Some(owner) => scope.covers(owner),
-            None => false,
+        if matches!(scope, Scope::Session(_) | Scope::User(_)) {
+            return;
+        }
+        self.entries.forget_where(move |_, entry| match entry {
+            KeyLookup::Owner(owner) => scope.covers(owner),
+            KeyLookup::Unknown | KeyLookup::Refused(_) => false,
         });
     }
 
@@ -382,14 +445,14 @@ mod tests {
         let cache = cache();
         let (a, b) = (owner(), owner());
         let far = std::time::Instant::now() + Duration::from_secs(60);
-        cache.entries.put(vec![1], Some(a), far);
-        cache.entries.put(vec![2], Some(b), far);
-        cache.entries.put(vec![3], None, far);
+        cache.entries.put(vec![1], KeyLookup::Owner(a), far);
+        cache.entries.put(vec![2], KeyLookup::Owner(b), far);
+        cache.entries.put(vec![3], KeyLookup::Unknown, far);
         cache.forget(Scope::Project(a.project_id));
         let now = std::time::Instant::now();
         assert!(cache.entries.get(&vec![1], now).is_none());
-        assert_eq!(cache.entries.get(&vec![2], now), Some(Some(b)));
-        assert_eq!(cache.entries.get(&vec![3], now), Some(None));
+        assert_eq!(cache.entries.get(&vec![2], now), Some(KeyLookup::Owner(b)));
+        assert_eq!(cache.entries.get(&vec![3], now), Some(KeyLookup::Unknown));
         cache.forget(Scope::User(Uuid::new_v4()));
         assert_eq!(cache.entries.len(), 2, "a user's change concerns no key");
         cache.forget_all();
@@ -408,5 +471,27 @@ mod tests {
         cache.used.lock().unwrap().insert(o.key_id, later);
         cache.restore_used(taken);
         assert_eq!(cache.take_used(), vec![(o.key_id, later)]);
+    }
+
+    #[tokio::test]
+    async fn session_changes_leave_key_loads_in_flight_alone() {
+        let cache = cache();
+        let o = owner();
+        let forgetter = cache.clone();
+        let (answer, _) = cache
+            .entries
+            .get_or_load(vec![9], || async move {
+                forgetter.forget(Scope::User(Uuid::new_v4()));
+                forgetter.forget(Scope::Session(Uuid::new_v4()));
+                Ok((KeyLookup::Owner(o), Duration::from_secs(60)))
+            })
+            .await
+            .unwrap();
+        assert_eq!(answer, KeyLookup::Owner(o));
+        assert_eq!(
+            cache.entries.get(&vec![9], std::time::Instant::now()),
+            Some(KeyLookup::Owner(o)),
+            "a session's change threw away a key lookup"
+        );
     }
 }

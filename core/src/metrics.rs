@@ -281,7 +281,7 @@ impl Metrics {
         let api_key_lookups = IntCounterVec::new(
             Opts::new(
                 "observe_api_key_lookups_total",
-                "API key authentications, by where the answer came from: cache or database",
+                "API key authentications, by where the answer came from: cache, database, shared (a query another request ran), or refused (the client's lookup budget was spent)",
             ),
             &["source"],
         )?;

@@ -65,13 +65,20 @@ impl SessionCache {
         Ok(verdict(state.as_ref(), claims, Utc::now()))
     }
 
+    /// Forgets what a change concerns: one session directly by its id, a user's or an
+    /// organisation's sessions by a scan; a change of keys or projects concerns no session and
+    /// costs nothing here.
     pub fn forget(&self, scope: Scope) {
-        self.entries.forget_where(|id, state| match (scope, state) {
-            (Scope::Session(s), _) => *id == s,
-            (Scope::User(u), Some(state)) => state.user_id == u,
-            (Scope::Organisation(o), Some(state)) => state.organisation_id == o,
-            _ => false,
-        });
+        match scope {
+            Scope::Session(id) => self.entries.forget(&id),
+            Scope::User(user) => self
+                .entries
+                .forget_where(move |_, state| state.is_some_and(|s| s.user_id == user)),
+            Scope::Organisation(org) => self
+                .entries
+                .forget_where(move |_, state| state.is_some_and(|s| s.organisation_id == org)),
+            Scope::Key(_) | Scope::Project(_) => {}
+        }
     }
 
     /// Caches a state as if just read (tests of the cache itself).

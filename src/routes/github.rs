@@ -20,6 +20,7 @@ use utoipa::IntoParams;
 
 use crate::error::ApiError;
 use crate::routes::auth::{session_cookie, start_session};
+use crate::session::device_cookie;
 use crate::state::AppState;
 
 const STATE_COOKIE: &str = "oauth_state";
@@ -182,6 +183,7 @@ pub async fn github_callback(
     Ok(HttpResponse::Found()
         .insert_header((header::LOCATION, state.settings.frontend_url.clone()))
         .cookie(session_cookie(&state, session.refresh_token))
+        .cookie(device_cookie(&state, &user.email))
         .cookie(state_cookie(String::new(), secure, 0))
         .finish())
 }

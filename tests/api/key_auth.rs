@@ -242,3 +242,95 @@ async fn concurrent_first_uses_of_one_key_share_one_query() {
         "concurrent misses each ran their own query"
     );
 }
+
+/// Item 1: a burst of made-up keys sent at once gets no more database lookups than the
+/// client's budget: each lookup is paid for before it runs, not after it found nothing.
+#[actix_web::test]
+async fn a_parallel_flood_of_unknown_keys_gets_no_more_lookups_than_the_budget() {
+    let app = spawn_app_with(
+        |s| {
+            s.api_keys.failed_lookups_per_ip = 5;
+            s.api_keys.failed_lookup_window_secs = 60;
+        },
+        Some(test_routes()),
+    )
+    .await;
+    let keys: Vec<String> = (0..30).map(made_up_key).collect();
+    let replies = futures_util::future::join_all(keys.iter().map(|k| whoami(&app, k))).await;
+    let statuses: Vec<u16> = replies.iter().map(|r| r.0).collect();
+    let (_, metrics) = app.get_text("/metrics").await;
+    assert_eq!(
+        lookups(&metrics, "database"),
+        5,
+        "a burst of unknown keys went past the lookup budget: {statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        25,
+        "{statuses:?}"
+    );
+    assert_eq!(lookups(&metrics, "refused"), 25, "{metrics}");
+}
+
+/// Item 1: a valid key's first lookup is paid back, so an SDK's burst of first uses of its
+/// own key (one shared query) costs its client nothing.
+#[actix_web::test]
+async fn valid_keys_spend_no_lookup_budget() {
+    let app = spawn_app_with(
+        |s| s.api_keys.failed_lookups_per_ip = 2,
+        Some(test_routes()),
+    )
+    .await;
+    let account = register(&app).await;
+    let project = create_project(&app, &account.token, "budget").await;
+    let mut keys = Vec::new();
+    for _ in 0..4 {
+        keys.push(new_key(&app, &account.token, &project).await.1);
+    }
+    for key in &keys {
+        let replies = futures_util::future::join_all((0..3).map(|_| whoami(&app, key))).await;
+        assert!(replies.iter().all(|r| r.0 == 200), "{replies:?}");
+    }
+    // The budget is whole: unknown keys still get their two lookups.
+    assert_eq!(whoami(&app, &made_up_key(1)).await.0, 401);
+    assert_eq!(whoami(&app, &made_up_key(2)).await.0, 401);
+    assert_eq!(whoami(&app, &made_up_key(3)).await.0, 429);
+}
+
+/// Item 6: answers of "no such key" are kept apart from valid keys, so a flood of made-up keys
+/// spread over many clients cannot push valid keys out of the cache.
+#[actix_web::test]
+async fn a_spread_flood_of_unknown_keys_does_not_evict_valid_keys() {
+    let app = spawn_app_with(
+        |s| {
+            s.api_keys.cache_max_entries = 4;
+            s.api_keys.failed_lookups_per_ip = 10_000;
+        },
+        Some(test_routes()),
+    )
+    .await;
+    let account = register(&app).await;
+    let project = create_project(&app, &account.token, "evict").await;
+    let (_, a) = new_key(&app, &account.token, &project).await;
+    let (_, b) = new_key(&app, &account.token, &project).await;
+    assert_eq!(whoami(&app, &a).await.0, 200);
+    assert_eq!(whoami(&app, &b).await.0, 200);
+    for i in 0..50 {
+        assert_eq!(whoami(&app, &made_up_key(i)).await.0, 401);
+    }
+    let (_, metrics) = app.get_text("/metrics").await;
+    assert_eq!(lookups(&metrics, "database"), 52, "{metrics}");
+    assert_eq!(whoami(&app, &a).await.0, 200);
+    assert_eq!(whoami(&app, &b).await.0, 200);
+    let (_, metrics) = app.get_text("/metrics").await;
+    assert_eq!(
+        lookups(&metrics, "database"),
+        52,
+        "valid keys were evicted by unknown ones and looked up again"
+    );
+}

@@ -146,3 +146,25 @@ async fn without_redis_limits_hold_per_instance_and_recover_when_it_returns() {
         .unwrap()
         .contains("observe_ratelimit_degraded 0"));
 }
+
+/// Item 10: a Redis that accepts the connection and the pool's health check but never answers
+/// the script must not hang the request: the limiter gives up on it and counts per instance.
+#[actix_web::test]
+async fn a_stalled_redis_does_not_hang_the_limiter() {
+    let stalled = crate::support::stalled_redis::StalledRedis::start().await;
+    let limiter = limiter(stalled.url(), "test:stalled:", Metrics::new().unwrap());
+    // The bound here only tells a hang from an answer; it measures nothing.
+    let decision = tokio::time::timeout(
+        Duration::from_secs(20),
+        limiter.check("key", 5, Duration::from_secs(60)),
+    )
+    .await
+    .expect("the limiter hung on a stalled Redis");
+    assert!(decision.allowed);
+    assert!(
+        stalled.scripts_received() >= 1,
+        "the script never reached the stalled Redis, so the stall was not tested"
+    );
+    assert!(limiter.degraded(), "a stalled Redis must count as down");
+    assert_eq!(allowed(&limiter, "key", 8).await, 4, "limited per instance");
+}

@@ -236,7 +236,10 @@ pub async fn claim_unverified(
     Ok(())
 }
 
-/// Sets a user's email (confirmed by a link sent to it). A taken address is a `Conflict`.
+/// Sets a user's email (confirmed by a link sent to it). A taken address is a `Conflict`. The
+/// address is a credential (reset links go to it): every link emailed before, to the old
+/// address above all, stops working, now and for any check made against
+/// `credentials_changed_at` later.
 pub async fn set_email(
     client: &impl GenericClient,
     user_id: Uuid,
@@ -244,10 +247,13 @@ pub async fn set_email(
 ) -> Result<(), StoreError> {
     client
         .execute(
-            "UPDATE users SET email = $2, email_verified = true, updated_at = now() WHERE id = $1",
+            "UPDATE users SET email = $2, email_verified = true, updated_at = now(),
+                              credentials_changed_at = now()
+             WHERE id = $1",
             &[&user_id, &email],
         )
         .await?;
+    super::tokens::spend_all_for_user(client, user_id).await?;
     Ok(())
 }
 

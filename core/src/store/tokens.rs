@@ -20,16 +20,62 @@ impl Purpose {
     }
 }
 
+/// What must still hold of an account, under its row lock, for a link to be made for it.
+#[derive(Debug, Clone, Copy)]
+pub enum Expect<'a> {
+    /// The address the link is sent to is still the account's (a reset).
+    Email(&'a str),
+    /// The session asking for it still stands (an email change): a password change or reset,
+    /// or a takeover of the account, revokes it.
+    LiveSession(Uuid),
+}
+
+/// Whether a token was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Issued {
+    Stored,
+    /// The account is gone or changed since the request was allowed: nothing stored.
+    AccountChanged,
+}
+
 /// Stores a token; any earlier unused token of the same user and purpose stops working, so
-/// only the latest email's link is good.
+/// only the latest email's link is good. Run it in a transaction: it holds the account's row
+/// (`FOR SHARE`) until commit, so a takeover, reset or password change of the account either
+/// committed before (and `expect` sees it) or waits and then spends this token with the rest.
 pub async fn create(
     client: &impl GenericClient,
     user_id: Uuid,
+    expect: Expect<'_>,
     purpose: Purpose,
     new_email: Option<&str>,
     hash: &[u8],
     expires_at: DateTime<Utc>,
-) -> Result<(), StoreError> {
+) -> Result<Issued, StoreError> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT email FROM users WHERE id = $1 FOR SHARE",
+            &[&user_id],
+        )
+        .await?
+    else {
+        return Ok(Issued::AccountChanged);
+    };
+    // A statement of its own, so under READ COMMITTED it sees what committed while the lock
+    // above waited.
+    let still = match expect {
+        Expect::Email(email) => row.get::<_, &str>(0) == email,
+        Expect::LiveSession(session_id) => client
+            .query_opt(
+                "SELECT 1 FROM sessions
+                 WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL AND expires_at > now()",
+                &[&session_id, &user_id],
+            )
+            .await?
+            .is_some(),
+    };
+    if !still {
+        return Ok(Issued::AccountChanged);
+    }
     client
         .execute(
             "UPDATE user_tokens SET used_at = now()
@@ -44,7 +90,25 @@ pub async fn create(
             &[&hash, &user_id, &purpose.as_str(), &new_email, &expires_at],
         )
         .await?;
-    Ok(())
+    Ok(Issued::Stored)
+}
+
+/// The user of a token that [`spend`] would accept now, without spending it: a cheap look
+/// before anything costly (a password hash) is done for it.
+pub async fn valid(
+    client: &impl GenericClient,
+    hash: &[u8],
+    purpose: Purpose,
+) -> Result<Option<Uuid>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT t.user_id FROM user_tokens t JOIN users u ON u.id = t.user_id
+             WHERE t.token_hash = $1 AND t.purpose = $2 AND t.used_at IS NULL
+               AND t.expires_at > now() AND t.created_at > u.credentials_changed_at",
+            &[&hash, &purpose.as_str()],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
 }
 
 /// Spends a valid token in one statement, so it works exactly once: unused, unexpired, and

@@ -1,6 +1,10 @@
 //! Changing the account's address: asked for with the password, completed by a link sent to
-//! the new address. Confirming re-checks the account: a link made before its credentials last
-//! changed (a password change or reset, a takeover by the address's owner) no longer works.
+//! the new address. The link is stored only while the asking session stands, under the
+//! account's row lock, so a takeover or reset racing the request cannot miss it. Confirming
+//! re-checks the account: a link made before its credentials last changed (a password change
+//! or reset, a takeover by the address's owner, an earlier change of address) no longer works;
+//! and the change itself voids every link emailed before it, reset links sent to the old
+//! address first of all.
 
 use actix_web::{post, web, HttpRequest, HttpResponse};
 use observe_core::auth;
@@ -14,7 +18,7 @@ use super::{
     ChangeEmailRequest, ConfirmEmailRequest, UserView,
 };
 use crate::error::ApiError;
-use crate::session::{spend_budget, Attempt, Session};
+use crate::session::{spend_budget, Against, Attempt, Session};
 use crate::state::AppState;
 use crate::validate::Problems;
 
@@ -46,6 +50,7 @@ pub async fn change_email(
     confirm_password(
         &req,
         &state,
+        &session,
         &user,
         body.password.clone(),
         "the password is incorrect",
@@ -66,9 +71,10 @@ pub async fn change_email(
     let link_state = state.clone();
     let name = user.name.clone();
     let to = new_email.clone();
-    send_token_email(
+    let issued = send_token_email(
         &state,
         user.id,
+        tokens::Expect::LiveSession(session.session_id),
         tokens::Purpose::EmailChange,
         Some(&new_email),
         |secret| {
@@ -77,6 +83,13 @@ pub async fn change_email(
         },
     )
     .await?;
+    if issued == tokens::Issued::AccountChanged {
+        // Revoked while this request ran (a takeover, a reset, a password change elsewhere).
+        return Err(ApiError::Unauthorized {
+            code: "session_ended",
+            message: "this session has ended (signed out, expired or revoked); sign in again",
+        });
+    }
     Ok(HttpResponse::Accepted().json(Accepted { status: "accepted" }))
 }
 
@@ -97,19 +110,32 @@ pub async fn confirm_email(
     state: web::Data<AppState>,
     body: web::Json<ConfirmEmailRequest>,
 ) -> Result<web::Json<UserView>, ApiError> {
-    let attempt = Attempt::begin(&req, &state, None).await?;
-    let token = auth::hash_secret(body.token.trim());
+    let attempt = Attempt::begin(&req, &state, Against::Client).await?;
+    let secret = body.token.trim();
+    let confirmed = if auth::token_shaped(secret) {
+        confirm(&state, &auth::hash_secret(secret)).await
+    } else {
+        Ok(None)
+    };
+    let user = attempt
+        .settle(&state, confirmed)
+        .await?
+        .ok_or(ApiError::InvalidToken)?;
+    Ok(web::Json(user.into()))
+}
+
+/// Spends the email-change token hashed `token` and moves its account to the new address;
+/// `None` for a token that is no good.
+async fn confirm(state: &AppState, token: &[u8]) -> Result<Option<accounts::User>, ApiError> {
     let mut client = state.db.get().await?;
     let tx = client.transaction().await?;
     // The account's row is locked first, so a takeover or reset of it either comes before
     // (and the token is void by then) or waits for this change to finish.
-    tokens::lock_owner(&tx, &token).await?;
+    tokens::lock_owner(&tx, token).await?;
     let Some((user_id, Some(new_email))) =
-        tokens::spend(&tx, &token, tokens::Purpose::EmailChange).await?
+        tokens::spend(&tx, token, tokens::Purpose::EmailChange).await?
     else {
-        drop(tx);
-        attempt.failed(&state).await;
-        return Err(ApiError::InvalidToken);
+        return Ok(None);
     };
     match accounts::set_email(&tx, user_id, &new_email).await {
         Err(StoreError::Conflict(_)) => {
@@ -119,9 +145,7 @@ pub async fn confirm_email(
         }
         other => other?,
     }
-    let user = accounts::user_by_id(&tx, user_id)
-        .await?
-        .ok_or(ApiError::InvalidToken)?;
+    let user = accounts::user_by_id(&tx, user_id).await?;
     tx.commit().await?;
-    Ok(web::Json(user.into()))
+    Ok(user)
 }

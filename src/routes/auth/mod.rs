@@ -8,7 +8,10 @@
 //! plus a refresh token in an HttpOnly cookie scoped to `/auth`. Every refresh rotates the
 //! refresh token; presenting an already-rotated one revokes the session, unless it is a retry
 //! within the grace window. Endpoints that check a password or a token are limited per client
-//! and per account, counting failures only (`src/session.rs`, `core/src/ratelimit.rs`).
+//! and per account (or per known device), counting failures only: each attempt is paid for
+//! before its secret is checked and paid back when it was right (`src/session.rs`,
+//! `core/src/ratelimit.rs`). Every sign-in sets a device cookie, by which the browser is known
+//! to the account from then on.
 
 mod email;
 mod password;
@@ -32,7 +35,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::session::{refresh_cookie, Attempt, Session};
+use crate::session::{refresh_cookie, Against, Attempt, Session};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -174,27 +177,30 @@ pub(crate) async fn signed_in_user(state: &AppState, session: &Session) -> Resul
 }
 
 /// Checks the password a signed-in user gives to confirm a sensitive change; a wrong one counts
-/// against the client's and the account's failure budgets, like a failed sign-in.
+/// against the client's failure budget and the session's own (a signed-in session is a trusted
+/// client: strangers spending the account's budget do not stop its owner here).
 pub(crate) async fn confirm_password(
     req: &actix_web::HttpRequest,
     state: &AppState,
+    session: &Session,
     user: &User,
     given: String,
     wrong: &'static str,
 ) -> Result<(), ApiError> {
-    let attempt = Attempt::begin(req, state, Some(&user.email)).await?;
-    if state
+    let attempt = Attempt::begin(req, state, Against::Session(session.session_id)).await?;
+    let checked = state
         .passwords
         .verify(given, user.password_hash.clone())
-        .await?
-    {
-        return Ok(());
+        .await
+        .map(|right| right.then_some(()))
+        .map_err(ApiError::from);
+    match attempt.settle(state, checked).await? {
+        Some(()) => Ok(()),
+        None => Err(ApiError::Unauthorized {
+            code: "invalid_credentials",
+            message: wrong,
+        }),
     }
-    attempt.failed(state).await;
-    Err(ApiError::Unauthorized {
-        code: "invalid_credentials",
-        message: wrong,
-    })
 }
 
 pub(crate) fn session_cookie(
@@ -258,29 +264,37 @@ pub(crate) fn frontend_link(state: &AppState, path: &str, token: &str) -> String
     )
 }
 
-/// Stores a token and its email in one transaction, then hands the email to the Mailer.
+/// Stores a token and its email in one transaction, then hands the email to the Mailer. The
+/// token is stored under the account's row lock and only while `expect` still holds of it
+/// (`tokens::create`), so a takeover, reset or password change racing this request either
+/// comes first and stops it, or comes after and spends the token with the rest.
 pub(crate) async fn send_token_email(
     state: &AppState,
     user_id: Uuid,
+    expect: tokens::Expect<'_>,
     purpose: tokens::Purpose,
     new_email: Option<&str>,
     make_email: impl FnOnce(&str) -> mail::Email,
-) -> Result<(), ApiError> {
+) -> Result<tokens::Issued, ApiError> {
     let token = random_token();
     let email = make_email(&token.secret);
     let mut client = state.db.get().await?;
     let tx = client.transaction().await?;
-    tokens::create(
+    let issued = tokens::create(
         &tx,
         user_id,
+        expect,
         purpose,
         new_email,
         &token.hash,
         auth::expires_in(Duration::minutes(EMAIL_TOKEN_MINUTES)),
     )
     .await?;
+    if issued == tokens::Issued::AccountChanged {
+        return Ok(issued);
+    }
     let id = outbox::enqueue(&tx, &email).await?;
     tx.commit().await?;
     observe_actors::mailer::deliver_soon(&state.mailer, id);
-    Ok(())
+    Ok(issued)
 }

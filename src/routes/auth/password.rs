@@ -1,5 +1,7 @@
 //! Passwords: change (signed in), forgot (a link by email) and reset (with that link). A
 //! change or reset ends the account's other sessions and voids every link emailed before it.
+//! A reset looks at its token before it hashes anything, so made-up tokens cost one index
+//! probe, not a hashing slot.
 
 use actix_web::{post, web, HttpRequest, HttpResponse};
 use observe_core::auth;
@@ -15,7 +17,7 @@ use super::{
     ChangePasswordRequest, ForgotPasswordRequest, ResetPasswordRequest, EMAIL_TOKEN_MINUTES,
 };
 use crate::error::ApiError;
-use crate::session::{spend_budget, Attempt, Session};
+use crate::session::{device_cookie, spend_budget, Against, Attempt, Session};
 use crate::state::AppState;
 use crate::validate::Problems;
 
@@ -51,6 +53,7 @@ pub async fn change_password(
     confirm_password(
         &req,
         &state,
+        &session,
         &user,
         body.current_password.clone(),
         "the current password is incorrect",
@@ -104,9 +107,10 @@ async fn send_reset_link(state: &AppState, email: &str) -> Result<(), ApiError> 
     let Some(user) = user else {
         return Ok(());
     };
-    send_token_email(
+    let issued = send_token_email(
         state,
         user.id,
+        tokens::Expect::Email(&user.email),
         tokens::Purpose::PasswordReset,
         None,
         |secret| {
@@ -114,11 +118,17 @@ async fn send_reset_link(state: &AppState, email: &str) -> Result<(), ApiError> 
             mail::password_reset(&user.email, &user.name, &link, EMAIL_TOKEN_MINUTES)
         },
     )
-    .await
+    .await?;
+    if issued == tokens::Issued::AccountChanged {
+        tracing::info!(user_id = %user.id, "account changed meanwhile: no reset link sent");
+    }
+    Ok(())
 }
 
 /// Sets a new password with a token from a reset email (once). Signs out every session and
-/// voids every other link emailed before.
+/// voids every other link emailed before. The browser that did it becomes a known device of
+/// the account (it proved the mailbox: OWASP issues a device cookie for a valid reset link),
+/// which is how an owner locked out by strangers gets back in from a new device.
 #[utoipa::path(
     tag = "auth",
     request_body = ResetPasswordRequest,
@@ -142,23 +152,42 @@ pub async fn reset_password(
         state.settings.auth.password_min_length,
     );
     problems.finish()?;
-    let attempt = Attempt::begin(&req, &state, None).await?;
+    let attempt = Attempt::begin(&req, &state, Against::Client).await?;
+    let secret = body.token.trim();
+    let token = auth::hash_secret(secret);
+    // The token first (one index probe), the password hash only for a token that is good.
+    let checked = if auth::token_shaped(secret) {
+        match state.db.get().await {
+            Ok(client) => tokens::valid(&client, &token, tokens::Purpose::PasswordReset)
+                .await
+                .map_err(ApiError::from),
+            Err(e) => Err(e.into()),
+        }
+    } else {
+        Ok(None)
+    };
+    if attempt.settle(&state, checked).await?.is_none() {
+        return Err(ApiError::InvalidToken);
+    }
     let hash = state.passwords.hash(body.new_password.clone()).await?;
-    let token = auth::hash_secret(body.token.trim());
     let mut client = state.db.get().await?;
     let tx = client.transaction().await?;
     tokens::lock_owner(&tx, &token).await?;
+    // Spent for good here: a concurrent reset with the same link may have come first.
     let Some((user_id, _)) = tokens::spend(&tx, &token, tokens::Purpose::PasswordReset).await?
     else {
-        drop(tx);
-        attempt.failed(&state).await;
         return Err(ApiError::InvalidToken);
     };
     accounts::set_password(&tx, user_id, &hash).await?;
     sessions::revoke_all_for_user(&tx, user_id, None).await?;
     tokens::spend_all_for_user(&tx, user_id).await?;
+    let user = accounts::user_by_id(&tx, user_id).await?;
     tx.commit().await?;
     state.sessions.forget(Scope::User(user_id));
     tracing::info!(%user_id, "password reset");
-    Ok(HttpResponse::NoContent().finish())
+    let mut reply = HttpResponse::NoContent();
+    if let Some(user) = user {
+        reply.cookie(device_cookie(&state, &user.email));
+    }
+    Ok(reply.finish())
 }

@@ -5,9 +5,10 @@ use chrono::Utc;
 use observe_core::auth;
 use observe_core::keys::{self, Scope};
 use observe_core::ratelimit::Budget;
-use observe_core::store::accounts;
+use observe_core::store::accounts::{self, User};
 use observe_core::store::sessions::{self, Rotation};
 use observe_core::store::StoreError;
+use uuid::Uuid;
 
 use super::{
     confirm_password, session_cookie, signed_in_user, start_session, token_response,
@@ -15,7 +16,10 @@ use super::{
     INVALID_CREDENTIALS,
 };
 use crate::error::ApiError;
-use crate::session::{cleared_refresh_cookie, spend_budget, Attempt, Session, REFRESH_COOKIE};
+use crate::session::{
+    cleared_refresh_cookie, device_cookie, spend_budget, Against, Attempt, Outcome, Session,
+    REFRESH_COOKIE,
+};
 use crate::state::AppState;
 use crate::validate::Problems;
 
@@ -75,6 +79,7 @@ pub async fn register(
 
     Ok(HttpResponse::Created()
         .cookie(session_cookie(&state, session.refresh_token))
+        .cookie(device_cookie(&state, &user.email))
         .json(RegisterResponse {
             user: user.into(),
             organisation: org.into(),
@@ -85,7 +90,8 @@ pub async fn register(
 }
 
 /// Signs in with email and password. Answers alike, in about the same time, whether or not
-/// the email exists.
+/// the email exists. A sign-in sets the device cookie: from then on this browser's failures
+/// count against a budget of its own, not the account's.
 #[utoipa::path(
     tag = "auth",
     request_body = LoginRequest,
@@ -108,20 +114,9 @@ pub async fn login(
         problems.add("password", "must not be empty");
     }
     problems.finish()?;
-    let attempt = Attempt::begin(&req, &state, Some(&email)).await?;
-
-    // No pooled connection is held while the password is hashed (that may queue).
-    let user = {
-        let client = state.db.get().await?;
-        accounts::user_by_email(&client, &email).await?
-    };
-    let hash = user.as_ref().and_then(|u| u.password_hash.clone());
-    // Verified even when the user is unknown (against a dummy hash), so timing says nothing.
-    if !state.passwords.verify(body.password.clone(), hash).await? {
-        attempt.failed(&state).await;
-        return Err(INVALID_CREDENTIALS);
-    }
-    let Some(user) = user else {
+    let attempt = Attempt::begin(&req, &state, Against::Account(&email)).await?;
+    let checked = user_with_password(&state, &email, body.password.clone()).await;
+    let Some(user) = attempt.settle(&state, checked).await? else {
         return Err(INVALID_CREDENTIALS);
     };
     let client = state.db.get().await?;
@@ -131,18 +126,42 @@ pub async fn login(
     let session = start_session(&client, &state, user.id, org.id).await?;
     Ok(HttpResponse::Ok()
         .cookie(session_cookie(&state, session.refresh_token))
+        .cookie(device_cookie(&state, &user.email))
         .json(token_response(&state, session.access_token)))
+}
+
+/// The user of `email` if `password` is theirs. No pooled connection is held while the
+/// password is hashed (that may queue).
+async fn user_with_password(
+    state: &AppState,
+    email: &str,
+    password: String,
+) -> Result<Option<User>, ApiError> {
+    let user = {
+        let client = state.db.get().await?;
+        accounts::user_by_email(&client, email).await?
+    };
+    let hash = user.as_ref().and_then(|u| u.password_hash.clone());
+    // Verified even when the user is unknown (against a dummy hash), so timing says nothing.
+    if state.passwords.verify(password, hash).await? {
+        Ok(user)
+    } else {
+        Ok(None)
+    }
 }
 
 /// Exchanges the refresh-token cookie for a new access token and a new refresh token.
 /// The same cookie sent again within `auth.refresh_reuse_grace_secs` (a second tab, a retry)
 /// gets the same pair; later, presenting a refresh token that was already exchanged revokes
-/// its session.
+/// its session. A cookie that is not a refresh token, or not a live one, counts against the
+/// client's failure budget like a wrong password; one not even of a token's shape is refused
+/// without a lookup.
 #[utoipa::path(
     tag = "auth",
     responses(
         (status = 200, body = super::TokenResponse),
         (status = 401, body = crate::error::ErrorBody, description = "missing, invalid, expired or reused refresh token"),
+        (status = 429, body = crate::error::ErrorBody, description = "too many invalid refresh tokens from this client"),
     )
 )]
 #[post("/auth/refresh")]
@@ -157,22 +176,21 @@ pub async fn refresh(
             message: "no refresh token cookie was sent",
         });
     };
-    let old = auth::hash_secret(cookie.value());
+    let attempt = Attempt::begin(&req, &state, Against::Client).await?;
     // Derived, not random: a retry of this refresh derives the same successor.
     let new = state.tokens.successor(cookie.value());
-    let settings = &state.settings.auth;
-    let mut client = state.db.get().await?;
-    let tx = client.transaction().await?;
-    let rotation = sessions::rotate(
-        &tx,
-        &old,
-        &new.hash,
-        settings.refresh_token_expire_days,
-        settings.refresh_reuse_grace_secs,
-    )
-    .await?;
-    // Committed whatever the outcome: a detected reuse must stay revoked.
-    tx.commit().await?;
+    let rotation = if auth::token_shaped(cookie.value()) {
+        rotate(&state, cookie.value(), &new.hash).await
+    } else {
+        Ok(Rotation::Invalid)
+    };
+    let outcome = match &rotation {
+        Ok(Rotation::Rotated { .. } | Rotation::Replayed { .. }) => Outcome::Right,
+        Ok(Rotation::Reused { .. } | Rotation::Invalid) => Outcome::Wrong,
+        Err(_) => Outcome::Unchecked,
+    };
+    attempt.close(&state, outcome).await;
+    let rotation = rotation?;
     // The error stays attached to the response (the middleware renders its code), and the
     // browser is told to forget the dead token.
     let refused = |code, message| {
@@ -205,28 +223,66 @@ pub async fn refresh(
     }
 }
 
+/// Rotates the refresh token `secret` into the one hashed `new`, in a transaction committed
+/// whatever the outcome: a detected reuse must stay revoked.
+async fn rotate(state: &AppState, secret: &str, new: &[u8]) -> Result<Rotation, ApiError> {
+    let settings = &state.settings.auth;
+    let mut client = state.db.get().await?;
+    let tx = client.transaction().await?;
+    let rotation = sessions::rotate(
+        &tx,
+        &auth::hash_secret(secret),
+        new,
+        settings.refresh_token_expire_days,
+        settings.refresh_reuse_grace_secs,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(rotation)
+}
+
 /// Ends the session of the refresh-token cookie: its refresh and access tokens stop working.
-#[utoipa::path(tag = "auth", responses((status = 204, description = "signed out")))]
+/// A cookie of no session counts against the client's failure budget (429 past it); one not
+/// even of a token's shape is not looked up.
+#[utoipa::path(
+    tag = "auth",
+    responses(
+        (status = 204, description = "signed out"),
+        (status = 429, body = crate::error::ErrorBody, description = "too many invalid refresh tokens from this client"),
+    )
+)]
 #[post("/auth/logout")]
 pub async fn logout(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     if let Some(cookie) = req.cookie(REFRESH_COOKIE).filter(|c| !c.value().is_empty()) {
-        let mut client = state.db.get().await?;
-        let tx = client.transaction().await?;
-        let session = sessions::session_of(&tx, &auth::hash_secret(cookie.value())).await?;
-        if let Some(session) = session {
-            sessions::revoke(&tx, session).await?;
-        }
-        tx.commit().await?;
-        if let Some(session) = session {
-            state.sessions.forget(Scope::Session(session));
-        }
+        let attempt = Attempt::begin(&req, &state, Against::Client).await?;
+        let ended = if auth::token_shaped(cookie.value()) {
+            end_session(&state, cookie.value()).await
+        } else {
+            Ok(None)
+        };
+        attempt.settle(&state, ended).await?;
     }
     Ok(HttpResponse::NoContent()
         .cookie(cleared_refresh_cookie(state.settings.auth.cookie_secure))
         .finish())
+}
+
+/// Revokes the session of the refresh token `secret`, if it has one.
+async fn end_session(state: &AppState, secret: &str) -> Result<Option<Uuid>, ApiError> {
+    let mut client = state.db.get().await?;
+    let tx = client.transaction().await?;
+    let session = sessions::session_of(&tx, &auth::hash_secret(secret)).await?;
+    if let Some(session) = session {
+        sessions::revoke(&tx, session).await?;
+    }
+    tx.commit().await?;
+    if let Some(session) = session {
+        state.sessions.forget(Scope::Session(session));
+    }
+    Ok(session)
 }
 
 /// The signed-in user, their organisation and role.
@@ -276,7 +332,15 @@ pub async fn delete_account(
     let user = signed_in_user(&state, &session).await?;
     if user.password_hash.is_some() {
         let given = body.password.clone().unwrap_or_default();
-        confirm_password(&req, &state, &user, given, "the password is incorrect").await?;
+        confirm_password(
+            &req,
+            &state,
+            &session,
+            &user,
+            given,
+            "the password is incorrect",
+        )
+        .await?;
     } else if Utc::now().timestamp() - session.auth_time > RECENT_SIGN_IN_SECS {
         // No password to confirm with (a GitHub-only account): a fresh sign-in stands in for
         // it. The time of the sign-in itself, which refreshing does not renew.
