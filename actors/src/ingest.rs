@@ -73,6 +73,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::supervisor::{Drain, Lifeline, Supervised, SupervisedActor, Supervisor};
+use crate::wake::Wakes;
 
 /// Mailbox capacity of one IngestActor. Handling a message only moves it into the buffer, so
 /// the mailbox fills only when the actor's thread is starved.
@@ -244,7 +245,7 @@ impl IngestActor {
 
     /// Looks at the buffer: answers what waited too long, settles or flushes what is due, and
     /// sets a timer for the next time anything will be due.
-    fn tick(&mut self, ctx: &mut Context<Self>) {
+    fn look(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
         self.expire(now);
         if self.uncertain.is_some() {
@@ -261,23 +262,6 @@ impl IngestActor {
         }
         self.publish_weight();
         self.notify_drained();
-    }
-
-    /// Makes sure a timer ticks at `at` (or earlier).
-    fn wake(&mut self, ctx: &mut Context<Self>, at: Instant) {
-        if self.wake_at.is_some_and(|set| set <= at) {
-            return;
-        }
-        self.wake_at = Some(at);
-        ctx.run_later(
-            at.saturating_duration_since(Instant::now()),
-            move |act, ctx| {
-                if act.wake_at == Some(at) {
-                    act.wake_at = None;
-                }
-                act.tick(ctx);
-            },
-        );
     }
 
     /// Makes sure the buffer is looked at when its oldest request reaches its deadline. One
@@ -682,6 +666,16 @@ impl IngestActor {
 /// Items and bytes of `pending`.
 fn weigh<'a>(pending: impl Iterator<Item = &'a Pending>) -> (usize, usize) {
     pending.fold((0, 0), |(i, b), p| (i + p.items(), b + p.bytes()))
+}
+
+impl Wakes for IngestActor {
+    fn wake_slot(&mut self) -> &mut Option<Instant> {
+        &mut self.wake_at
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        self.look(ctx);
+    }
 }
 
 impl Actor for IngestActor {

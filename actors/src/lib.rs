@@ -14,5 +14,6 @@ pub mod monitor;
 pub mod partitions;
 pub mod purge;
 pub mod supervisor;
+pub mod wake;
 
 pub use supervisor::{Backoff, Drain, Exit, Lifeline, Supervised, SupervisedActor, Supervisor};

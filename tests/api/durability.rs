@@ -28,27 +28,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use awc::http::Method;
-use observe_core::config::{Limit, Settings};
+use observe_core::config::Settings;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio_postgres::NoTls;
 
 use crate::health::{CuttableProxy, OwnRedis};
+use crate::helpers::roomy_limits;
 use crate::helpers::{
     env_var, eventually, free_port, fresh_database, sdk, send, spawn_app_with, test_settings,
     TestApp, TEST_PASSWORD,
 };
+use crate::support::proxy::pg_port;
 
 /// The message the rate limiter logs when Redis fails (once per outage).
 const REDIS_DOWN: &str = "Redis unavailable: rate limits enforced per instance until it returns";
-
-/// Per-minute and monthly event limits no load here comes near: the tests are about
-/// durability, and a 429 would only blur what they check.
-fn roomy_limits(s: &mut Settings) {
-    s.tiers.hobby.events_per_minute = 1_000_000;
-    s.tiers.hobby.events_per_month = Limit::Unlimited;
-}
 
 /// A short tag unique to one test run: the prefix of its visitor and request ids.
 fn unique_tag() -> String {
@@ -504,16 +499,6 @@ async fn kill_9_during_load_loses_no_acknowledged_item() {
 }
 
 // ---- PostgreSQL outages ------------------------------------------------------------------
-
-/// The port of a `postgres://…@host:port/db` URL.
-fn pg_port(url: &str) -> u16 {
-    url.split("://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|host| host.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(5432)
-}
 
 /// An app whose PostgreSQL is reached through a proxy the test can cut (its own fresh
 /// database), with `retry_deadline_ms` as how long requests wait for the database. Returns the

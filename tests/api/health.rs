@@ -185,13 +185,7 @@ impl CuttableProxy {
 async fn postgres_outage_makes_ready_503_naming_postgres_and_it_recovers_by_itself() {
     let settings = crate::helpers::test_settings();
     let real_db = crate::helpers::fresh_database(&settings.database).await;
-    let pg_port: u16 = real_db
-        .split("://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|host| host.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(5432);
+    let pg_port = crate::support::proxy::pg_port(&real_db);
     let mut proxy = CuttableProxy::start(pg_port).await;
     let proxied = real_db.replacen(&format!(":{pg_port}/"), &format!(":{}/", proxy.port), 1);
     let app = spawn_app_with(

@@ -573,3 +573,10 @@ pub async fn listeners_up(app: &TestApp, n: usize) -> bool {
     })
     .await
 }
+
+/// Per-minute and monthly event limits no test load comes near, for tests about something
+/// else (durability, faults), where a 429 would only blur what they check.
+pub fn roomy_limits(s: &mut Settings) {
+    s.tiers.hobby.events_per_minute = 1_000_000;
+    s.tiers.hobby.events_per_month = observe_core::config::Limit::Unlimited;
+}

@@ -5,27 +5,20 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use observe_core::config::Settings;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    call, count, create_project, fresh_database, ingest, sdk, spawn_app_with, test_settings, Reply,
-    TestApp,
+    call, count, create_project, fresh_database, ingest, roomy_limits, sdk, spawn_app_with,
+    test_settings, Reply, TestApp,
 };
-use crate::support::proxy::PgProxy;
+use crate::support::proxy::{pg_port, PgProxy};
 
 fn assert_error(reply: &Reply, status: u16, code: &str) {
     assert_eq!(reply.status, status, "{}", reply.text);
     let body = reply.json();
     assert_eq!(body["error"]["code"], code, "{}", reply.text);
     assert!(body["error"]["request_id"].is_string(), "{}", reply.text);
-}
-
-/// Limits no test here comes near: a 429 would only blur what they check.
-fn roomy_limits(s: &mut Settings) {
-    s.tiers.hobby.events_per_minute = 1_000_000;
-    s.tiers.hobby.events_per_month = observe_core::config::Limit::Unlimited;
 }
 
 async fn events_of(app: &TestApp, project: &str) -> i64 {
@@ -226,15 +219,6 @@ async fn a_row_the_database_refuses_fails_only_its_own_request() {
 }
 
 // ---- §3 every wait has a bound -----------------------------------------------------------
-
-fn pg_port(url: &str) -> u16 {
-    url.split("://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|host| host.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("the database URL names its port")
-}
 
 /// A connection that stops passing bytes without closing (a black hole) is only noticed by a
 /// timeout: the flush on it gives up, and the request is written through a fresh connection.

@@ -34,6 +34,7 @@ use observe_core::store::StoreError;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::supervisor::{Drain, Lifeline, Supervised, SupervisedActor, Supervisor};
+use crate::wake::Wakes;
 
 /// Mailbox capacity of the CheckWriter: at least as many as the sink's places, so a row that
 /// holds a place always finds mailbox room (`monitors.writer_buffer_rows` is capped to it).
@@ -125,7 +126,7 @@ fn policy(settings: &MonitorSettings) -> Policy {
 }
 
 impl CheckWriter {
-    fn tick(&mut self, ctx: &mut Context<Self>) {
+    fn look(&mut self, ctx: &mut Context<Self>) {
         match self.batcher.due(Instant::now()) {
             Due::Now => self.write(ctx),
             Due::At(at) => self.wake(ctx, at),
@@ -136,22 +137,6 @@ impl CheckWriter {
                 let _ = w.send(());
             }
         }
-    }
-
-    fn wake(&mut self, ctx: &mut Context<Self>, at: Instant) {
-        if self.wake_at.is_some_and(|set| set <= at) {
-            return;
-        }
-        self.wake_at = Some(at);
-        ctx.run_later(
-            at.saturating_duration_since(Instant::now()),
-            move |act, ctx| {
-                if act.wake_at == Some(at) {
-                    act.wake_at = None;
-                }
-                act.tick(ctx);
-            },
-        );
     }
 
     fn write(&mut self, ctx: &mut Context<Self>) {
@@ -223,6 +208,16 @@ async fn write_rows(pool: &PgPool, batch: &[Entry<Record>]) -> Result<u64, Store
             Ok(written)
         }
         other => other,
+    }
+}
+
+impl Wakes for CheckWriter {
+    fn wake_slot(&mut self) -> &mut Option<Instant> {
+        &mut self.wake_at
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        self.look(ctx);
     }
 }
 

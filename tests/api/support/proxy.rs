@@ -18,6 +18,16 @@ struct Faults {
     opened: AtomicU64,
 }
 
+/// The port of a `postgres://…@host:port/db` URL.
+pub fn pg_port(url: &str) -> u16 {
+    url.split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|host| host.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the database URL names its port")
+}
+
 /// See the module documentation. Dropping it closes everything.
 pub struct PgProxy {
     pub port: u16,
