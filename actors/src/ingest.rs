@@ -638,6 +638,8 @@ impl IngestActor {
                 if let Some(u) = self.uncertain.take() {
                     gone.extend(u.entries.into_iter().map(|(e, _)| e.value));
                     gone.extend(u.unwritten.into_iter().map(|e| e.value));
+                    // Its flight ends here: the project's rows are purged whatever it did.
+                    self.batcher.done();
                 }
             }
         }
