@@ -6,6 +6,16 @@
 //! over plain async functions in `observe-core`, which tests call directly.
 //!
 //! This crate depends on `observe-core` and never on the HTTP layer above it.
+//!
+//! # Layout
+//!
+//! - [`supervisor`]: how every actor is started, restarted, drained; [`wake`]: the one timer
+//!   discipline of the buffering actors.
+//! - [`ingest`]: one `IngestActor` per project (group commit) and their registry.
+//! - [`monitor`]: the `ShardManager`, one `MonitorActor` per monitor, the `CheckWriter`.
+//! - [`mailer`]: the outbox sender; [`keys`]: the `KeyWatcher` keeping key and session caches
+//!   honest; [`partitions`]: the `PartitionKeeper`; [`purge`]: the `Purger` of deleted
+//!   projects' rows.
 
 pub mod ingest;
 pub mod keys;

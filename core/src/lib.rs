@@ -1,10 +1,25 @@
 //! observe-core: the bottom layer of observe.
 //!
-//! Everything here is plain library code with no actors and no HTTP: typed configuration
-//! ([`config`]), the PostgreSQL pool and schema migrations ([`db`], [`migrate`]), the Redis pool
-//! ([`redis`]), the Prometheus registry ([`metrics`]) and logging ([`telemetry`]); the batching
-//! policy every buffering actor shares, and the process-wide byte budget ([`batch`]). The actor
-//! crate builds on it, and the HTTP layer builds on both; nothing here may depend on either.
+//! Everything here is plain library code with no actors and no HTTP. The actor crate builds on
+//! it, and the HTTP layer builds on both; nothing here may depend on either.
+//!
+//! # Layout
+//!
+//! - Foundation: [`config`] (typed settings), [`db`] (PostgreSQL pool, connection bounds),
+//!   [`migrate`] (schema migrations), [`redis`], [`metrics`] (the Prometheus registry),
+//!   [`telemetry`] (logs, panic hook).
+//! - Accounts: [`auth`] (passwords, access tokens, secrets), [`sessions`] (the per-request
+//!   session check), [`keys`] (API-key authentication and the change channel), [`cache`] (the
+//!   bounded single-flight cache both use), [`ratelimit`] (auth and key-lookup budgets),
+//!   [`gcra`] (the one rate limiter, Redis with a per-instance fallback), [`github`] (OAuth),
+//!   [`tiers`] (tier questions).
+//! - Ingestion: [`ingest`] (payloads and validation), [`fingerprint`] (error grouping),
+//!   [`batch`] (the batching policy buffering actors share, the process-wide byte budget).
+//! - Monitors: [`monitor`] (configuration and the streak rules), [`check`] (one HTTP check and
+//!   the SSRF guard), [`check_slots`] (per-organisation concurrency).
+//! - Email: [`mail`] (messages, templates, providers), [`outbox`] (the durable outbox).
+//! - Storage: [`store`], one module per kind of row (accounts, sessions, tokens, projects,
+//!   API keys, ingest writes, monitors and their runs, partitions, purges, admin counts).
 
 pub mod auth;
 pub mod batch;
