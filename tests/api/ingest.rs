@@ -869,3 +869,74 @@ async fn deleting_a_project_deletes_what_was_ingested_for_it() {
         );
     }
 }
+
+/// Each flush records, in its own transaction, the (kind, hour) pairs it wrote into, for the
+/// Aggregator to recompute exactly those hours; raw events and requests get row ids.
+#[actix_web::test]
+async fn a_flush_records_the_hours_it_touched_and_rows_get_ids() {
+    let app = spawn_app().await;
+    let sdk = sdk(&app).await;
+    let earlier = chrono::Utc::now() - chrono::Duration::hours(3);
+    let reply = ingest(
+        &app,
+        &sdk.key,
+        "events",
+        json!([
+            {"event": "a", "visitor_id": "v", "timestamp": earlier.to_rfc3339()},
+            {"event": "b", "visitor_id": "v"},
+        ]),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let reply = ingest(
+        &app,
+        &sdk.key,
+        "requests",
+        json!({"method": "GET", "route": "/a", "status_code": 200, "duration_ms": 3}),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+
+    let conn = app.state.db.get().await.unwrap();
+    let project: uuid::Uuid = sdk.project.parse().unwrap();
+    let rows = conn
+        .query(
+            "SELECT kind, hour FROM rollup_dirty WHERE project_id = $1 ORDER BY kind, hour",
+            &[&project],
+        )
+        .await
+        .unwrap();
+    let touched: Vec<(String, chrono::DateTime<chrono::Utc>)> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    // The hours of the rows as stored (the server's clock gave the undated items theirs).
+    let expected: Vec<(String, chrono::DateTime<chrono::Utc>)> = conn
+        .query(
+            "SELECT DISTINCT k, date_trunc('hour', ts, 'UTC') FROM (
+                 SELECT 'events' AS k, ts FROM events WHERE project_id = $1
+                 UNION ALL SELECT 'requests', ts FROM requests WHERE project_id = $1) t
+             ORDER BY 1, 2",
+            &[&project],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(touched, expected);
+    assert_eq!(touched.len(), 3, "two hours of events, one of requests");
+    assert_eq!(
+        touched[0].1,
+        observe_core::store::ingest::hour_of(earlier),
+        "the late event's hour"
+    );
+    let without_id: i64 = conn
+        .query_one(
+            "SELECT (SELECT count(*) FROM events WHERE project_id = $1 AND id IS NULL)
+                  + (SELECT count(*) FROM requests WHERE project_id = $1 AND id IS NULL)",
+            &[&project],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(without_id, 0);
+}

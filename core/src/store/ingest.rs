@@ -284,7 +284,63 @@ async fn fill(
     rows += copy_metrics(tx, project_id, &metrics).await?;
     upsert_error_groups(tx, project_id, &errors).await?;
     upsert_identities(tx, project_id, &identifies).await?;
+    mark_dirty_hours(
+        tx,
+        project_id,
+        &events,
+        &errors,
+        &calls,
+        &metrics,
+        &identifies,
+    )
+    .await?;
     Ok((verdicts, Written { rows }))
+}
+
+/// The start of `at`'s hour (UTC).
+pub fn hour_of(at: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::{DurationRound, TimeDelta};
+    at.duration_trunc(TimeDelta::hours(1)).unwrap_or(at)
+}
+
+/// Records, in the flush's transaction, which hours of which rollups it touched (see
+/// migration 0008): one statement, a handful of rows.
+async fn mark_dirty_hours(
+    tx: &tokio_postgres::Transaction<'_>,
+    project_id: Uuid,
+    events: &[(DateTime<Utc>, &Event)],
+    errors: &[(DateTime<Utc>, &ErrorItem)],
+    calls: &[(DateTime<Utc>, &RequestItem)],
+    metrics: &[(DateTime<Utc>, &MetricItem)],
+    identifies: &[&Identify],
+) -> Result<(), StoreError> {
+    let mut touched: BTreeSet<(&'static str, DateTime<Utc>)> = BTreeSet::new();
+    touched.extend(events.iter().map(|(_, e)| ("events", hour_of(e.timestamp))));
+    // An identify call changes who counts as an identified person in its hour.
+    touched.extend(identifies.iter().map(|i| ("events", hour_of(i.timestamp))));
+    touched.extend(errors.iter().map(|(_, e)| ("errors", hour_of(e.timestamp))));
+    touched.extend(
+        calls
+            .iter()
+            .map(|(_, r)| ("requests", hour_of(r.timestamp))),
+    );
+    touched.extend(
+        metrics
+            .iter()
+            .map(|(_, m)| ("metrics", hour_of(m.timestamp))),
+    );
+    if touched.is_empty() {
+        return Ok(());
+    }
+    let (kinds, hours): (Vec<&str>, Vec<DateTime<Utc>>) = touched.into_iter().unzip();
+    tx.execute(
+        "INSERT INTO rollup_dirty (kind, project_id, hour)
+         SELECT k, $1, h FROM unnest($2::text[], $3::timestamptz[]) AS t(k, h)
+         ON CONFLICT DO NOTHING",
+        &[&project_id, &kinds, &hours],
+    )
+    .await?;
+    Ok(())
 }
 
 /// What became of one request of a [`flush`].
@@ -504,12 +560,13 @@ async fn copy_events(
     }
     let sink = tx
         .copy_in(
-            "COPY events (project_id, ts, received_at, name, visitor_id, user_id, url, referrer, properties) FROM STDIN BINARY",
+            "COPY events (project_id, id, ts, received_at, name, visitor_id, user_id, url, referrer, properties) FROM STDIN BINARY",
         )
         .await?;
     let mut writer = pin!(BinaryCopyInWriter::new(
         sink,
         &[
+            Type::UUID,
             Type::UUID,
             Type::TIMESTAMPTZ,
             Type::TIMESTAMPTZ,
@@ -526,6 +583,7 @@ async fn copy_events(
             .as_mut()
             .write(&[
                 &project_id,
+                &Uuid::now_v7(),
                 &e.timestamp,
                 received_at,
                 &e.name,
@@ -609,12 +667,13 @@ async fn copy_requests(
     }
     let sink = tx
         .copy_in(
-            "COPY requests (project_id, ts, received_at, method, route, status_code, duration_ms, user_agent, ip, request_size, response_size) FROM STDIN BINARY",
+            "COPY requests (project_id, id, ts, received_at, method, route, status_code, duration_ms, user_agent, ip, request_size, response_size) FROM STDIN BINARY",
         )
         .await?;
     let mut writer = pin!(BinaryCopyInWriter::new(
         sink,
         &[
+            Type::UUID,
             Type::UUID,
             Type::TIMESTAMPTZ,
             Type::TIMESTAMPTZ,
@@ -633,6 +692,7 @@ async fn copy_requests(
             .as_mut()
             .write(&[
                 &project_id,
+                &Uuid::now_v7(),
                 &r.timestamp,
                 received_at,
                 &r.method,
