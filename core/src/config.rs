@@ -86,7 +86,24 @@ pub struct Settings {
     pub ingest: IngestSettings,
     pub monitors: MonitorSettings,
     pub maintenance: MaintenanceSettings,
+    pub jobs: JobSettings,
     pub tiers: Tiers,
+}
+
+/// Background jobs on cron ticks (see `[jobs]` in config/default.toml). Schedules are 6-field
+/// cron expressions (seconds first), in UTC.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobSettings {
+    /// Events, identify calls and metrics → hourly rollups (SPEC §8: hourly at :00).
+    pub aggregate_events: String,
+    /// API requests → hourly endpoint rollups (SPEC §8: hourly at :30).
+    pub aggregate_requests: String,
+    /// Retention (SPEC §8: daily at 02:00 UTC).
+    pub retention: String,
+    /// A claimed tick whose run never finished (its instance died) may be taken over after this.
+    pub lease_secs: u64,
+    /// At start, the last tick missed while observe was down is run if it is this recent.
+    pub catch_up_hours: u64,
 }
 
 /// When an ingest request is answered 202.
@@ -673,6 +690,24 @@ impl Settings {
             problems.push(
                 "OBSERVE__MAINTENANCE__PARTITION_LOCK_TIMEOUT_MS must be at least 1 (0 would wait for a lock forever)".into(),
             );
+        }
+        for (name, expression) in [
+            (
+                "OBSERVE__JOBS__AGGREGATE_EVENTS",
+                &self.jobs.aggregate_events,
+            ),
+            (
+                "OBSERVE__JOBS__AGGREGATE_REQUESTS",
+                &self.jobs.aggregate_requests,
+            ),
+            ("OBSERVE__JOBS__RETENTION", &self.jobs.retention),
+        ] {
+            if let Err(e) = crate::jobs::Schedule::parse(expression) {
+                problems.push(format!("{name}: {e}"));
+            }
+        }
+        if self.jobs.lease_secs == 0 {
+            problems.push("OBSERVE__JOBS__LEASE_SECS must be at least 1".into());
         }
         if self.database.pool_max_size == 0 {
             problems.push("OBSERVE__DATABASE__POOL_MAX_SIZE must be at least 1".into());

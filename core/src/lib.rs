@@ -17,6 +17,7 @@
 //!   [`batch`] (the batching policy buffering actors share, the process-wide byte budget).
 //! - Monitors: [`monitor`] (configuration and the streak rules), [`check`] (one HTTP check and
 //!   the SSRF guard), [`check_slots`] (per-organisation concurrency).
+//! - Background jobs: [`jobs`] (cron schedules, catch-up at start).
 //! - Email: [`mail`] (messages, templates, providers), [`outbox`] (the durable outbox).
 //! - Storage: [`store`], one module per kind of row (accounts, sessions, tokens, projects,
 //!   API keys, ingest writes, monitors and their runs, partitions, purges, admin counts).
@@ -32,6 +33,7 @@ pub mod fingerprint;
 pub mod gcra;
 pub mod github;
 pub mod ingest;
+pub mod jobs;
 pub mod keys;
 pub mod mail;
 pub mod metrics;

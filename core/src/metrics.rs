@@ -27,6 +27,55 @@ pub struct Metrics {
     pub ingest: IngestMetrics,
     pub monitors: MonitorMetrics,
     pub purge: PurgeMetrics,
+    pub jobs: JobMetrics,
+}
+
+/// The background jobs on cron ticks.
+#[derive(Clone)]
+pub struct JobMetrics {
+    /// Runs by job and result (`ok`, `failed`).
+    pub runs: IntCounterVec,
+    /// How long runs took, by job.
+    pub seconds: HistogramVec,
+    /// When each job last succeeded (Unix seconds).
+    pub last_success: prometheus::GaugeVec,
+}
+
+impl JobMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let runs = IntCounterVec::new(
+            Opts::new(
+                "observe_job_runs_total",
+                "Runs of background jobs on this instance, by job and result (ok, failed)",
+            ),
+            &["job", "result"],
+        )?;
+        let seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "observe_job_duration_seconds",
+                "Duration of background job runs, by job",
+            )
+            .buckets(vec![
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+            ]),
+            &["job"],
+        )?;
+        let last_success = prometheus::GaugeVec::new(
+            Opts::new(
+                "observe_job_last_success_timestamp_seconds",
+                "When each background job last finished successfully on this instance (Unix time)",
+            ),
+            &["job"],
+        )?;
+        registry.register(Box::new(runs.clone()))?;
+        registry.register(Box::new(seconds.clone()))?;
+        registry.register(Box::new(last_success.clone()))?;
+        Ok(Self {
+            runs,
+            seconds,
+            last_success,
+        })
+    }
 }
 
 /// The purges of deleted projects' and monitors' raw rows.
@@ -299,8 +348,10 @@ impl Metrics {
         let ingest = IngestMetrics::new(&registry)?;
         let monitors = MonitorMetrics::new(&registry)?;
         let purge = PurgeMetrics::new(&registry)?;
+        let jobs = JobMetrics::new(&registry)?;
         Ok(Self {
             purge,
+            jobs,
             ingest,
             monitors,
             registry,

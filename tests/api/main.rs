@@ -15,6 +15,7 @@ mod helpers;
 mod ingest;
 mod ingest_faults;
 mod isolation;
+mod jobs;
 mod key_auth;
 mod logs;
 mod mailer;

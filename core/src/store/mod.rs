@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod admin;
 pub mod api_keys;
 pub mod ingest;
+pub mod jobs;
 pub mod monitor_runs;
 pub mod monitors;
 pub mod partitions;
