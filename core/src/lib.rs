@@ -18,6 +18,7 @@
 //! - Monitors: [`monitor`] (configuration and the streak rules), [`check`] (one HTTP check and
 //!   the SSRF guard), [`check_slots`] (per-organisation concurrency).
 //! - Background jobs: [`jobs`] (cron schedules, catch-up at start).
+//! - Read side: [`sketch`] (mergeable unique-count and latency sketches kept in rollups).
 //! - Email: [`mail`] (messages, templates, providers), [`outbox`] (the durable outbox).
 //! - Storage: [`store`], one module per kind of row (accounts, sessions, tokens, projects,
 //!   API keys, ingest writes, monitors and their runs, partitions, purges, admin counts).
@@ -43,6 +44,7 @@ pub mod outbox;
 pub mod ratelimit;
 pub mod redis;
 pub mod sessions;
+pub mod sketch;
 pub mod store;
 pub mod telemetry;
 pub mod tiers;
