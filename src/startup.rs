@@ -39,6 +39,9 @@ pub enum StartupError {
     Auth(#[from] observe_core::auth::AuthError),
     #[error("invalid REDIS_URL: {0}")]
     Redis(#[from] observe_core::redis::RedisError),
+    /// Settings are validated before start; this is a schedule that still could not be used.
+    #[error("invalid job schedule: {0}")]
+    Schedule(#[from] observe_core::jobs::ScheduleError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -150,6 +153,14 @@ impl Application {
             state.ingest.clone(),
             state.monitors.clone(),
         );
+        // The Aggregator: raw rows → hourly rollups, on its cron ticks (once per cluster).
+        observe_actors::aggregator::start(
+            &state.supervisor,
+            &actix::Arbiter::current(),
+            &state.settings,
+            state.db.clone(),
+            state.metrics.clone(),
+        )?;
         let bind = state.settings.server.bind.clone();
         let listener = TcpListener::bind(&bind).map_err(|source| StartupError::Bind {
             addr: bind.clone(),

@@ -13,11 +13,13 @@
 //!   discipline of the buffering actors.
 //! - [`ingest`]: one `IngestActor` per project (group commit) and their registry.
 //! - [`monitor`]: the `ShardManager`, one `MonitorActor` per monitor, the `CheckWriter`.
-//! - [`jobs`]: one `JobRunner` per background job, owning its cron schedule and its claims.
+//! - [`jobs`]: one `JobRunner` per background job, owning its cron schedule and its claims;
+//!   [`aggregator`]: the Aggregator's two rollup jobs on it.
 //! - [`mailer`]: the outbox sender; [`keys`]: the `KeyWatcher` keeping key and session caches
 //!   honest; [`partitions`]: the `PartitionKeeper`; [`purge`]: the `Purger` of deleted
 //!   projects' rows.
 
+pub mod aggregator;
 pub mod ingest;
 pub mod jobs;
 pub mod keys;

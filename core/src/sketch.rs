@@ -164,7 +164,13 @@ impl Uniques {
                 }
                 return out;
             }
-            Uniques::Estimated(hll) => postcard::to_allocvec(hll.as_ref()),
+            Uniques::Estimated(hll) => {
+                // Counting folds the insertion buffer (a hash set, in random order) into the
+                // sorted sparse list: the same keys then always give the same bytes.
+                let mut settled = hll.as_ref().clone();
+                settled.count();
+                postcard::to_allocvec(&settled)
+            }
         };
         let mut out = vec![HLL];
         // Serialising plain data into a Vec cannot fail; an empty sketch is the safe fallback.
@@ -303,6 +309,22 @@ mod tests {
             assert!(relative_error(got, n as f64) <= 0.02, "{got} for {n}");
             let mut back = Uniques::from_bytes(&u.to_bytes()).unwrap();
             assert_eq!(back.count() as f64, got);
+        }
+    }
+
+    #[test]
+    fn the_same_keys_give_the_same_bytes() {
+        let build = |order: &mut dyn Iterator<Item = u32>| {
+            let mut u = Uniques::default();
+            for i in order {
+                u.insert(&format!("k{i}"));
+            }
+            u.to_bytes()
+        };
+        for n in [100u32, 3_000, 50_000] {
+            let forward = build(&mut (0..n));
+            let backward = build(&mut (0..n).rev());
+            assert_eq!(forward, backward, "{n} keys");
         }
     }
 

@@ -329,6 +329,17 @@ async fn mark_dirty_hours(
             .iter()
             .map(|(_, m)| ("metrics", hour_of(m.timestamp))),
     );
+    if !identifies.is_empty() {
+        // Who these visitors are may have changed for hours already rolled up (migration 0011).
+        let visitors: BTreeSet<&str> = identifies.iter().map(|i| i.visitor_id.as_str()).collect();
+        let visitors: Vec<&str> = visitors.into_iter().collect();
+        tx.execute(
+            "INSERT INTO rollup_dirty_visitors (project_id, visitor_id)
+             SELECT $1, v FROM unnest($2::text[]) AS t(v) ON CONFLICT DO NOTHING",
+            &[&project_id, &visitors],
+        )
+        .await?;
+    }
     if touched.is_empty() {
         return Ok(());
     }

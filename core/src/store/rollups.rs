@@ -1,0 +1,500 @@
+//! Hourly rollups (migration 0011): computing one (project, hour) from raw rows, writing it,
+//! and the Aggregator's work — recomputing exactly the closed hours flushes marked dirty.
+//!
+//! An hour is computed the same way whether it is stored (a closed hour, by the Aggregator) or
+//! answered live (the current hour, by the read routes), so both agree. Recomputing replaces
+//! the hour's rows whole, in one transaction with taking its dirty mark: re-running an hour
+//! gives the same rows, and a flush committing into the hour meanwhile marks it again for the
+//! next tick (see migration 0008).
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{GenericClient, StoreError};
+use crate::sketch::{Latency, Uniques};
+use crate::store::ingest::hour_of;
+
+/// A dimension of events with a top list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dim {
+    Name,
+    Page,
+    Referrer,
+}
+
+impl Dim {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dim::Name => "name",
+            Dim::Page => "page",
+            Dim::Referrer => "referrer",
+        }
+    }
+}
+
+/// One hour of a project's events.
+#[derive(Debug, Clone, Default)]
+pub struct EventsHour {
+    pub events: i64,
+    pub pageviews: i64,
+    /// People, not devices: the user of each event if known, else its visitor.
+    pub visitors: Uniques,
+    /// Identified users.
+    pub people: Uniques,
+    pub values: BTreeMap<(Dim, String), i64>,
+}
+
+/// Computes `hour` of `project_id`'s events from raw rows, identities applied.
+pub async fn events_hour(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    hour: DateTime<Utc>,
+) -> Result<EventsHour, StoreError> {
+    let end = hour + Duration::hours(1);
+    let mut out = EventsHour::default();
+    let rows = client
+        .query(
+            "SELECT d, v, c FROM (
+                 SELECT 'name' AS d, name AS v, count(*) AS c FROM events
+                 WHERE project_id = $1 AND ts >= $2 AND ts < $3 GROUP BY name
+                 UNION ALL
+                 SELECT 'page', url, count(*) FROM events
+                 WHERE project_id = $1 AND ts >= $2 AND ts < $3 AND url IS NOT NULL
+                   AND name IN ('$pageview', 'page_view') GROUP BY url
+                 UNION ALL
+                 SELECT 'referrer', referrer, count(*) FROM events
+                 WHERE project_id = $1 AND ts >= $2 AND ts < $3 AND referrer IS NOT NULL
+                   AND name IN ('$pageview', 'page_view') GROUP BY referrer
+             ) t",
+            &[&project_id, &hour, &end],
+        )
+        .await?;
+    for row in rows {
+        let (dim, value, count): (&str, String, i64) = (row.get(0), row.get(1), row.get(2));
+        let dim = match dim {
+            "name" => {
+                out.events += count;
+                if value == "$pageview" || value == "page_view" {
+                    out.pageviews += count;
+                }
+                Dim::Name
+            }
+            "page" => Dim::Page,
+            _ => Dim::Referrer,
+        };
+        out.values.insert((dim, value), count);
+    }
+    let persons = client
+        .query(
+            "SELECT DISTINCT coalesce(e.user_id, i.user_id), e.visitor_id
+             FROM events e LEFT JOIN identities i
+               ON i.project_id = e.project_id AND i.visitor_id = e.visitor_id
+             WHERE e.project_id = $1 AND e.ts >= $2 AND e.ts < $3",
+            &[&project_id, &hour, &end],
+        )
+        .await?;
+    for row in persons {
+        let (user, visitor): (Option<&str>, &str) = (row.get(0), row.get(1));
+        match user {
+            Some(user) => {
+                out.visitors.insert(&format!("u:{user}"));
+                out.people.insert(user);
+            }
+            None => out.visitors.insert(&format!("v:{visitor}")),
+        }
+    }
+    Ok(out)
+}
+
+/// Replaces the stored rows of `hour` of `project_id`'s events with `h`.
+pub async fn write_events_hour(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    hour: DateTime<Utc>,
+    h: &EventsHour,
+) -> Result<u64, StoreError> {
+    client
+        .execute(
+            "DELETE FROM rollup_event_values WHERE project_id = $1 AND hour = $2",
+            &[&project_id, &hour],
+        )
+        .await?;
+    if h.events == 0 {
+        client
+            .execute(
+                "DELETE FROM rollup_events WHERE project_id = $1 AND hour = $2",
+                &[&project_id, &hour],
+            )
+            .await?;
+        return Ok(0);
+    }
+    client
+        .execute(
+            "INSERT INTO rollup_events (project_id, hour, events, pageviews, visitors, people)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (project_id, hour) DO UPDATE SET
+                 events = EXCLUDED.events, pageviews = EXCLUDED.pageviews,
+                 visitors = EXCLUDED.visitors, people = EXCLUDED.people",
+            &[
+                &project_id,
+                &hour,
+                &h.events,
+                &h.pageviews,
+                &h.visitors.to_bytes(),
+                &h.people.to_bytes(),
+            ],
+        )
+        .await?;
+    let (mut dims, mut values, mut counts) = (vec![], vec![], vec![]);
+    for ((dim, value), count) in &h.values {
+        dims.push(dim.as_str());
+        values.push(value.as_str());
+        counts.push(*count);
+    }
+    client
+        .execute(
+            "INSERT INTO rollup_event_values (project_id, dim, hour, value, count)
+             SELECT $1, d, $2, v, c FROM unnest($3::text[], $4::text[], $5::int8[]) AS t(d, v, c)",
+            &[&project_id, &hour, &dims, &values, &counts],
+        )
+        .await?;
+    Ok(1 + h.values.len() as u64)
+}
+
+/// One (method, route) of an hour of API requests.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointHour {
+    pub count: i64,
+    pub errors_4xx: i64,
+    pub errors_5xx: i64,
+    pub duration_sum: f64,
+    pub latency: Latency,
+}
+
+/// Computes `hour` of `project_id`'s API requests from raw rows, per (method, route).
+pub async fn requests_hour(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    hour: DateTime<Utc>,
+) -> Result<BTreeMap<(String, String), EndpointHour>, StoreError> {
+    let end = hour + Duration::hours(1);
+    let rows = client
+        .query(
+            "SELECT method, route, status_code, duration_ms FROM requests
+             WHERE project_id = $1 AND ts >= $2 AND ts < $3",
+            &[&project_id, &hour, &end],
+        )
+        .await?;
+    let mut out: BTreeMap<(String, String), EndpointHour> = BTreeMap::new();
+    for row in rows {
+        let key = (row.get::<_, String>(0), row.get::<_, String>(1));
+        let (status, duration): (i32, f64) = (row.get(2), row.get(3));
+        let e = out.entry(key).or_default();
+        e.count += 1;
+        match status {
+            400..=499 => e.errors_4xx += 1,
+            500..=599 => e.errors_5xx += 1,
+            _ => {}
+        }
+        e.duration_sum += duration;
+        e.latency.add(duration);
+    }
+    Ok(out)
+}
+
+/// Replaces the stored rows of `hour` of `project_id`'s API requests.
+pub async fn write_requests_hour(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    hour: DateTime<Utc>,
+    endpoints: &BTreeMap<(String, String), EndpointHour>,
+) -> Result<u64, StoreError> {
+    client
+        .execute(
+            "DELETE FROM rollup_requests WHERE project_id = $1 AND hour = $2",
+            &[&project_id, &hour],
+        )
+        .await?;
+    if endpoints.is_empty() {
+        return Ok(0);
+    }
+    let n = endpoints.len();
+    let (mut methods, mut routes, mut counts, mut c4, mut c5, mut sums, mut sketches) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for ((method, route), e) in endpoints {
+        methods.push(method.as_str());
+        routes.push(route.as_str());
+        counts.push(e.count);
+        c4.push(e.errors_4xx);
+        c5.push(e.errors_5xx);
+        sums.push(e.duration_sum);
+        sketches.push(e.latency.to_bytes());
+    }
+    client
+        .execute(
+            "INSERT INTO rollup_requests (project_id, hour, method, route, count, errors_4xx,
+                                          errors_5xx, duration_sum, latency)
+             SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::int8[], $6::int8[],
+                                          $7::int8[], $8::float8[], $9::bytea[])",
+            &[
+                &project_id,
+                &hour,
+                &methods,
+                &routes,
+                &counts,
+                &c4,
+                &c5,
+                &sums,
+                &sketches,
+            ],
+        )
+        .await?;
+    Ok(n as u64)
+}
+
+/// One (name, label set) of an hour of custom metrics.
+#[derive(Debug, Clone)]
+pub struct SeriesHour {
+    pub kind: String,
+    pub count: i64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    pub last: f64,
+    pub last_at: DateTime<Utc>,
+    /// Histograms only.
+    pub sketch: Option<Latency>,
+}
+
+/// Computes `hour` of `project_id`'s metrics from raw rows, per (name, labels).
+pub async fn metrics_hour(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    hour: DateTime<Utc>,
+) -> Result<BTreeMap<(String, String), (Value, SeriesHour)>, StoreError> {
+    let end = hour + Duration::hours(1);
+    let rows = client
+        .query(
+            "SELECT name, labels, kind, value, ts FROM metrics
+             WHERE project_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts",
+            &[&project_id, &hour, &end],
+        )
+        .await?;
+    let mut out: BTreeMap<(String, String), (Value, SeriesHour)> = BTreeMap::new();
+    for row in rows {
+        let (name, labels, kind, value, at): (String, Value, String, f64, DateTime<Utc>) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        let key = (name, labels.to_string());
+        let (_, s) = out.entry(key).or_insert_with(|| {
+            let sketch = (kind == "histogram").then(Latency::default);
+            (
+                labels,
+                SeriesHour {
+                    kind,
+                    count: 0,
+                    sum: 0.0,
+                    min: f64::INFINITY,
+                    max: f64::NEG_INFINITY,
+                    last: value,
+                    last_at: at,
+                    sketch,
+                },
+            )
+        });
+        s.count += 1;
+        s.sum += value;
+        s.min = s.min.min(value);
+        s.max = s.max.max(value);
+        if at >= s.last_at {
+            s.last = value;
+            s.last_at = at;
+        }
+        if let Some(sketch) = &mut s.sketch {
+            sketch.add(value);
+        }
+    }
+    Ok(out)
+}
+
+/// Replaces the stored rows of `hour` of `project_id`'s metrics.
+pub async fn write_metrics_hour(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    hour: DateTime<Utc>,
+    series: &BTreeMap<(String, String), (Value, SeriesHour)>,
+) -> Result<u64, StoreError> {
+    client
+        .execute(
+            "DELETE FROM rollup_metrics WHERE project_id = $1 AND hour = $2",
+            &[&project_id, &hour],
+        )
+        .await?;
+    for ((name, _), (labels, s)) in series {
+        client
+            .execute(
+                "INSERT INTO rollup_metrics (project_id, name, hour, labels, kind, count, sum,
+                                             min, max, last, last_at, sketch)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                &[
+                    &project_id,
+                    name,
+                    &hour,
+                    labels,
+                    &s.kind,
+                    &s.count,
+                    &s.sum,
+                    &s.min,
+                    &s.max,
+                    &s.last,
+                    &s.last_at,
+                    &s.sketch.as_ref().map(Latency::to_bytes),
+                ],
+            )
+            .await?;
+    }
+    Ok(series.len() as u64)
+}
+
+/// What a rollup covers, as `rollup_dirty.kind` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Events,
+    Requests,
+    Metrics,
+    /// Error groups keep their own counts; their marks are only cleared.
+    Errors,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Events => "events",
+            Kind::Requests => "requests",
+            Kind::Metrics => "metrics",
+            Kind::Errors => "errors",
+        }
+    }
+}
+
+/// Turns visitors identified since the last run into dirty hours: every hour (older than
+/// `before`, the current hour) holding events of theirs. At most `limit` visitors a call.
+pub async fn expand_identified(
+    client: &mut deadpool_postgres::Client,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    let tx = client.transaction().await?;
+    let taken = tx
+        .query(
+            "DELETE FROM rollup_dirty_visitors WHERE (project_id, visitor_id) IN (
+                 SELECT project_id, visitor_id FROM rollup_dirty_visitors
+                 ORDER BY marked_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING project_id, visitor_id",
+            &[&limit],
+        )
+        .await?;
+    let mut by_project: HashMap<Uuid, Vec<String>> = HashMap::new();
+    for row in &taken {
+        by_project.entry(row.get(0)).or_default().push(row.get(1));
+    }
+    for (project_id, visitors) in &by_project {
+        tx.execute(
+            "INSERT INTO rollup_dirty (kind, project_id, hour)
+             SELECT DISTINCT 'events', $1::uuid, date_trunc('hour', ts, 'UTC') FROM events
+             WHERE project_id = $1 AND visitor_id = ANY($2)
+             ON CONFLICT DO NOTHING",
+            &[project_id, visitors],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(taken.len() as u64)
+}
+
+/// Recomputes up to `limit` dirty closed hours (before the hour of `now`) of `kind`, each with
+/// taking its mark in one transaction. Returns the rollup rows written and the hours done.
+pub async fn recompute_dirty(
+    client: &mut deadpool_postgres::Client,
+    kind: Kind,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<(u64, u64), StoreError> {
+    let current = hour_of(now);
+    let (mut rows, mut hours) = (0u64, 0i64);
+    loop {
+        let tx = client.transaction().await?;
+        let taken = tx
+            .query_opt(
+                "DELETE FROM rollup_dirty WHERE (kind, project_id, hour) IN (
+                     SELECT kind, project_id, hour FROM rollup_dirty
+                     WHERE kind = $1 AND hour < $2
+                     ORDER BY hour LIMIT 1 FOR UPDATE SKIP LOCKED)
+                 RETURNING project_id, hour",
+                &[&kind.as_str(), &current],
+            )
+            .await?;
+        let Some(row) = taken else {
+            tx.commit().await?;
+            break;
+        };
+        let (project_id, hour): (Uuid, DateTime<Utc>) = (row.get(0), row.get(1));
+        rows += match kind {
+            Kind::Events => {
+                let h = events_hour(&tx, project_id, hour).await?;
+                write_events_hour(&tx, project_id, hour, &h).await?
+            }
+            Kind::Requests => {
+                let h = requests_hour(&tx, project_id, hour).await?;
+                write_requests_hour(&tx, project_id, hour, &h).await?
+            }
+            Kind::Metrics => {
+                let h = metrics_hour(&tx, project_id, hour).await?;
+                write_metrics_hour(&tx, project_id, hour, &h).await?
+            }
+            Kind::Errors => 0,
+        };
+        tx.commit().await?;
+        hours += 1;
+        if hours >= limit {
+            break;
+        }
+    }
+    Ok((rows, hours as u64))
+}
+
+/// Hours recomputed per transaction batch before the Aggregator looks at the next kind.
+const BATCH_HOURS: i64 = 500;
+
+/// The Aggregator's work for one tick: visitors identified since the last run make the hours
+/// of their events dirty (for [`Kind::Events`]), then every dirty closed hour of each of
+/// `kinds` is recomputed. Returns the rollup rows written.
+pub async fn aggregate(
+    pool: &deadpool_postgres::Pool,
+    kinds: &[Kind],
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let mut client = pool.get().await?;
+    if kinds.contains(&Kind::Events) {
+        while expand_identified(&mut client, 1000).await? == 1000 {}
+    }
+    let mut rows = 0;
+    for kind in kinds {
+        loop {
+            let (written, hours) = recompute_dirty(&mut client, *kind, now, BATCH_HOURS).await?;
+            rows += written;
+            if hours < BATCH_HOURS as u64 {
+                break;
+            }
+        }
+    }
+    Ok(rows)
+}
