@@ -20,6 +20,7 @@
 //! - Background jobs: [`jobs`] (cron schedules, catch-up at start).
 //! - Read side: [`sketch`] (mergeable unique-count and latency sketches kept in rollups).
 //! - Email: [`mail`] (messages, templates, providers), [`outbox`] (the durable outbox).
+//! - Reading: [`range`] (the `from`/`to`/`tz`/`group_by` of read routes, buckets in a zone).
 //! - Storage: [`store`], one module per kind of row (accounts, sessions, tokens, projects,
 //!   API keys, ingest writes, monitors and their runs, partitions, purges, admin counts).
 
@@ -41,6 +42,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod monitor;
 pub mod outbox;
+pub mod range;
 pub mod ratelimit;
 pub mod redis;
 pub mod sessions;
