@@ -12,6 +12,8 @@ use tokio_postgres::NoTls;
 use crate::config::DatabaseSettings;
 use crate::migrate::{self, MigrateError};
 
+/// A connection taken from the pool (back to it when dropped).
+pub use deadpool_postgres::Client as PgClient;
 pub use deadpool_postgres::Pool as PgPool;
 pub use deadpool_postgres::PoolError;
 pub use tokio_postgres::Error as PgError;

@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod monitors;
 pub mod projects;
+pub mod stats;
 
 /// Registers every documented route.
 pub fn register(cfg: &mut ServiceConfig) {
@@ -53,5 +54,7 @@ pub fn register(cfg: &mut ServiceConfig) {
     .service(monitors::get_monitor)
     .service(monitors::update_monitor)
     .service(monitors::pause_monitor)
-    .service(monitors::delete_monitor);
+    .service(monitors::delete_monitor)
+    .service(stats::project_stats)
+    .service(stats::api_stats);
 }

@@ -36,6 +36,8 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
         Some(r#"{"paused": true}"#),
     ),
     ("DELETE", "/projects/{project}/monitors/{monitor}", None),
+    ("GET", "/projects/{project}/stats", None),
+    ("GET", "/projects/{project}/api-stats", None),
 ];
 
 #[actix_web::test]

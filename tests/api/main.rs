@@ -31,5 +31,6 @@ mod ratelimit;
 mod rollups;
 mod sessions;
 mod shutdown;
+mod stats;
 mod supervision;
 mod support;

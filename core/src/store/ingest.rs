@@ -277,6 +277,10 @@ async fn fill(
             Items::Identify(v) => identifies.extend(v.iter()),
         }
     }
+    // An event that carries both a visitor and a user links them, as an identify call would
+    // (Segment's and PostHog's rule): the visitor's other events count as that person too.
+    let implied: Vec<Identify> = implied_identities(&events);
+    identifies.extend(implied.iter());
     let project_id = job.project_id;
     rows += copy_events(tx, project_id, &events).await?;
     rows += copy_errors(tx, project_id, &errors).await?;
@@ -295,6 +299,31 @@ async fn fill(
     )
     .await?;
     Ok((verdicts, Written { rows }))
+}
+
+/// The visitor → user links events carry: one per visitor, its latest event's user, with no
+/// traits.
+fn implied_identities(events: &[(DateTime<Utc>, &Event)]) -> Vec<Identify> {
+    let mut latest: BTreeMap<&str, (&str, DateTime<Utc>)> = BTreeMap::new();
+    for (_, e) in events {
+        if let Some(user) = e.user_id.as_deref() {
+            let entry = latest
+                .entry(e.visitor_id.as_str())
+                .or_insert((user, e.timestamp));
+            if e.timestamp >= entry.1 {
+                *entry = (user, e.timestamp);
+            }
+        }
+    }
+    latest
+        .into_iter()
+        .map(|(visitor, (user, timestamp))| Identify {
+            visitor_id: visitor.to_string(),
+            user_id: user.to_string(),
+            traits: Map::new(),
+            timestamp,
+        })
+        .collect()
 }
 
 /// The start of `at`'s hour (UTC).

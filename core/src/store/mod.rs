@@ -20,6 +20,7 @@ pub mod projects;
 pub mod purge;
 pub mod rollups;
 pub mod sessions;
+pub mod stats;
 pub mod tokens;
 
 pub use deadpool_postgres::GenericClient;

@@ -53,7 +53,17 @@ pub async fn events_hour(
     project_id: Uuid,
     hour: DateTime<Utc>,
 ) -> Result<EventsHour, StoreError> {
-    let end = hour + Duration::hours(1);
+    events_between(client, project_id, hour, hour + Duration::hours(1)).await
+}
+
+/// Computes `project_id`'s events of `[hour, end)` from raw rows, identities applied: a whole
+/// hour for the Aggregator, part of one for a live read.
+pub async fn events_between(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    hour: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<EventsHour, StoreError> {
     let mut out = EventsHour::default();
     let rows = client
         .query(
@@ -180,7 +190,16 @@ pub async fn requests_hour(
     project_id: Uuid,
     hour: DateTime<Utc>,
 ) -> Result<BTreeMap<(String, String), EndpointHour>, StoreError> {
-    let end = hour + Duration::hours(1);
+    requests_between(client, project_id, hour, hour + Duration::hours(1)).await
+}
+
+/// Computes `project_id`'s API requests of `[hour, end)` from raw rows, per (method, route).
+pub async fn requests_between(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    hour: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<BTreeMap<(String, String), EndpointHour>, StoreError> {
     let rows = client
         .query(
             "SELECT method, route, status_code, duration_ms FROM requests
