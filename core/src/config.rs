@@ -87,6 +87,7 @@ pub struct Settings {
     pub monitors: MonitorSettings,
     pub maintenance: MaintenanceSettings,
     pub tiers: Tiers,
+    pub retention: RetentionSettings,
 }
 
 /// When an ingest request is answered 202.
@@ -186,6 +187,24 @@ pub struct MaintenanceSettings {
     pub purge_settle_secs: u64,
     /// How often an instance looks for pending purges besides being told (`LISTEN`).
     pub purge_poll_secs: u64,
+}
+
+/// The daily Retention job: how it deletes what is past each tier's retention, and how much
+/// one run may do (see `[retention]` in config/default.toml).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetentionSettings {
+    /// Rows one delete statement removes at most; each statement is its own short transaction.
+    pub batch_rows: i64,
+    /// Rows one run deletes from one table at most; what is left waits for the next run.
+    pub max_rows_per_table: i64,
+    /// Partitions one run drops from one table at most.
+    pub max_partitions_per_table: u32,
+    /// How long dropping one partition may wait for its table's lock before it is skipped
+    /// (and dropped by a later run).
+    pub lock_timeout_ms: u64,
+    /// Sessions that ended (past their absolute lifetime, or revoked) are kept this many days
+    /// more before they go with their refresh tokens.
+    pub ended_sessions_keep_days: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -672,6 +691,24 @@ impl Settings {
         if self.maintenance.partition_lock_timeout_ms == 0 {
             problems.push(
                 "OBSERVE__MAINTENANCE__PARTITION_LOCK_TIMEOUT_MS must be at least 1 (0 would wait for a lock forever)".into(),
+            );
+        }
+        if self.retention.batch_rows < 1 {
+            problems.push("OBSERVE__RETENTION__BATCH_ROWS must be at least 1".into());
+        }
+        if self.retention.max_rows_per_table < self.retention.batch_rows {
+            problems.push(
+                "OBSERVE__RETENTION__MAX_ROWS_PER_TABLE must be at least OBSERVE__RETENTION__BATCH_ROWS (one batch per table per run)".into(),
+            );
+        }
+        if self.retention.max_partitions_per_table == 0 {
+            problems.push(
+                "OBSERVE__RETENTION__MAX_PARTITIONS_PER_TABLE must be at least 1 (else old partitions are never dropped)".into(),
+            );
+        }
+        if self.retention.lock_timeout_ms == 0 {
+            problems.push(
+                "OBSERVE__RETENTION__LOCK_TIMEOUT_MS must be at least 1 (0 would wait for a lock forever)".into(),
             );
         }
         if self.database.pool_max_size == 0 {

@@ -18,8 +18,11 @@
 //! - Monitors: [`monitor`] (configuration and the streak rules), [`check`] (one HTTP check and
 //!   the SSRF guard), [`check_slots`] (per-organisation concurrency).
 //! - Email: [`mail`] (messages, templates, providers), [`outbox`] (the durable outbox).
+//! - Retention: [`retention`] (what is past each tier's retention, the tables it covers and
+//!   the hook for rollups, the per-run budget); the work itself is in `store::retention`.
 //! - Storage: [`store`], one module per kind of row (accounts, sessions, tokens, projects,
-//!   API keys, ingest writes, monitors and their runs, partitions, purges, admin counts).
+//!   API keys, ingest writes, monitors and their runs, partitions, purges, retention, admin
+//!   counts).
 
 pub mod auth;
 pub mod batch;
@@ -40,6 +43,7 @@ pub mod monitor;
 pub mod outbox;
 pub mod ratelimit;
 pub mod redis;
+pub mod retention;
 pub mod sessions;
 pub mod store;
 pub mod telemetry;

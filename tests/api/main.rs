@@ -27,6 +27,7 @@ mod partitions;
 mod process;
 mod projects;
 mod ratelimit;
+mod retention;
 mod sessions;
 mod shutdown;
 mod supervision;

@@ -17,6 +17,7 @@ pub mod monitors;
 pub mod partitions;
 pub mod projects;
 pub mod purge;
+pub mod retention;
 pub mod sessions;
 pub mod tokens;
 
