@@ -142,6 +142,14 @@ impl Bounds {
     pub fn reaches_before(&self, cutoff: DateTime<Utc>) -> bool {
         self.from.is_none_or(|from| from < cutoff)
     }
+
+    /// Whether its rows past the longest retention are deleted row by row: only where no
+    /// partition will ever take them away whole (DEFAULT, a table not partitioned). A day's
+    /// partition that straddles the cutoff keeps them until its whole day is past, so the
+    /// longest tier's rows may live a day longer than its retention, never mass-deleted.
+    pub fn swept_for_longest(&self) -> bool {
+        self.from.is_none()
+    }
 }
 
 /// What one run may still do to one table. Ory Hydra's `janitor` bounds its cleanup the same
@@ -214,7 +222,11 @@ mod tests {
         assert_eq!(h.longest.days, 365);
         assert_eq!(h.longest.tiers, vec![Tier::Team]);
         assert_eq!(h.longest.cutoff, at("2025-12-10T02:00:00Z"));
-        let shorter: Vec<_> = h.shorter.iter().map(|h| (h.days, h.tiers.clone())).collect();
+        let shorter: Vec<_> = h
+            .shorter
+            .iter()
+            .map(|h| (h.days, h.tiers.clone()))
+            .collect();
         assert_eq!(shorter, vec![(7, vec![Tier::Hobby]), (90, vec![Tier::Pro])]);
         assert_eq!(h.shorter[0].cutoff, at("2026-12-03T02:00:00Z"));
         let all: Vec<u32> = h.all().map(|h| h.days).collect();
@@ -252,10 +264,12 @@ mod tests {
             to: Some(cutoff),
         };
         assert!(exact.wholly_before(cutoff));
+        assert!(!day("2025-12-10").swept_for_longest());
         // DEFAULT (or an unpartitioned table) may hold anything: never dropped, always swept.
         let default = Bounds::default();
         assert!(!default.wholly_before(cutoff));
         assert!(default.reaches_before(cutoff));
+        assert!(default.swept_for_longest());
     }
 
     #[test]

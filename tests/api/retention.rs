@@ -4,8 +4,9 @@
 //! run is bounded and the next finishes, error groups go with their last occurrence, and stale
 //! sessions and tokens are removed while what security checks need stays.
 
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Duration, DurationRound, NaiveDate, Utc};
 use observe_core::config::RetentionSettings;
+use observe_core::retention::Table;
 use observe_core::store::retention::{self, Report};
 use uuid::Uuid;
 
@@ -169,7 +170,10 @@ async fn each_tier_keeps_its_own_retention_in_every_raw_table() {
     }
     assert!(report.finished(), "{report:?}");
     let kept: i64 = conn
-        .query_one("SELECT count(*) FROM usage WHERE month = date '2020-01-01'", &[])
+        .query_one(
+            "SELECT count(*) FROM usage WHERE month = date '2020-01-01'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -221,6 +225,161 @@ async fn partitions_past_the_longest_retention_are_dropped_whole() {
 }
 
 #[actix_web::test]
+async fn a_locked_table_keeps_its_old_partition_for_a_later_run_and_the_others_go_on() {
+    let app = spawn_app().await;
+    let now = Utc::now();
+    let team = project_on(&app, "team").await;
+    let mut old = Vec::new();
+    for table in RAW {
+        old.push(day_partition(&app, table, now, 400).await);
+        insert(&app, table, team, aged(now, 400)).await;
+    }
+    // Someone reads `metrics` in a long transaction: dropping a partition needs the table's
+    // ACCESS EXCLUSIVE lock, so it would wait, and every write to the table behind it.
+    let mut blocker = app.state.db.get().await.unwrap();
+    let lock = blocker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE metrics IN ACCESS SHARE MODE")
+        .await
+        .unwrap();
+    let settings = RetentionSettings {
+        lock_timeout_ms: 200,
+        ..app.state.settings.retention.clone()
+    };
+
+    let report = run_with(&app, &settings, now).await;
+    let metrics = report.table("metrics").unwrap();
+    assert!(metrics.partitions_dropped.is_empty(), "{report:?}");
+    assert_eq!(metrics.partitions_skipped.len(), 1, "{report:?}");
+    assert_eq!(metrics.partitions_skipped[0].partition, old[3]);
+    assert_eq!(metrics.partitions_skipped[0].reason, "lock_timeout");
+    assert_eq!(metrics.left.partitions_to_drop, 1);
+    assert!(!report.finished());
+    for (table, name) in RAW.iter().zip(&old) {
+        assert_eq!(exists(&app, name).await, *table == "metrics", "{name}");
+    }
+
+    lock.rollback().await.unwrap();
+    let report = run_with(&app, &settings, now).await;
+    assert_eq!(
+        report.table("metrics").unwrap().partitions_dropped,
+        vec![old[3].clone()]
+    );
+    assert!(report.finished(), "{report:?}");
+}
+
+#[actix_web::test]
+async fn a_table_whose_work_fails_is_reported_and_the_others_go_on() {
+    // Statements give up after half a second (a stuck table must not hold the run).
+    let app = spawn_app_with(|s| s.database.statement_timeout_ms = 500, None).await;
+    let now = Utc::now();
+    let hobby = project_on(&app, "hobby").await;
+    insert(&app, "events", hobby, aged(now, 10)).await;
+    insert(&app, "errors", hobby, aged(now, 10)).await;
+    let conn = app.state.db.get().await.unwrap();
+    conn.execute(
+        "INSERT INTO user_tokens (token_hash, user_id, purpose, expires_at)
+         SELECT '\\x01'::bytea, id, 'password_reset', now() - interval '1 hour' FROM users LIMIT 1",
+        &[],
+    )
+    .await
+    .unwrap();
+    // Someone holds `errors` (a migration, a VACUUM FULL): deleting from it times out.
+    let mut blocker = app.state.db.get().await.unwrap();
+    let lock = blocker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE errors IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+
+    let report = run(&app, now).await;
+
+    let errors = report.table("errors").unwrap();
+    assert!(
+        errors
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("statement timeout")),
+        "{report:?}"
+    );
+    assert!(!report.finished());
+    assert_eq!(rows_of(&report, "events"), 1, "{report:?}");
+    assert_eq!(rows_of(&report, "user_tokens"), 1, "{report:?}");
+    lock.rollback().await.unwrap();
+    assert_eq!(ages(&app, "errors", hobby, now).await, vec![10]);
+    let report = run(&app, now).await;
+    assert_eq!(rows_of(&report, "errors"), 1, "{report:?}");
+    assert!(report.finished(), "{report:?}");
+}
+
+#[actix_web::test]
+async fn a_rollup_table_in_the_hook_is_kept_as_long_as_the_raw_rows_it_sums() {
+    let app = spawn_app().await;
+    let now = Utc::now();
+    let hobby = project_on(&app, "hobby").await;
+    let team = project_on(&app, "team").await;
+    let conn = app.state.db.get().await.unwrap();
+    // Not partitioned, one row per project and hour, as an hourly rollup would be.
+    conn.batch_execute(
+        "CREATE TABLE hourly_test (project_id uuid NOT NULL, hour timestamptz NOT NULL);
+         CREATE INDEX ON hourly_test (project_id, hour);",
+    )
+    .await
+    .unwrap();
+    let hour = |t: DateTime<Utc>| t.duration_trunc(Duration::hours(1)).unwrap();
+    // The hour hobby's 7 days end in still sums rows inside them; the one before does not.
+    let boundary = hour(now - Duration::days(7));
+    for (project, at) in [
+        (hobby, boundary - Duration::hours(2)),
+        (hobby, boundary - Duration::hours(1)),
+        (hobby, boundary),
+        (team, hour(now - Duration::days(400))),
+        (team, hour(now - Duration::days(300))),
+    ] {
+        conn.execute(
+            "INSERT INTO hourly_test (project_id, hour) VALUES ($1, $2)",
+            &[&project, &at],
+        )
+        .await
+        .unwrap();
+    }
+    let table = Table {
+        name: "hourly_test",
+        time_column: "hour",
+        span_secs: 3600,
+    };
+
+    let mut client = app.state.db.get().await.unwrap();
+    let report = retention::sweep(
+        &mut client,
+        &app.state.tiers,
+        &app.state.settings.retention,
+        now,
+        &table,
+    )
+    .await
+    .unwrap();
+
+    let kept = |project: Uuid| {
+        let conn = &conn;
+        async move {
+            conn.query(
+                "SELECT hour FROM hourly_test WHERE project_id = $1 ORDER BY hour",
+                &[&project],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, DateTime<Utc>>(0))
+            .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(kept(hobby).await, vec![boundary]);
+    assert_eq!(kept(team).await, vec![hour(now - Duration::days(300))]);
+    assert_eq!(report.rows_deleted, 3, "{report:?}");
+    assert!(report.partitions_dropped.is_empty());
+    assert!(report.finished());
+}
+
+#[actix_web::test]
 async fn a_tier_change_applies_from_the_next_run() {
     let app = spawn_app().await;
     let now = Utc::now();
@@ -264,7 +423,11 @@ async fn one_run_is_bounded_and_the_next_finishes() {
     let first = run_with(&app, &bounds, now).await;
     let events = first.table("events").unwrap();
     assert_eq!(events.rows_deleted, 5, "{first:?}");
-    assert_eq!(events.partitions_dropped, vec![old[1].clone()], "oldest first");
+    assert_eq!(
+        events.partitions_dropped,
+        vec![old[1].clone()],
+        "oldest first"
+    );
     assert_eq!(events.left.partitions_to_drop, 1, "{first:?}");
     assert!(events.left.unswept >= 1, "{first:?}");
     assert!(!first.finished());
@@ -420,7 +583,10 @@ async fn stale_sessions_and_tokens_go_while_live_ones_and_reuse_detection_stay()
 
     // Emailed tokens: one used, one expired, one still good.
     let user: Uuid = conn
-        .query_one("SELECT user_id FROM sessions WHERE id = $1", &[&live_session])
+        .query_one(
+            "SELECT user_id FROM sessions WHERE id = $1",
+            &[&live_session],
+        )
         .await
         .unwrap()
         .get(0);
@@ -466,7 +632,11 @@ async fn stale_sessions_and_tokens_go_while_live_ones_and_reuse_detection_stay()
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(left, vec![vec![3u8]], "only the unused, unexpired link stays");
+    assert_eq!(
+        left,
+        vec![vec![3u8]],
+        "only the unused, unexpired link stays"
+    );
     assert_eq!(rows_of(&report, "sessions"), 2, "{report:?}");
     // The expired session's and the long-revoked one's tokens, and the live one's expired one.
     assert_eq!(rows_of(&report, "refresh_tokens"), 3, "{report:?}");

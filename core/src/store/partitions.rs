@@ -23,8 +23,8 @@ use super::StoreError;
 /// The tables partitioned by day, each with a DEFAULT partition.
 pub const PARTITIONED: [&str; 5] = ["events", "errors", "requests", "metrics", "monitor_checks"];
 
-/// A partition that was not created this time.
-#[derive(Debug)]
+/// A partition that was not created (or, by retention, dropped) this time.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Skipped {
     pub partition: String,
     /// `lock_timeout` when its table stayed locked, else the server's message.
@@ -95,23 +95,27 @@ pub async fn ensure(
         .await;
         match result {
             Ok(()) => report.created.push(name),
-            Err(e) if e.is_closed() => return Err(e.into()),
-            Err(e) => {
-                let reason = match e.as_db_error() {
-                    Some(db) if db.code() == &SqlState::LOCK_NOT_AVAILABLE => {
-                        "lock_timeout".to_string()
-                    }
-                    Some(db) => db.message().to_string(),
-                    None => return Err(e.into()),
-                };
-                report.skipped.push(Skipped {
-                    partition: name,
-                    reason,
-                });
-            }
+            Err(e) => report.skipped.push(Skipped {
+                partition: name,
+                reason: refusal(e)?,
+            }),
         }
     }
     Ok(report)
+}
+
+/// Why PostgreSQL refused one partition's DDL (`lock_timeout` when its table stayed locked,
+/// else the server's message), for the caller to skip that partition and go on; an error
+/// without a server answer (the connection failed) is returned as such.
+pub(crate) fn refusal(e: tokio_postgres::Error) -> Result<String, StoreError> {
+    if e.is_closed() {
+        return Err(e.into());
+    }
+    match e.as_db_error() {
+        Some(db) if db.code() == &SqlState::LOCK_NOT_AVAILABLE => Ok("lock_timeout".to_string()),
+        Some(db) => Ok(db.message().to_string()),
+        None => Err(e.into()),
+    }
 }
 
 #[cfg(test)]
