@@ -983,6 +983,31 @@ mod tests {
     }
 
     #[test]
+    fn retention_bounds_that_would_never_finish_or_wait_forever_are_refused() {
+        let mut s = load(&[]).unwrap();
+        assert_eq!(s.retention.batch_rows, 5000);
+        assert!(s.validate().is_ok());
+        s.retention.batch_rows = 0;
+        s.retention.max_partitions_per_table = 0;
+        s.retention.lock_timeout_ms = 0;
+        let err = s.validate().unwrap_err().to_string();
+        for name in [
+            "OBSERVE__RETENTION__BATCH_ROWS",
+            "OBSERVE__RETENTION__MAX_PARTITIONS_PER_TABLE",
+            "OBSERVE__RETENTION__LOCK_TIMEOUT_MS",
+        ] {
+            assert!(err.contains(name), "{name}: {err}");
+        }
+        let mut s = load(&[]).unwrap();
+        s.retention.max_rows_per_table = s.retention.batch_rows - 1;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("OBSERVE__RETENTION__MAX_ROWS_PER_TABLE"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn zero_timeouts_are_refused() {
         let mut s = load(&[]).unwrap();
         s.redis.connect_timeout_secs = 0;
