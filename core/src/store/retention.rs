@@ -130,11 +130,11 @@ pub async fn run(
     let keep = now - chrono::Duration::days(i64::from(settings.ended_sessions_keep_days));
     let result = ended_sessions(&*client, keep, settings, &mut sessions, &mut refresh).await;
     record(&mut report, sessions, result, client.is_closed())?;
-    let result = unused_refresh_tokens(&*client, now, settings, &mut refresh).await;
+    let result = expired_rows(&*client, UNUSED_REFRESH_TOKENS, now, settings, &mut refresh).await;
     record(&mut report, refresh, result, client.is_closed())?;
 
     let mut emailed = TableReport::new("user_tokens");
-    let result = spent_email_tokens(&*client, now, settings, &mut emailed).await;
+    let result = expired_rows(&*client, SPENT_EMAIL_TOKENS, now, settings, &mut emailed).await;
     record(&mut report, emailed, result, client.is_closed())?;
     Ok(report)
 }
@@ -307,30 +307,21 @@ async fn sweep_table(
     Ok(())
 }
 
-/// Drops one partition in a transaction of its own that waits at most `lock_timeout` for the
-/// table's lock (dropping a partition takes ACCESS EXCLUSIVE on its parent, so every write to
-/// the table would queue behind a drop waiting for a long reader). `Some` when it was skipped.
+/// Drops one partition, waiting at most `lock_timeout` for its table's lock (dropping a
+/// partition takes ACCESS EXCLUSIVE on its parent, so every write to the table would queue
+/// behind a drop waiting for a long reader). `Some` when it was skipped.
 async fn drop_partition(
     client: &mut Client,
     name: &str,
     lock_timeout: Duration,
 ) -> Result<Option<Skipped>, StoreError> {
-    // Whole milliseconds, at least 1: `lock_timeout = 0` would mean "wait forever".
-    let timeout_ms = lock_timeout.as_millis().clamp(1, u128::from(u32::MAX));
-    let ddl = format!("SET LOCAL lock_timeout = '{timeout_ms}ms'; DROP TABLE IF EXISTS {name}");
-    let result = async {
-        let tx = client.transaction().await?;
-        tx.batch_execute(&ddl).await?;
-        tx.commit().await
-    }
-    .await;
-    match result {
-        Ok(()) => Ok(None),
-        Err(e) => Ok(Some(Skipped {
+    let ddl = format!("DROP TABLE IF EXISTS {name}");
+    Ok(partitions::bounded_ddl(client, &ddl, lock_timeout)
+        .await?
+        .map(|reason| Skipped {
             partition: name.to_string(),
-            reason: partitions::refusal(e)?,
-        })),
-    }
+            reason,
+        }))
 }
 
 /// Runs `batch(limit)` (which deletes at most `limit` rows and says how many) while rows are
@@ -445,58 +436,34 @@ async fn ended_sessions(
 /// Refresh tokens that expired without ever being used. A rotated one stays while its session
 /// does: presenting it again is a reuse, which revokes the session (stolen-token detection), and
 /// that needs it found. An unused expired one can neither be used nor detect anything.
-async fn unused_refresh_tokens(
-    client: &impl GenericClient,
-    now: DateTime<Utc>,
-    settings: &RetentionSettings,
-    refresh: &mut TableReport,
-) -> Result<(), StoreError> {
-    let mut budget = Budget::new(settings.batch_rows, settings.max_rows_per_table, 0);
-    let finished = in_batches(&mut budget, async |limit| {
-        let n = client
-            .execute(
-                "DELETE FROM refresh_tokens WHERE id = ANY(ARRAY(
-                     SELECT id FROM refresh_tokens
-                     WHERE expires_at < $1 AND rotated_at IS NULL LIMIT $2))
-                   AND expires_at < $1 AND rotated_at IS NULL",
-                &[&now, &limit],
-            )
-            .await?;
-        refresh.rows_deleted += n;
-        Ok(n)
-    })
-    .await?;
-    if !finished {
-        refresh.left.unswept = 1;
-    }
-    Ok(())
-}
+const UNUSED_REFRESH_TOKENS: &str = "DELETE FROM refresh_tokens WHERE id = ANY(ARRAY(
+        SELECT id FROM refresh_tokens WHERE expires_at < $1 AND rotated_at IS NULL LIMIT $2))
+      AND expires_at < $1 AND rotated_at IS NULL";
 
 /// Emailed tokens (password reset, email change) once used or expired: a link works once and
 /// until it expires, so nothing reads them after.
-async fn spent_email_tokens(
+const SPENT_EMAIL_TOKENS: &str = "DELETE FROM user_tokens WHERE token_hash = ANY(ARRAY(
+        SELECT token_hash FROM user_tokens WHERE used_at IS NOT NULL OR expires_at < $1 LIMIT $2))
+      AND (used_at IS NOT NULL OR expires_at < $1)";
+
+/// Deletes with `sql` (`$1`: now, `$2`: the batch size; the outer condition repeats the inner
+/// one, so a row changed meanwhile is checked again) batch by batch within the run's bounds.
+async fn expired_rows(
     client: &impl GenericClient,
+    sql: &str,
     now: DateTime<Utc>,
     settings: &RetentionSettings,
-    emailed: &mut TableReport,
+    report: &mut TableReport,
 ) -> Result<(), StoreError> {
     let mut budget = Budget::new(settings.batch_rows, settings.max_rows_per_table, 0);
     let finished = in_batches(&mut budget, async |limit| {
-        let n = client
-            .execute(
-                "DELETE FROM user_tokens WHERE token_hash = ANY(ARRAY(
-                     SELECT token_hash FROM user_tokens
-                     WHERE used_at IS NOT NULL OR expires_at < $1 LIMIT $2))
-                   AND (used_at IS NOT NULL OR expires_at < $1)",
-                &[&now, &limit],
-            )
-            .await?;
-        emailed.rows_deleted += n;
+        let n = client.execute(sql, &[&now, &limit]).await?;
+        report.rows_deleted += n;
         Ok(n)
     })
     .await?;
     if !finished {
-        emailed.left.unswept = 1;
+        report.left.unswept = 1;
     }
     Ok(())
 }
