@@ -15,7 +15,7 @@
 //!   go with all their refresh tokens; refresh tokens that expired without being used go at
 //!   once; rotated ones stay as long as their session, since presenting one again is how a
 //!   stolen token is detected (and the session revoked). Emailed tokens go once used or
-//!   expired (Sentry deletes its `LostPasswordHash` rows the same way).
+//!   expired (`sentry cleanup` deletes its expired `LostPasswordHash` rows likewise).
 //! - `usage` rows are the monthly history of counts and are kept.
 //!
 //! Every run reads the tiers of the organisations afresh, so a tier change applies from the
