@@ -21,8 +21,7 @@
 //! - Retention: [`retention`] (what is past each tier's retention, the tables it covers and
 //!   the hook for rollups, the per-run budget); the work itself is in `store::retention`.
 //! - Storage: [`store`], one module per kind of row (accounts, sessions, tokens, projects,
-//!   API keys, ingest writes, monitors and their runs, partitions, purges, retention, admin
-//!   counts).
+//!   API keys, ingest writes, monitors and their runs, partitions, purges, admin counts).
 
 pub mod auth;
 pub mod batch;
