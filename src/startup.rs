@@ -154,13 +154,24 @@ impl Application {
             state.monitors.clone(),
         );
         // The Aggregator: raw rows → hourly rollups, on its cron ticks (once per cluster).
-        observe_actors::aggregator::start(
-            &state.supervisor,
-            &actix::Arbiter::current(),
-            &state.settings,
-            state.db.clone(),
-            state.metrics.clone(),
-        )?;
+        if state.settings.jobs.enabled {
+            observe_actors::aggregator::start(
+                &state.supervisor,
+                &actix::Arbiter::current(),
+                &state.settings,
+                state.db.clone(),
+                state.metrics.clone(),
+            )?;
+            // Retention: daily, once per cluster.
+            observe_actors::retention::start(
+                &state.supervisor,
+                &actix::Arbiter::current(),
+                &state.settings,
+                state.tiers.clone(),
+                state.db.clone(),
+                state.metrics.clone(),
+            )?;
+        }
         let bind = state.settings.server.bind.clone();
         let listener = TcpListener::bind(&bind).map_err(|source| StartupError::Bind {
             addr: bind.clone(),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use futures_util::future::BoxFuture;
+use futures_util::future::LocalBoxFuture;
 use observe_core::config::Settings;
 use observe_core::db::PgPool;
 use observe_core::jobs::{Ran, Schedule, ScheduleError};
@@ -32,7 +32,7 @@ impl Job for Aggregate {
         self.name
     }
 
-    fn run(&self, _tick: DateTime<Utc>) -> BoxFuture<'static, Result<Ran, JobError>> {
+    fn run(&self, _tick: DateTime<Utc>) -> LocalBoxFuture<'static, Result<Ran, JobError>> {
         let (pool, kinds) = (self.pool.clone(), self.kinds);
         Box::pin(async move {
             let rows = aggregate(&pool, kinds, Utc::now()).await?;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use futures_util::future::BoxFuture;
+use futures_util::future::LocalBoxFuture;
 use observe_core::config::JobSettings;
 use observe_core::db::PgPool;
 use observe_core::jobs::{self, Ran, Schedule};
@@ -40,7 +40,7 @@ pub trait Job: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// The work of `tick`.
-    fn run(&self, tick: DateTime<Utc>) -> BoxFuture<'static, Result<Ran, JobError>>;
+    fn run(&self, tick: DateTime<Utc>) -> LocalBoxFuture<'static, Result<Ran, JobError>>;
 }
 
 pub struct JobRunner {

@@ -14,7 +14,8 @@
 //! - [`ingest`]: one `IngestActor` per project (group commit) and their registry.
 //! - [`monitor`]: the `ShardManager`, one `MonitorActor` per monitor, the `CheckWriter`.
 //! - [`jobs`]: one `JobRunner` per background job, owning its cron schedule and its claims;
-//!   [`aggregator`]: the Aggregator's two rollup jobs on it.
+//!   [`aggregator`]: the Aggregator's two rollup jobs on it; [`retention`]: the daily
+//!   Retention job on it.
 //! - [`mailer`]: the outbox sender; [`keys`]: the `KeyWatcher` keeping key and session caches
 //!   honest; [`partitions`]: the `PartitionKeeper`; [`purge`]: the `Purger` of deleted
 //!   projects' rows.
@@ -27,6 +28,7 @@ pub mod mailer;
 pub mod monitor;
 pub mod partitions;
 pub mod purge;
+pub mod retention;
 pub mod supervisor;
 pub mod wake;
 

@@ -88,12 +88,16 @@ pub struct Settings {
     pub maintenance: MaintenanceSettings,
     pub jobs: JobSettings,
     pub tiers: Tiers,
+    pub retention: RetentionSettings,
 }
 
 /// Background jobs on cron ticks (see `[jobs]` in config/default.toml). Schedules are 6-field
 /// cron expressions (seconds first), in UTC.
 #[derive(Debug, Clone, Deserialize)]
 pub struct JobSettings {
+    /// Whether this instance runs the background jobs at all (tests turn them off to keep
+    /// their data to themselves; other instances of a cluster still run them).
+    pub enabled: bool,
     /// Events, identify calls and metrics → hourly rollups (SPEC §8: hourly at :00).
     pub aggregate_events: String,
     /// API requests → hourly endpoint rollups (SPEC §8: hourly at :30).
@@ -203,6 +207,24 @@ pub struct MaintenanceSettings {
     pub purge_settle_secs: u64,
     /// How often an instance looks for pending purges besides being told (`LISTEN`).
     pub purge_poll_secs: u64,
+}
+
+/// The daily Retention job: how it deletes what is past each tier's retention, and how much
+/// one run may do (see `[retention]` in config/default.toml).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetentionSettings {
+    /// Rows one delete statement removes at most; each statement is its own short transaction.
+    pub batch_rows: i64,
+    /// Rows one run deletes from one table at most; what is left waits for the next run.
+    pub max_rows_per_table: i64,
+    /// Partitions one run drops from one table at most.
+    pub max_partitions_per_table: u32,
+    /// How long dropping one partition may wait for its table's lock before it is skipped
+    /// (and dropped by a later run).
+    pub lock_timeout_ms: u64,
+    /// Sessions that ended (past their absolute lifetime, or revoked) are kept this many days
+    /// more before they go with their refresh tokens.
+    pub ended_sessions_keep_days: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -709,6 +731,24 @@ impl Settings {
         if self.jobs.lease_secs == 0 {
             problems.push("OBSERVE__JOBS__LEASE_SECS must be at least 1".into());
         }
+        if self.retention.batch_rows < 1 {
+            problems.push("OBSERVE__RETENTION__BATCH_ROWS must be at least 1".into());
+        }
+        if self.retention.max_rows_per_table < self.retention.batch_rows {
+            problems.push(
+                "OBSERVE__RETENTION__MAX_ROWS_PER_TABLE must be at least OBSERVE__RETENTION__BATCH_ROWS (one batch per table per run)".into(),
+            );
+        }
+        if self.retention.max_partitions_per_table == 0 {
+            problems.push(
+                "OBSERVE__RETENTION__MAX_PARTITIONS_PER_TABLE must be at least 1 (else old partitions are never dropped)".into(),
+            );
+        }
+        if self.retention.lock_timeout_ms == 0 {
+            problems.push(
+                "OBSERVE__RETENTION__LOCK_TIMEOUT_MS must be at least 1 (0 would wait for a lock forever)".into(),
+            );
+        }
         if self.database.pool_max_size == 0 {
             problems.push("OBSERVE__DATABASE__POOL_MAX_SIZE must be at least 1".into());
         }
@@ -976,6 +1016,31 @@ mod tests {
         let err = load(&[("OBSERVE_ENV", "staging")]).unwrap_err().to_string();
         assert!(
             err.contains("server.mode: expected one of development, production"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn retention_bounds_that_would_never_finish_or_wait_forever_are_refused() {
+        let mut s = load(&[]).unwrap();
+        assert_eq!(s.retention.batch_rows, 5000);
+        assert!(s.validate().is_ok());
+        s.retention.batch_rows = 0;
+        s.retention.max_partitions_per_table = 0;
+        s.retention.lock_timeout_ms = 0;
+        let err = s.validate().unwrap_err().to_string();
+        for name in [
+            "OBSERVE__RETENTION__BATCH_ROWS",
+            "OBSERVE__RETENTION__MAX_PARTITIONS_PER_TABLE",
+            "OBSERVE__RETENTION__LOCK_TIMEOUT_MS",
+        ] {
+            assert!(err.contains(name), "{name}: {err}");
+        }
+        let mut s = load(&[]).unwrap();
+        s.retention.max_rows_per_table = s.retention.batch_rows - 1;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("OBSERVE__RETENTION__MAX_ROWS_PER_TABLE"),
             "{err}"
         );
     }

@@ -21,6 +21,8 @@
 //! - Read side: [`sketch`] (mergeable unique-count and latency sketches kept in rollups).
 //! - Email: [`mail`] (messages, templates, providers), [`outbox`] (the durable outbox).
 //! - Reading: [`range`] (the `from`/`to`/`tz`/`group_by` of read routes, buckets in a zone).
+//! - Retention: [`retention`] (what is past each tier's retention, the tables it covers and
+//!   the hook for rollups, the per-run budget); the work itself is in `store::retention`.
 //! - Storage: [`store`], one module per kind of row (accounts, sessions, tokens, projects,
 //!   API keys, ingest writes, monitors and their runs, partitions, purges, admin counts).
 
@@ -45,6 +47,7 @@ pub mod outbox;
 pub mod range;
 pub mod ratelimit;
 pub mod redis;
+pub mod retention;
 pub mod sessions;
 pub mod sketch;
 pub mod store;

@@ -129,6 +129,9 @@ pub fn test_settings() -> Settings {
     // and room for a test's own flow (the rate-limit test sets the real limit).
     settings.redis.key_prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
     settings.auth.rate_limit_attempts = 1000;
+    // Background jobs (Aggregator, Retention) would work on the test's data behind its back;
+    // the tests of jobs start them themselves.
+    settings.jobs.enabled = false;
     settings
 }
 

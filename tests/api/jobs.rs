@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures_util::future::BoxFuture;
+use futures_util::future::LocalBoxFuture;
 use observe_actors::jobs::{self, Job, JobError};
 use observe_core::jobs::{Ran, Schedule};
 
@@ -26,7 +26,7 @@ impl Job for Counting {
         self.name
     }
 
-    fn run(&self, _tick: DateTime<Utc>) -> BoxFuture<'static, Result<Ran, JobError>> {
+    fn run(&self, _tick: DateTime<Utc>) -> LocalBoxFuture<'static, Result<Ran, JobError>> {
         let n = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
         let fail = self.fail_runs.contains(&n);
         Box::pin(async move {

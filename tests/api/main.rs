@@ -28,6 +28,7 @@ mod partitions;
 mod process;
 mod projects;
 mod ratelimit;
+mod retention;
 mod rollups;
 mod sessions;
 mod shutdown;

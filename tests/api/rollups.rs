@@ -421,3 +421,40 @@ async fn an_identify_after_the_events_changes_who_their_hours_count() {
     let marks: i64 = one(&app, "SELECT count(*) FROM rollup_dirty_visitors", &[]).await;
     assert_eq!(marks, 0);
 }
+
+/// The app's own Aggregator, on its schedule, rolls up what was ingested.
+#[actix_web::test]
+async fn the_aggregator_runs_on_its_schedule() {
+    let app = spawn_app_with(
+        |s| {
+            roomy(s);
+            s.jobs.enabled = true;
+            s.jobs.aggregate_events = "*/1 * * * * *".into();
+        },
+        None,
+    )
+    .await;
+    let sdk = sdk(&app).await;
+    let project: Uuid = sdk.project.parse().unwrap();
+    let hour = hour_of(Utc::now()) - Duration::hours(2);
+    let event = json!({"event": "e", "visitor_id": "v", "timestamp": (hour + Duration::minutes(5)).to_rfc3339()});
+    assert_eq!(ingest(&app, &sdk.key, "events", event).await.status, 202);
+    assert!(
+        crate::helpers::eventually(15, || async {
+            app.state
+                .db
+                .get()
+                .await
+                .unwrap()
+                .query_opt(
+                    "SELECT 1 FROM rollup_events WHERE project_id = $1 AND hour = $2",
+                    &[&project, &hour],
+                )
+                .await
+                .unwrap()
+                .is_some()
+        })
+        .await,
+        "the hour was never rolled up"
+    );
+}

@@ -18,6 +18,7 @@ pub mod monitors;
 pub mod partitions;
 pub mod projects;
 pub mod purge;
+pub mod retention;
 pub mod rollups;
 pub mod sessions;
 pub mod stats;

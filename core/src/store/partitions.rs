@@ -23,8 +23,8 @@ use super::StoreError;
 /// The tables partitioned by day, each with a DEFAULT partition.
 pub const PARTITIONED: [&str; 5] = ["events", "errors", "requests", "metrics", "monitor_checks"];
 
-/// A partition that was not created this time.
-#[derive(Debug)]
+/// A partition that was not created (or, by retention, dropped) this time.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Skipped {
     pub partition: String,
     /// `lock_timeout` when its table stayed locked, else the server's message.
@@ -73,8 +73,6 @@ pub async fn ensure(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    // Whole milliseconds, at least 1: `lock_timeout = 0` would mean "wait forever".
-    let timeout_ms = lock_timeout.as_millis().clamp(1, u128::from(u32::MAX));
     let mut report = Report::default();
     for (parent, day, name) in wanted {
         if !missing.contains(&name) {
@@ -83,35 +81,52 @@ pub async fn ensure(
         let next = day + chrono::Days::new(1);
         // Names and bounds come from constants and dates, never from input.
         let ddl = format!(
-            "SET LOCAL lock_timeout = '{timeout_ms}ms'; \
-             CREATE TABLE IF NOT EXISTS \"{name}\" PARTITION OF \"{parent}\" \
+            "CREATE TABLE IF NOT EXISTS \"{name}\" PARTITION OF \"{parent}\" \
              FOR VALUES FROM ('{day}T00:00:00Z') TO ('{next}T00:00:00Z')"
         );
-        let result = async {
-            let tx = client.transaction().await?;
-            tx.batch_execute(&ddl).await?;
-            tx.commit().await
-        }
-        .await;
-        match result {
-            Ok(()) => report.created.push(name),
-            Err(e) if e.is_closed() => return Err(e.into()),
-            Err(e) => {
-                let reason = match e.as_db_error() {
-                    Some(db) if db.code() == &SqlState::LOCK_NOT_AVAILABLE => {
-                        "lock_timeout".to_string()
-                    }
-                    Some(db) => db.message().to_string(),
-                    None => return Err(e.into()),
-                };
-                report.skipped.push(Skipped {
-                    partition: name,
-                    reason,
-                });
-            }
+        match bounded_ddl(client, &ddl, lock_timeout).await? {
+            None => report.created.push(name),
+            Some(reason) => report.skipped.push(Skipped {
+                partition: name,
+                reason,
+            }),
         }
     }
     Ok(report)
+}
+
+/// Runs one partition's DDL (`ddl`, names from constants or the catalog, never from input) in a
+/// transaction of its own whose lock waits are bounded by `lock_timeout`. `Some(reason)` when
+/// PostgreSQL refused it (`lock_timeout` when its table stayed locked, else the server's
+/// message), for the caller to skip that partition and go on; an error without a server answer
+/// (the connection failed) is returned as such. Retention drops partitions through it too.
+pub(crate) async fn bounded_ddl(
+    client: &mut Client,
+    ddl: &str,
+    lock_timeout: Duration,
+) -> Result<Option<String>, StoreError> {
+    // Whole milliseconds, at least 1: `lock_timeout = 0` would mean "wait forever".
+    let timeout_ms = lock_timeout.as_millis().clamp(1, u128::from(u32::MAX));
+    let sql = format!("SET LOCAL lock_timeout = '{timeout_ms}ms'; {ddl}");
+    let result = async {
+        let tx = client.transaction().await?;
+        tx.batch_execute(&sql).await?;
+        tx.commit().await
+    }
+    .await;
+    let Err(e) = result else {
+        return Ok(None);
+    };
+    if e.is_closed() {
+        return Err(e.into());
+    }
+    match e.as_db_error() {
+        Some(db) if db.code() == &SqlState::LOCK_NOT_AVAILABLE => {
+            Ok(Some("lock_timeout".to_string()))
+        }
+        Some(db) => Ok(Some(db.message().to_string())),
+        None => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

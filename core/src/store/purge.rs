@@ -150,11 +150,70 @@ pub async fn delete_batch(
     key: Uuid,
     limit: i64,
 ) -> Result<u64, StoreError> {
-    let sql = format!(
-        "DELETE FROM ONLY {partition} WHERE ctid = ANY(ARRAY( \
-             SELECT ctid FROM ONLY {partition} WHERE {column} = $1 LIMIT $2))"
-    );
-    Ok(client.execute(sql.as_str(), &[&key, &limit]).await?)
+    delete_rows(client, partition, Rows::Of { column, key }, limit).await
+}
+
+/// Which rows of a partition one batch deletes. Column names come from constants, never from
+/// input.
+#[derive(Debug, Clone, Copy)]
+pub enum Rows<'a> {
+    /// Every row whose `column` is `key`: a deleted project's or monitor's (a purge).
+    Of { column: &'a str, key: Uuid },
+    /// The rows whose `time_column` is before `before`, of `projects` only when given
+    /// (retention, [`super::retention`]).
+    Before {
+        time_column: &'a str,
+        before: DateTime<Utc>,
+        projects: Option<&'a [Uuid]>,
+    },
+}
+
+/// Deletes at most `limit` of `rows` from `partition` in one statement (so, on a client outside
+/// a transaction, one short transaction of its own); returns how many. Like
+/// [`delete_batch`], the rows are picked by `ctid` through the index their filter starts with.
+pub async fn delete_rows(
+    client: &impl GenericClient,
+    partition: &str,
+    rows: Rows<'_>,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    use tokio_postgres::types::ToSql;
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&limit];
+    let picked = match &rows {
+        Rows::Of { column, key } => {
+            params.push(key);
+            format!("SELECT ctid FROM ONLY {partition} WHERE {column} = $2 LIMIT $1")
+        }
+        Rows::Before {
+            time_column,
+            before,
+            projects: None,
+        } => {
+            params.push(before);
+            format!("SELECT ctid FROM ONLY {partition} WHERE {time_column} < $2 LIMIT $1")
+        }
+        // One index probe per project, whatever the planner thinks of the list: with
+        // `project_id = ANY($3)` it estimated thousands of ids (most with no rows in the
+        // partition) to match much of it and scanned the whole partition: 64 ms on 202,500 rows,
+        // against 3 ms for the 2,000 probes (measured, PostgreSQL 15).
+        Rows::Before {
+            time_column,
+            before,
+            projects: Some(projects),
+        } => {
+            params.push(before);
+            params.push(projects);
+            format!(
+                "SELECT r.ctid FROM unnest($3::uuid[]) AS wanted(id) \
+                 CROSS JOIN LATERAL ( \
+                     SELECT t.ctid FROM ONLY {partition} AS t \
+                     WHERE t.project_id = wanted.id AND t.{time_column} < $2 LIMIT $1) r \
+                 LIMIT $1"
+            )
+        }
+    };
+    let sql = format!("DELETE FROM ONLY {partition} WHERE ctid = ANY(ARRAY({picked}))");
+    Ok(client.execute(sql.as_str(), &params).await?)
 }
 
 /// What to do with a purge whose sweep found nothing left.
