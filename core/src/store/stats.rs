@@ -26,14 +26,17 @@ pub const TOP: usize = 10;
 
 /// The hours of `[from, to)` and which of them must be computed from raw rows, with the part of
 /// each that lies inside the range.
-struct Plan {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
     /// Hours read from rollups.
-    stored: Vec<DateTime<Utc>>,
+    pub stored: Vec<DateTime<Utc>>,
     /// `(hour, start, end)`: computed from raw rows over `[start, end)`.
-    live: Vec<(DateTime<Utc>, DateTime<Utc>, DateTime<Utc>)>,
+    pub live: Vec<(DateTime<Utc>, DateTime<Utc>, DateTime<Utc>)>,
 }
 
-async fn plan(
+/// Which hours of `[from, to)` of `kind` (`rollup_dirty.kind`) to read from rollups and which to
+/// compute from raw rows; see the module documentation.
+pub async fn plan(
     client: &impl GenericClient,
     kind: &str,
     project_id: Uuid,
