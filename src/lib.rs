@@ -36,6 +36,7 @@
 pub mod error;
 pub mod middleware;
 pub mod openapi;
+pub mod query;
 pub mod routes;
 pub mod session;
 pub mod startup;

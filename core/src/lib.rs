@@ -18,6 +18,7 @@
 //! - Monitors: [`monitor`] (configuration and the streak rules), [`check`] (one HTTP check and
 //!   the SSRF guard), [`check_slots`] (per-organisation concurrency).
 //! - Email: [`mail`] (messages, templates, providers), [`outbox`] (the durable outbox).
+//! - Reading: [`range`] (the `from`/`to`/`tz`/`group_by` of read routes, buckets in a zone).
 //! - Storage: [`store`], one module per kind of row (accounts, sessions, tokens, projects,
 //!   API keys, ingest writes, monitors and their runs, partitions, purges, admin counts).
 
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod monitor;
 pub mod outbox;
+pub mod range;
 pub mod ratelimit;
 pub mod redis;
 pub mod sessions;

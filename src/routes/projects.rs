@@ -17,8 +17,8 @@ use crate::session::Session;
 use crate::state::AppState;
 use crate::validate::Problems;
 
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 200;
+pub(crate) const DEFAULT_LIMIT: u32 = 50;
+pub(crate) const MAX_LIMIT: u32 = 200;
 
 /// Cursor pagination: `?limit=&cursor=` (SPEC §10).
 #[derive(Debug, Deserialize, IntoParams)]

@@ -135,6 +135,26 @@ pub async fn get(
     Ok(row.as_ref().map(project))
 }
 
+/// Like [`get`], with the organisation's tier (what read routes need for the retention cap).
+pub async fn get_with_tier(
+    client: &impl GenericClient,
+    org_id: Uuid,
+    id: Uuid,
+) -> Result<Option<(Project, Tier)>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT p.id, p.organisation_id, p.name, p.created_at, o.tier FROM projects p
+             JOIN organisations o ON o.id = p.organisation_id
+             WHERE p.id = $1 AND p.organisation_id = $2",
+            &[&id, &org_id],
+        )
+        .await?;
+    Ok(row.map(|r| {
+        let tier = r.get::<_, &str>(4).parse().unwrap_or(Tier::Hobby);
+        (project(&r), tier)
+    }))
+}
+
 /// Deletes a project of the organisation (and, by cascade, its keys, monitors, error groups
 /// and people). Its raw rows are not deleted here: a trigger records a pending purge, which the
 /// Purger carries out in bounded batches (migration 0007).
