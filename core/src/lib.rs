@@ -20,7 +20,8 @@
 //! - Email: [`mail`] (messages, templates, providers), [`outbox`] (the durable outbox).
 //! - Reading: [`range`] (the `from`/`to`/`tz`/`group_by` of read routes, buckets in a zone).
 //! - Storage: [`store`], one module per kind of row (accounts, sessions, tokens, projects,
-//!   API keys, ingest writes, monitors and their runs, partitions, purges, admin counts).
+//!   API keys, ingest writes, monitors and their runs, partitions, purges, admin counts, raw-row
+//!   pages and error groups as the dashboard reads them).
 
 pub mod auth;
 pub mod batch;

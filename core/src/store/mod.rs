@@ -11,12 +11,14 @@ use uuid::Uuid;
 pub mod accounts;
 pub mod admin;
 pub mod api_keys;
+pub mod error_groups;
 pub mod ingest;
 pub mod monitor_runs;
 pub mod monitors;
 pub mod partitions;
 pub mod projects;
 pub mod purge;
+pub mod raw_rows;
 pub mod sessions;
 pub mod tokens;
 
