@@ -15,7 +15,7 @@ use observe_core::config::Settings;
 use observe_core::db::PgPool;
 use observe_core::jobs::{Ran, Schedule, ScheduleError};
 use observe_core::metrics::Metrics;
-use observe_core::store::rollups::{aggregate, Kind};
+use observe_core::store::rollups::{aggregate_with, Kind};
 
 use crate::jobs::{self, Job, JobError};
 use crate::supervisor::Supervisor;
@@ -25,6 +25,7 @@ pub struct Aggregate {
     name: &'static str,
     kinds: &'static [Kind],
     pool: PgPool,
+    identify_lookback: chrono::Duration,
 }
 
 impl Job for Aggregate {
@@ -33,9 +34,9 @@ impl Job for Aggregate {
     }
 
     fn run(&self, _tick: DateTime<Utc>) -> LocalBoxFuture<'static, Result<Ran, JobError>> {
-        let (pool, kinds) = (self.pool.clone(), self.kinds);
+        let (pool, kinds, lookback) = (self.pool.clone(), self.kinds, self.identify_lookback);
         Box::pin(async move {
-            let rows = aggregate(&pool, kinds, Utc::now()).await?;
+            let rows = aggregate_with(&pool, kinds, Utc::now(), lookback).await?;
             Ok(Ran { rows })
         })
     }
@@ -66,6 +67,9 @@ pub fn start(
             name,
             kinds,
             pool: pool.clone(),
+            identify_lookback: chrono::Duration::days(i64::from(
+                settings.jobs.identify_lookback_days,
+            )),
         });
         jobs::start(
             supervisor,

@@ -108,6 +108,9 @@ pub struct JobSettings {
     pub lease_secs: u64,
     /// At start, the last tick missed while observe was down is run if it is this recent.
     pub catch_up_hours: u64,
+    /// When a visitor turns out to be a user (identify), their events of this many days back
+    /// are rolled up again as that person.
+    pub identify_lookback_days: u32,
 }
 
 /// When an ingest request is answered 202.

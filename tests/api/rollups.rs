@@ -420,6 +420,19 @@ async fn an_identify_after_the_events_changes_who_their_hours_count() {
     assert_eq!(exact_uniques(&app, project, hour, next).await, (2, 2));
     let marks: i64 = one(&app, "SELECT count(*) FROM rollup_dirty_visitors", &[]).await;
     assert_eq!(marks, 0);
+
+    // The same links again change nobody: no hour needs rolling up again.
+    let again = json!([
+        {"visitor_id": "anon-1", "user_id": "alice"},
+        {"visitor_id": "known", "user_id": "alice"},
+    ]);
+    assert_eq!(ingest(&app, &sdk.key, "identify", again).await.status, 202);
+    let marks: i64 = one(&app, "SELECT count(*) FROM rollup_dirty_visitors", &[]).await;
+    assert_eq!(marks, 0, "unchanged links mark no visitor");
+    let moved = json!({"visitor_id": "anon-2", "user_id": "carol"});
+    assert_eq!(ingest(&app, &sdk.key, "identify", moved).await.status, 202);
+    let marks: i64 = one(&app, "SELECT count(*) FROM rollup_dirty_visitors", &[]).await;
+    assert_eq!(marks, 1, "a visitor linked to someone else is marked");
 }
 
 /// The app's own Aggregator, on its schedule, rolls up what was ingested.

@@ -287,7 +287,7 @@ async fn fill(
     rows += copy_requests(tx, project_id, &calls).await?;
     rows += copy_metrics(tx, project_id, &metrics).await?;
     upsert_error_groups(tx, project_id, &errors).await?;
-    upsert_identities(tx, project_id, &identifies).await?;
+    let identified = upsert_identities(tx, project_id, &identifies).await?;
     mark_dirty_hours(
         tx,
         project_id,
@@ -298,7 +298,27 @@ async fn fill(
         &identifies,
     )
     .await?;
+    mark_identified(tx, project_id, &identified).await?;
     Ok((verdicts, Written { rows }))
+}
+
+/// Visitors whose user is new or changed: who they are changed for hours already rolled up
+/// (migration 0011), which the Aggregator finds and recomputes.
+async fn mark_identified(
+    tx: &tokio_postgres::Transaction<'_>,
+    project_id: Uuid,
+    visitors: &[String],
+) -> Result<(), StoreError> {
+    if visitors.is_empty() {
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT INTO rollup_dirty_visitors (project_id, visitor_id)
+         SELECT $1, v FROM unnest($2::text[]) AS t(v) ON CONFLICT DO NOTHING",
+        &[&project_id, &visitors],
+    )
+    .await?;
+    Ok(())
 }
 
 /// The visitor → user links events carry: one per visitor, its latest event's user, with no
@@ -358,17 +378,6 @@ async fn mark_dirty_hours(
             .iter()
             .map(|(_, m)| ("metrics", hour_of(m.timestamp))),
     );
-    if !identifies.is_empty() {
-        // Who these visitors are may have changed for hours already rolled up (migration 0011).
-        let visitors: BTreeSet<&str> = identifies.iter().map(|i| i.visitor_id.as_str()).collect();
-        let visitors: Vec<&str> = visitors.into_iter().collect();
-        tx.execute(
-            "INSERT INTO rollup_dirty_visitors (project_id, visitor_id)
-             SELECT $1, v FROM unnest($2::text[]) AS t(v) ON CONFLICT DO NOTHING",
-            &[&project_id, &visitors],
-        )
-        .await?;
-    }
     if touched.is_empty() {
         return Ok(());
     }
@@ -941,13 +950,14 @@ async fn upsert_error_groups(
 type Person = (Map<String, Value>, DateTime<Utc>, DateTime<Utc>);
 
 /// Identify calls: visitor → user (the latest call wins) and the user's traits, merged.
+/// Returns the visitors whose user is new or changed: their past hours count someone else now.
 async fn upsert_identities(
     tx: &tokio_postgres::Transaction<'_>,
     project_id: Uuid,
     calls: &[&Identify],
-) -> Result<(), StoreError> {
+) -> Result<Vec<String>, StoreError> {
     if calls.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     // One row per key per statement (ON CONFLICT cannot touch a row twice): fold the calls
     // in time order first, later ones winning, as the upsert does against stored rows.
@@ -976,17 +986,34 @@ async fn upsert_identities(
         vfirst.push(*first);
         vlast.push(*last);
     }
-    tx.execute(
-        "INSERT INTO identities (project_id, visitor_id, user_id, first_seen, last_seen)
-         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[])
-         ON CONFLICT (project_id, visitor_id) DO UPDATE SET
-             user_id = CASE WHEN EXCLUDED.last_seen >= identities.last_seen
-                            THEN EXCLUDED.user_id ELSE identities.user_id END,
-             first_seen = least(identities.first_seen, EXCLUDED.first_seen),
-             last_seen = greatest(identities.last_seen, EXCLUDED.last_seen)",
-        &[&project_id, &vids, &uids, &vfirst, &vlast],
-    )
-    .await?;
+    // `before` sees the rows as they were before this statement (one snapshot for the whole
+    // statement): the visitors whose user the upsert set anew are the ones it returns with a
+    // different user than before.
+    let changed: Vec<String> = tx
+        .query(
+            "WITH incoming AS (
+                 SELECT * FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[])
+                     AS t(visitor_id, user_id, first_seen, last_seen)),
+             before AS (
+                 SELECT i.visitor_id, i.user_id FROM identities i
+                 WHERE i.project_id = $1 AND i.visitor_id = ANY($2)),
+             upserted AS (
+                 INSERT INTO identities (project_id, visitor_id, user_id, first_seen, last_seen)
+                 SELECT $1, * FROM incoming
+                 ON CONFLICT (project_id, visitor_id) DO UPDATE SET
+                     user_id = CASE WHEN EXCLUDED.last_seen >= identities.last_seen
+                                    THEN EXCLUDED.user_id ELSE identities.user_id END,
+                     first_seen = least(identities.first_seen, EXCLUDED.first_seen),
+                     last_seen = greatest(identities.last_seen, EXCLUDED.last_seen)
+                 RETURNING visitor_id, user_id)
+             SELECT u.visitor_id FROM upserted u LEFT JOIN before b USING (visitor_id)
+             WHERE b.user_id IS DISTINCT FROM u.user_id",
+            &[&project_id, &vids, &uids, &vfirst, &vlast],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let (mut pids, mut traits, mut pfirst, mut plast) = (vec![], vec![], vec![], vec![]);
     for (user, (t, first, last)) in users {
         pids.push(user);
@@ -1006,7 +1033,7 @@ async fn upsert_identities(
         &[&project_id, &pids, &traits, &pfirst, &plast],
     )
     .await?;
-    Ok(())
+    Ok(changed)
 }
 
 /// Items counted this month against an organisation's caps, by category.

@@ -405,10 +405,11 @@ impl Kind {
     }
 }
 
-/// Turns visitors identified since the last run into dirty hours: every hour (older than
-/// `before`, the current hour) holding events of theirs. At most `limit` visitors a call.
+/// Turns visitors identified since the last run into dirty hours: every hour since
+/// `lookback_from` holding events of theirs. At most `limit` visitors a call.
 pub async fn expand_identified(
     client: &mut deadpool_postgres::Client,
+    lookback_from: DateTime<Utc>,
     limit: i64,
 ) -> Result<u64, StoreError> {
     let tx = client.transaction().await?;
@@ -429,9 +430,9 @@ pub async fn expand_identified(
         tx.execute(
             "INSERT INTO rollup_dirty (kind, project_id, hour)
              SELECT DISTINCT 'events', $1::uuid, date_trunc('hour', ts, 'UTC') FROM events
-             WHERE project_id = $1 AND visitor_id = ANY($2)
+             WHERE project_id = $1 AND ts >= $3 AND visitor_id = ANY($2)
              ON CONFLICT DO NOTHING",
-            &[project_id, visitors],
+            &[project_id, visitors, &lookback_from],
         )
         .await?;
     }
@@ -501,9 +502,25 @@ pub async fn aggregate(
     kinds: &[Kind],
     now: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
+    aggregate_with(pool, kinds, now, DEFAULT_IDENTIFY_LOOKBACK).await
+}
+
+/// How far back a visitor's events are rolled up again when who they are changes, unless
+/// configured (`jobs.identify_lookback_days`).
+pub const DEFAULT_IDENTIFY_LOOKBACK: Duration = Duration::days(7);
+
+/// [`aggregate`], looking `identify_lookback` back for the events of visitors identified since
+/// the last run.
+pub async fn aggregate_with(
+    pool: &deadpool_postgres::Pool,
+    kinds: &[Kind],
+    now: DateTime<Utc>,
+    identify_lookback: Duration,
+) -> Result<u64, StoreError> {
     let mut client = pool.get().await?;
     if kinds.contains(&Kind::Events) {
-        while expand_identified(&mut client, 1000).await? == 1000 {}
+        let from = now - identify_lookback;
+        while expand_identified(&mut client, from, 1000).await? == 1000 {}
     }
     let mut rows = 0;
     for kind in kinds {
