@@ -30,6 +30,7 @@ mod projects;
 mod ratelimit;
 mod retention;
 mod rollups;
+mod series;
 mod sessions;
 mod shutdown;
 mod stats;
