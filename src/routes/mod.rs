@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod monitors;
 pub mod projects;
+pub mod series;
 pub mod stats;
 
 /// Registers every documented route.
@@ -56,5 +57,8 @@ pub fn register(cfg: &mut ServiceConfig) {
     .service(monitors::pause_monitor)
     .service(monitors::delete_monitor)
     .service(stats::project_stats)
-    .service(stats::api_stats);
+    .service(stats::api_stats)
+    .service(series::metrics_query)
+    .service(series::metrics_export)
+    .service(series::costs);
 }

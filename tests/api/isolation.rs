@@ -38,10 +38,22 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("DELETE", "/projects/{project}/monitors/{monitor}", None),
     ("GET", "/projects/{project}/stats", None),
     ("GET", "/projects/{project}/api-stats", None),
-    ("GET", "/projects/{project}/metrics/query?name=revenue", None),
+    (
+        "GET",
+        "/projects/{project}/metrics/query?name=revenue",
+        None,
+    ),
     ("GET", "/projects/{project}/metrics/export?format=csv", None),
-    ("GET", "/projects/{project}/metrics/export?format=prometheus", None),
-    ("GET", "/projects/{project}/metrics/export?format=json", None),
+    (
+        "GET",
+        "/projects/{project}/metrics/export?format=prometheus",
+        None,
+    ),
+    (
+        "GET",
+        "/projects/{project}/metrics/export?format=json",
+        None,
+    ),
     ("GET", "/projects/{project}/costs", None),
 ];
 

@@ -113,7 +113,12 @@ async fn metrics_query_is_live_filters_labels_and_is_the_same_after_the_aggregat
         json!([{"labels": {"plan": "pro"}, "count": 2}, {"labels": {"plan": "free"}, "count": 1}])
     );
 
-    let pro = get_ok(&app, &sdk, "/metrics/query?name=revenue&from=6h&labels=plan:pro").await;
+    let pro = get_ok(
+        &app,
+        &sdk,
+        "/metrics/query?name=revenue&from=6h&labels=plan:pro",
+    )
+    .await;
     assert_eq!(pro["total"], 15.0);
     assert_eq!(pro["labels"], json!({"plan": "pro"}));
     let none = get_ok(
@@ -284,7 +289,9 @@ fn promtool_check(text: &str) -> (i32, String) {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("promtool (Debian's `prometheus` package; `scripts/services.sh tools` installs it)");
+        .expect(
+            "promtool (Debian's `prometheus` package; `scripts/services.sh tools` installs it)",
+        );
     child
         .stdin
         .take()
@@ -322,9 +329,7 @@ async fn metrics_export_streams_csv_prometheus_and_json() {
     let csv = get(&app, &sdk, "/metrics/export?format=csv&from=6h").await;
     assert_eq!(csv.status, 200, "{}", csv.text);
     assert!(
-        csv.header("content-type")
-            .unwrap()
-            .starts_with("text/csv"),
+        csv.header("content-type").unwrap().starts_with("text/csv"),
         "{:?}",
         csv.header("content-type")
     );
@@ -339,7 +344,12 @@ async fn metrics_export_streams_csv_prometheus_and_json() {
         "name,kind,labels,start,count,sum,min,max,last,last_at,p50,p95,p99"
     );
     let revenue: Vec<&&str> = lines.iter().filter(|l| l.starts_with("revenue,")).collect();
-    assert_eq!(revenue.len(), 3, "one row per label set and hour with data: {}", csv.text);
+    assert_eq!(
+        revenue.len(),
+        3,
+        "one row per label set and hour with data: {}",
+        csv.text
+    );
     assert!(
         revenue
             .iter()
@@ -370,7 +380,11 @@ async fn metrics_export_streams_csv_prometheus_and_json() {
         "promtool check metrics:\n{}",
         prom.text
     );
-    assert!(prom.text.contains("# TYPE revenue_total counter\n"), "{}", prom.text);
+    assert!(
+        prom.text.contains("# TYPE revenue_total counter\n"),
+        "{}",
+        prom.text
+    );
     assert_eq!(
         samples(&prom.text, "revenue_total{plan=\"pro\"}"),
         vec![10.0, 15.0],
@@ -388,12 +402,26 @@ async fn metrics_export_streams_csv_prometheus_and_json() {
         prom.text
     );
     assert!(prom.text.contains("# TYPE latency summary\n"));
-    assert_eq!(samples(&prom.text, "latency_count{route=\"/a\"}"), vec![100.0]);
-    assert_eq!(samples(&prom.text, "latency_sum{route=\"/a\"}"), vec![5050.0]);
+    assert_eq!(
+        samples(&prom.text, "latency_count{route=\"/a\"}"),
+        vec![100.0]
+    );
+    assert_eq!(
+        samples(&prom.text, "latency_sum{route=\"/a\"}"),
+        vec![5050.0]
+    );
 
-    let doc = get(&app, &sdk, "/metrics/export?format=json&from=6h&name=latency").await;
+    let doc = get(
+        &app,
+        &sdk,
+        "/metrics/export?format=json&from=6h&name=latency",
+    )
+    .await;
     assert_eq!(doc.status, 200, "{}", doc.text);
-    assert_eq!(doc.header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(
+        doc.header("content-type").as_deref(),
+        Some("application/json")
+    );
     let body = doc.json();
     let series = body["series"].as_array().unwrap();
     assert_eq!(series.len(), 1, "{body}");
@@ -402,10 +430,18 @@ async fn metrics_export_streams_csv_prometheus_and_json() {
     assert_eq!(series[0]["labels"], json!({"route": "/a"}));
     let point = &series[0]["points"][0];
     assert_eq!(
-        (point["count"].clone(), point["sum"].clone(), point["min"].clone(), point["max"].clone()),
+        (
+            point["count"].clone(),
+            point["sum"].clone(),
+            point["min"].clone(),
+            point["max"].clone()
+        ),
         (json!(100), json!(5050.0), json!(1.0), json!(100.0))
     );
-    assert!((point["p95"].as_f64().unwrap() - 95.0).abs() <= 1.9, "{point}");
+    assert!(
+        (point["p95"].as_f64().unwrap() - 95.0).abs() <= 1.9,
+        "{point}"
+    );
 
     // The same files after the Aggregator rolled the closed hour up.
     let range = format!(
@@ -415,11 +451,24 @@ async fn metrics_export_streams_csv_prometheus_and_json() {
     );
     let mut before = Vec::new();
     for format in ["csv", "prometheus", "json"] {
-        before.push(get(&app, &sdk, &format!("/metrics/export?format={format}&{range}")).await.text);
+        before.push(
+            get(
+                &app,
+                &sdk,
+                &format!("/metrics/export?format={format}&{range}"),
+            )
+            .await
+            .text,
+        );
     }
     aggregate(&app.state.db, &ALL, Utc::now()).await.unwrap();
     for (format, before) in ["csv", "prometheus", "json"].iter().zip(before) {
-        let after = get(&app, &sdk, &format!("/metrics/export?format={format}&{range}")).await;
+        let after = get(
+            &app,
+            &sdk,
+            &format!("/metrics/export?format={format}&{range}"),
+        )
+        .await;
         assert_eq!(after.text, before, "{format}");
     }
 }
@@ -430,7 +479,9 @@ async fn costs_come_by_model_and_day_in_the_time_zone() {
     let sdk = sdk(&app).await;
     let lagos: Tz = "Africa/Lagos".parse().unwrap();
     // Two Lagos days, three days back (inside the hobby tier's 7 days).
-    let day = (Utc::now() - Duration::days(3)).with_timezone(&lagos).date_naive();
+    let day = (Utc::now() - Duration::days(3))
+        .with_timezone(&lagos)
+        .date_naive();
     let previous = day.pred_opt().unwrap();
     let local = |d: chrono::NaiveDate, h: u32, m: u32| {
         lagos
@@ -460,10 +511,18 @@ async fn costs_come_by_model_and_day_in_the_time_zone() {
         before["totals"],
         json!({"cost_usd": 21.5, "input_tokens": 2_000_500, "output_tokens": 1_100_050})
     );
-    let starts = [local(previous, 0, 0), local(day, 0, 0)].map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    let starts = [local(previous, 0, 0), local(day, 0, 0)]
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     let models = before["models"].as_array().unwrap();
-    let names: Vec<&str> = models.iter().map(|m| m["model"].as_str().unwrap()).collect();
-    assert_eq!(names, vec!["claude-sonnet-4", "gpt-4o", "my-own-model"], "{before}");
+    let names: Vec<&str> = models
+        .iter()
+        .map(|m| m["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["claude-sonnet-4", "gpt-4o", "my-own-model"],
+        "{before}"
+    );
     assert_eq!(
         models[1],
         json!({
@@ -489,7 +548,10 @@ async fn costs_come_by_model_and_day_in_the_time_zone() {
     let utc = get_ok(
         &app,
         &sdk,
-        &format!("/costs?from={previous}&to={}&tz=UTC", day.succ_opt().unwrap()),
+        &format!(
+            "/costs?from={previous}&to={}&tz=UTC",
+            day.succ_opt().unwrap()
+        ),
     )
     .await;
     let gpt = utc["models"]

@@ -20,6 +20,7 @@ pub mod projects;
 pub mod purge;
 pub mod retention;
 pub mod rollups;
+pub mod series;
 pub mod sessions;
 pub mod stats;
 pub mod tokens;
