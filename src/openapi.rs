@@ -27,6 +27,9 @@ use crate::error::ApiError;
         (name = "auth", description = "Accounts and sessions"),
         (name = "projects", description = "Projects and their API keys"),
         (name = "monitors", description = "Uptime monitors of a project"),
+        (name = "analytics", description = "Product analytics of a project: events"),
+        (name = "errors", description = "Errors of a project, grouped into issues"),
+        (name = "api-monitoring", description = "API requests of a project"),
     )
 )]
 pub struct ApiDoc;

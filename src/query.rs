@@ -93,9 +93,29 @@ pub async fn project_range(
     let mut problems = Problems::default();
     let range = query.check(state, tier, &mut problems);
     problems.finish()?;
-    range
-        .map(|range| (project, range))
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("range refused without a problem")))
+    Ok((project, checked(range)?))
+}
+
+/// A value a check produced once `Problems::finish` passed: it is there unless the check is
+/// broken (a refusal that named no problem), which is a bug, not the client's fault.
+pub fn checked<T>(value: Option<T>) -> Result<T, ApiError> {
+    value.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a check refused without a problem")))
+}
+
+/// A page of `rows` (fetched with one more than `limit`, to know whether more follow) and
+/// the cursor of the next page, made from the last row shown.
+pub fn keyset_page<T>(
+    mut rows: Vec<T>,
+    limit: usize,
+    cursor_of: impl Fn(&T) -> String,
+) -> (Vec<T>, Option<String>) {
+    if rows.len() > limit {
+        rows.truncate(limit);
+        let next = rows.last().map(cursor_of);
+        (rows, next)
+    } else {
+        (rows, None)
+    }
 }
 
 /// The page of a read route: `limit` (1 to 200, default 50, as every list) and `cursor`.

@@ -8,7 +8,7 @@
 //! the loop. The loop also runs every `maintenance.purge_poll_secs`: it stops the actors of
 //! every project with a pending purge (so a notification missed while not listening costs a
 //! poll, not a leak), then claims pending purges one at a time (any instance may; a claim
-//! lasts [`HOLD`] and is extended while working) and deletes their rows partition by
+//! lasts `maintenance.purge_claim_secs` and is extended while working) and deletes their rows partition by
 //! partition, `maintenance.purge_batch_rows` per statement, each statement its own
 //! transaction. Nothing is kept in memory that a restart would lose: what is left to purge is
 //! in `purges` ([`observe_core::store::purge`]).
@@ -35,10 +35,6 @@ use crate::ingest::IngestRegistry;
 use crate::monitor::MonitorControl;
 use crate::supervisor::{Drain, Lifeline, Supervised, SupervisedActor, Supervisor};
 
-/// How long a claim on a purge lasts unless extended (an instance that died mid-purge delays
-/// it by at most this).
-pub const HOLD: Duration = Duration::from_secs(60);
-
 /// What the Purger's two loops share.
 #[derive(Clone)]
 struct Shared {
@@ -56,6 +52,12 @@ struct Shared {
 }
 
 impl Shared {
+    /// How long a claim on a purge lasts unless extended: an instance that died mid-purge
+    /// delays it by at most this.
+    fn hold(&self) -> Duration {
+        Duration::from_secs(self.settings.maintenance.purge_claim_secs.max(1))
+    }
+
     /// Stops a deleted project's actors on this instance.
     fn project_deleted(&self, project_id: uuid::Uuid) {
         self.ingest.stop_project(project_id);
@@ -73,7 +75,8 @@ impl Shared {
             self.project_deleted(project_id);
         }
         while !self.stopping.load(Ordering::Relaxed) {
-            let Some(purge) = store::claim(&client, &self.instance, HOLD).await? else {
+            let hold = self.hold();
+            let Some(purge) = store::claim(&client, &self.instance, hold).await? else {
                 break;
             };
             self.set_current(Some(purge.id));
@@ -113,8 +116,10 @@ impl Shared {
                     let n = i64::try_from(n).unwrap_or(i64::MAX);
                     pending += n;
                     total += n;
-                    if extended.elapsed() >= HOLD / 3 {
-                        if !store::extend(client, &self.instance, purge.id, HOLD, pending).await? {
+                    if extended.elapsed() >= self.hold() / 3 {
+                        if !store::extend(client, &self.instance, purge.id, self.hold(), pending)
+                            .await?
+                        {
                             // Taken over (this instance stalled past its claim): leave it.
                             return Ok(());
                         }
@@ -128,7 +133,7 @@ impl Shared {
             }
         }
         if pending > 0 {
-            store::extend(client, &self.instance, purge.id, HOLD, pending).await?;
+            store::extend(client, &self.instance, purge.id, self.hold(), pending).await?;
         }
         let settle = Duration::from_secs(self.settings.maintenance.purge_settle_secs);
         let settled = store::settle(client, &self.instance, purge.id, settle).await?;

@@ -207,6 +207,9 @@ pub struct MaintenanceSettings {
     pub purge_settle_secs: u64,
     /// How often an instance looks for pending purges besides being told (`LISTEN`).
     pub purge_poll_secs: u64,
+    /// How long an instance's claim on a purge lasts unless it extends it (working on it): a
+    /// claim left by an instance that died delays the purge by at most this.
+    pub purge_claim_secs: u64,
 }
 
 /// The daily Retention job: how it deletes what is past each tier's retention, and how much

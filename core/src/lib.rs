@@ -26,7 +26,8 @@
 //! - Retention: [`retention`] (what is past each tier's retention, the tables it covers and
 //!   the hook for rollups, the per-run budget); the work itself is in `store::retention`.
 //! - Storage: [`store`], one module per kind of row (accounts, sessions, tokens, projects,
-//!   API keys, ingest writes, monitors and their runs, partitions, purges, admin counts).
+//!   API keys, ingest writes, monitors and their runs, partitions, purges, admin counts, raw-row
+//!   pages and error groups as the dashboard reads them).
 
 pub mod auth;
 pub mod batch;

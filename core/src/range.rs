@@ -106,6 +106,8 @@ pub struct TimeRange {
     pub group_by: Option<GroupBy>,
     /// Whether `from` was moved up to the retention limit.
     pub capped: bool,
+    /// The retention limit: the earliest instant the range may start at.
+    pub oldest: DateTime<Utc>,
 }
 
 impl TimeRange {
@@ -182,7 +184,18 @@ impl TimeRange {
             tz,
             group_by,
             capped,
+            oldest,
         })
+    }
+
+    /// The same range from `from` on, within the same limits: a page cursor keeps the start of
+    /// the range its first page resolved, so a relative `from` does not slide while paging.
+    pub fn starting_at(self, from: DateTime<Utc>) -> Self {
+        Self {
+            from: from.max(self.oldest).min(self.to),
+            capped: self.capped || from < self.oldest,
+            ..self
+        }
     }
 
     /// Whether the range holds no instant at all.
@@ -664,6 +677,28 @@ mod tests {
         .unwrap();
         assert!(!r.capped);
         assert_eq!(r.from, now - Duration::days(6));
+    }
+
+    #[test]
+    fn a_pinned_start_stays_within_the_limits() {
+        let now = utc(NOW);
+        let r = TimeRange::parse(
+            &RangeInput {
+                from: Some("1h"),
+                ..Default::default()
+            },
+            now,
+            7,
+        )
+        .unwrap();
+        assert_eq!(
+            r.starting_at(now - Duration::hours(3)).from,
+            now - Duration::hours(3)
+        );
+        let capped = r.starting_at(now - Duration::days(30));
+        assert_eq!(capped.from, now - Duration::days(7));
+        assert!(capped.capped);
+        assert_eq!(r.starting_at(now + Duration::hours(1)).from, now);
     }
 
     #[test]

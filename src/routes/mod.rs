@@ -4,7 +4,10 @@
 use utoipa_actix_web::service_config::ServiceConfig;
 
 pub mod admin;
+pub mod api_requests;
 pub mod auth;
+pub mod error_groups;
+pub mod events;
 pub mod github;
 pub mod health;
 pub mod ingest;
@@ -58,6 +61,12 @@ pub fn register(cfg: &mut ServiceConfig) {
     .service(monitors::delete_monitor)
     .service(stats::project_stats)
     .service(stats::api_stats)
+    .service(events::list_events)
+    .service(error_groups::list_error_groups)
+    .service(error_groups::get_error_group)
+    .service(error_groups::resolve_error_group)
+    .service(error_groups::unresolve_error_group)
+    .service(api_requests::list_api_requests)
     .service(series::metrics_query)
     .service(series::metrics_export)
     .service(series::costs);

@@ -6,8 +6,8 @@ use serde_json::json;
 
 use crate::helpers::{call, count, create_project, ingest, register, sdk, spawn_app};
 
-/// (method, path with `{project}`, `{key}` and `{monitor}` placeholders, JSON body if the
-/// route takes one)
+/// (method, path with `{project}`, `{key}`, `{monitor}` and `{group}` placeholders, JSON body
+/// if the route takes one)
 const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("GET", "/projects/{project}", None),
     ("DELETE", "/projects/{project}", None),
@@ -38,6 +38,12 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("DELETE", "/projects/{project}/monitors/{monitor}", None),
     ("GET", "/projects/{project}/stats", None),
     ("GET", "/projects/{project}/api-stats", None),
+    ("GET", "/projects/{project}/events", None),
+    ("GET", "/projects/{project}/errors", None),
+    ("GET", "/projects/{project}/errors/{group}", None),
+    ("POST", "/projects/{project}/errors/{group}/resolve", None),
+    ("POST", "/projects/{project}/errors/{group}/unresolve", None),
+    ("GET", "/projects/{project}/api-requests", None),
     (
         "GET",
         "/projects/{project}/metrics/query?name=revenue",
@@ -72,6 +78,7 @@ async fn one_organisation_never_reaches_another_organisations_projects() {
     )
     .await;
     let bobs_key = reply.json()["id"].as_str().unwrap().to_string();
+    let bobs_secret = reply.json()["key"].as_str().unwrap().to_string();
     let reply = call(
         &app,
         Method::POST,
@@ -83,12 +90,34 @@ async fn one_organisation_never_reaches_another_organisations_projects() {
     assert_eq!(reply.status, 201, "{}", reply.text);
     let bobs_monitor = reply.json();
     let bobs_monitor_id = bobs_monitor["id"].as_str().unwrap().to_string();
+    // Bob's data: an event, a request and an error group.
+    for (kind, body) in [
+        ("events", json!({"event": "bob", "visitor_id": "v"})),
+        ("errors", json!({"type": "BobError", "message": "m"})),
+        (
+            "requests",
+            json!({"method": "GET", "route": "/bob", "status_code": 200, "duration_ms": 1}),
+        ),
+    ] {
+        assert_eq!(ingest(&app, &bobs_secret, kind, body).await.status, 202);
+    }
+    let errors = call(
+        &app,
+        Method::GET,
+        &format!("/projects/{bobs_project}/errors"),
+        Some(&bob.token),
+        None,
+    )
+    .await
+    .json();
+    let bobs_group = errors["items"][0]["id"].as_str().unwrap().to_string();
 
     for (method, template, body) in ROUTES {
         let path = template
             .replace("{project}", &bobs_project)
             .replace("{key}", &bobs_key)
-            .replace("{monitor}", &bobs_monitor_id);
+            .replace("{monitor}", &bobs_monitor_id)
+            .replace("{group}", &bobs_group);
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         let body = body.map(|b| serde_json::from_str(b).unwrap());
         let reply = call(
@@ -138,6 +167,33 @@ async fn one_organisation_never_reaches_another_organisations_projects() {
     ] {
         let reply = call(&app, method.clone(), &path, Some(&alice.token), body).await;
         assert_eq!(reply.status, 404, "{method} {path}: {}", reply.text);
+    }
+    // Nor Bob's error group through Alice's own project.
+    for (method, path) in [
+        (
+            Method::GET,
+            format!("/projects/{alices_project}/errors/{bobs_group}"),
+        ),
+        (
+            Method::POST,
+            format!("/projects/{alices_project}/errors/{bobs_group}/resolve"),
+        ),
+    ] {
+        let reply = call(&app, method.clone(), &path, Some(&alice.token), None).await;
+        assert_eq!(reply.status, 404, "{method} {path}: {}", reply.text);
+    }
+    // Alice's own lists hold nothing of Bob's.
+    for list in ["events", "errors?status=all", "api-requests"] {
+        let reply = call(
+            &app,
+            Method::GET,
+            &format!("/projects/{alices_project}/{list}"),
+            Some(&alice.token),
+            None,
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{list}: {}", reply.text);
+        assert_eq!(reply.json()["items"], json!([]), "{list}");
     }
     // An API key is not a session: it opens no dashboard route, not even its own project's.
     let reply = call(
@@ -223,6 +279,18 @@ async fn one_organisation_never_reaches_another_organisations_projects() {
     .await
     .json();
     assert_eq!(alices["items"], json!([]));
+    // Bob's group was neither resolved nor reopened by the intruder.
+    let group = call(
+        &app,
+        Method::GET,
+        &format!("/projects/{bobs_project}/errors/{bobs_group}"),
+        Some(&bob.token),
+        None,
+    )
+    .await;
+    assert_eq!(group.status, 200, "{}", group.text);
+    assert_eq!(group.json()["status"], "unresolved");
+    assert!(group.json()["resolved_at"].is_null());
 }
 
 /// Ingest routes take no project in the path: the key decides the project. So a key of

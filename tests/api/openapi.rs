@@ -13,6 +13,12 @@ async fn openapi_lists_every_route_and_docs_are_served() {
         ("/health/live", "get"),
         ("/health/ready", "get"),
         ("/metrics", "get"),
+        ("/projects/{project_id}/events", "get"),
+        ("/projects/{project_id}/errors", "get"),
+        ("/projects/{project_id}/errors/{group_id}", "get"),
+        ("/projects/{project_id}/errors/{group_id}/resolve", "post"),
+        ("/projects/{project_id}/errors/{group_id}/unresolve", "post"),
+        ("/projects/{project_id}/api-requests", "get"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
@@ -26,7 +32,8 @@ async fn openapi_lists_every_route_and_docs_are_served() {
     for (template, item) in paths {
         let path = template
             .replace("{project_id}", &uuid::Uuid::nil().to_string())
-            .replace("{key_id}", &uuid::Uuid::nil().to_string());
+            .replace("{key_id}", &uuid::Uuid::nil().to_string())
+            .replace("{group_id}", &uuid::Uuid::nil().to_string());
         for method in ["get", "post", "patch", "put", "delete"] {
             if item.get(method).is_none() {
                 continue;
