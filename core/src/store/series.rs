@@ -76,16 +76,6 @@ impl Window {
         self.starts.get(i).copied()
     }
 
-    /// The end of the bucket starting at `start`: the next bucket's start, or the range's end.
-    pub fn end_of(&self, start: DateTime<Utc>) -> DateTime<Utc> {
-        let next = self.starts.partition_point(|s| *s <= start);
-        self.starts
-            .get(next)
-            .copied()
-            .unwrap_or(self.range.to)
-            .min(self.range.to)
-    }
-
     /// The raw hours of the plan, computed for the metrics `filter` lets through, by hour.
     pub async fn live(
         &self,
