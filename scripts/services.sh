@@ -218,6 +218,9 @@ case "${1:-start}" in
   tools)
     # The tests start Redis servers of their own (outage drills), whatever REDIS_URL says.
     ensure_installed 0 1
+    # The metrics export test checks its Prometheus text with `promtool check metrics`
+    # (Debian's prometheus package; policy-rc.d keeps its server from starting).
+    command -v promtool >/dev/null || install_packages prometheus
     ;;
   *)
     die "usage: $0 [start|stop|tools]"

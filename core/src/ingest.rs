@@ -20,12 +20,14 @@ use crate::fingerprint::{self, Frame, StackTrace};
 pub const MAX_FUTURE_SKEW: Duration = Duration::minutes(5);
 /// Most items one request may carry.
 pub const MAX_BATCH: usize = 1000;
-const MAX_NAME: usize = 200;
+/// Longest name (event, metric, label, model) an item may carry.
+pub const MAX_NAME: usize = 200;
 const MAX_TEXT: usize = 2048;
 const MAX_MESSAGE: usize = 8192;
 const MAX_STACK: usize = 64 * 1024;
 const MAX_OBJECT_BYTES: usize = 16 * 1024;
-const MAX_LABELS: usize = 20;
+/// Most labels (tags) one item may carry.
+pub const MAX_LABELS: usize = 20;
 
 /// One invalid field of one item.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -754,11 +756,7 @@ pub fn metrics(
 
 fn metric(f: &mut Fields<'_>, ctx: &Context) -> MetricItem {
     let name = f.required_string("name", MAX_NAME);
-    if !name.is_empty()
-        && !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
-    {
+    if !name.is_empty() && !is_metric_name(&name) {
         f.problem(
             "name",
             "may hold only letters, digits, '_', '.', ':' and '-'",
@@ -784,6 +782,12 @@ fn metric(f: &mut Fields<'_>, ctx: &Context) -> MetricItem {
         labels: f.string_map("labels"),
         timestamp: f.timestamp(ctx),
     }
+}
+
+/// Whether `name` holds only what a metric name may: letters, digits, `_`, `.`, `:`, `-`.
+pub fn is_metric_name(name: &str) -> bool {
+    name.chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
 }
 
 /// Largest token count one usage item may report.

@@ -21,6 +21,8 @@
 //! - Read side: [`sketch`] (mergeable unique-count and latency sketches kept in rollups).
 //! - Email: [`mail`] (messages, templates, providers), [`outbox`] (the durable outbox).
 //! - Reading: [`range`] (the `from`/`to`/`tz`/`group_by` of read routes, buckets in a zone).
+//! - Metric reads: [`series`] (query parameters, merged cells, aggregations, bucket
+//!   boundaries), [`export`] (CSV, Prometheus text and JSON, series by series).
 //! - Retention: [`retention`] (what is past each tier's retention, the tables it covers and
 //!   the hook for rollups, the per-run budget); the work itself is in `store::retention`.
 //! - Storage: [`store`], one module per kind of row (accounts, sessions, tokens, projects,
@@ -34,6 +36,7 @@ pub mod check;
 pub mod check_slots;
 pub mod config;
 pub mod db;
+pub mod export;
 pub mod fingerprint;
 pub mod gcra;
 pub mod github;
@@ -49,6 +52,7 @@ pub mod range;
 pub mod ratelimit;
 pub mod redis;
 pub mod retention;
+pub mod series;
 pub mod sessions;
 pub mod sketch;
 pub mod store;

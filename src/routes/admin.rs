@@ -24,6 +24,9 @@ pub struct AdminStats {
     pub emails: EmailCounts,
     /// Items ingested this calendar month (UTC), all organisations.
     pub ingested_this_month: IngestedCounts,
+    /// Items of the last 24 hours, all projects (closed hours from rollups, the rest from raw
+    /// rows, so the figures are live).
+    pub last_24h: IngestedCounts,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -75,8 +78,8 @@ fn check_token(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     }
 }
 
-/// Users, organisations by tier, projects, API keys, MRR, the email outbox and this month's
-/// ingested items.
+/// Users, organisations by tier, projects, API keys, MRR, the email outbox, this month's
+/// ingested items and the last 24 hours' events, errors and API requests.
 #[utoipa::path(
     tag = "operations",
     params(("x-admin-token" = String, Header, description = "the configured ADMIN_TOKEN")),
@@ -94,6 +97,7 @@ pub async fn stats(
     check_token(&req, &state)?;
     let client = state.db.get().await?;
     let c = admin::counts(&client).await?;
+    let day = admin::last_24h(&client, chrono::Utc::now()).await?;
     let billing = &state.settings.billing;
     let mrr = c.organisations_pro * billing.pro_amount as i64
         + c.organisations_team * billing.team_amount as i64;
@@ -120,6 +124,11 @@ pub async fn stats(
             events: c.events_this_month,
             errors: c.errors_this_month,
             api_requests: c.api_requests_this_month,
+        },
+        last_24h: IngestedCounts {
+            events: day.events,
+            errors: day.errors,
+            api_requests: day.api_requests,
         },
     }))
 }

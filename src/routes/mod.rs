@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod monitors;
 pub mod projects;
+pub mod series;
 pub mod stats;
 
 /// Registers every documented route.
@@ -65,5 +66,8 @@ pub fn register(cfg: &mut ServiceConfig) {
     .service(error_groups::get_error_group)
     .service(error_groups::resolve_error_group)
     .service(error_groups::unresolve_error_group)
-    .service(api_requests::list_api_requests);
+    .service(api_requests::list_api_requests)
+    .service(series::metrics_query)
+    .service(series::metrics_export)
+    .service(series::costs);
 }

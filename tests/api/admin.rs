@@ -104,3 +104,78 @@ async fn admin_stats_count_what_exists_for_the_right_token_only() {
         "the admin token is never logged"
     );
 }
+
+/// `/admin/stats` counts the events, errors and API requests of the last 24 hours: closed
+/// hours from rollups, the current hour (and hours not rolled up yet) from raw rows, so the
+/// figures are live and the same after the Aggregator ran; older items are not counted.
+#[actix_web::test]
+async fn admin_stats_count_the_last_24_hours_live_and_after_the_aggregator() {
+    use chrono::{Duration, Utc};
+    use observe_core::store::rollups::{aggregate, Kind};
+
+    let token = "admin-token-for-tests-0123456789";
+    let app = spawn_app_with(
+        |s| {
+            crate::helpers::roomy_limits(s);
+            s.admin.token = SecretString::from(token);
+        },
+        None,
+    )
+    .await;
+    let a = crate::helpers::sdk(&app).await;
+    let b = crate::helpers::sdk(&app).await;
+    let at = |hours: i64| (Utc::now() - Duration::hours(hours)).to_rfc3339();
+    for (key, kind, body) in [
+        (
+            &a.key,
+            "events",
+            json!([
+                {"event": "e", "visitor_id": "v"},
+                {"event": "e", "visitor_id": "v", "timestamp": at(2)},
+                {"event": "e", "visitor_id": "v", "timestamp": at(30)},
+            ]),
+        ),
+        (&b.key, "events", json!({"event": "e", "visitor_id": "w"})),
+        (
+            &a.key,
+            "errors",
+            json!([
+                {"type": "E", "message": "now"},
+                {"type": "E", "message": "before", "timestamp": at(3)},
+                {"type": "E", "message": "old", "timestamp": at(26)},
+            ]),
+        ),
+        (
+            &b.key,
+            "requests",
+            json!([
+                {"method": "GET", "route": "/", "status_code": 200, "duration_ms": 1},
+                {"method": "GET", "route": "/", "status_code": 500, "duration_ms": 2, "timestamp": at(5)},
+                {"method": "GET", "route": "/", "status_code": 200, "duration_ms": 3, "timestamp": at(25)},
+            ]),
+        ),
+    ] {
+        let reply = crate::helpers::ingest(&app, key, kind, body).await;
+        assert_eq!(reply.status, 202, "{kind}: {}", reply.text);
+    }
+    let last_24h = || async {
+        let reply = send(
+            app.req(Method::GET, "/admin/stats")
+                .insert_header(("x-admin-token", token)),
+            None,
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        reply.json()["last_24h"].clone()
+    };
+    let expected = json!({"events": 3, "errors": 2, "api_requests": 2});
+    assert_eq!(last_24h().await, expected, "live, before any rollup");
+    aggregate(
+        &app.state.db,
+        &[Kind::Events, Kind::Metrics, Kind::Errors, Kind::Requests],
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(last_24h().await, expected, "from rollups for closed hours");
+}

@@ -44,6 +44,23 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("POST", "/projects/{project}/errors/{group}/resolve", None),
     ("POST", "/projects/{project}/errors/{group}/unresolve", None),
     ("GET", "/projects/{project}/api-requests", None),
+    (
+        "GET",
+        "/projects/{project}/metrics/query?name=revenue",
+        None,
+    ),
+    ("GET", "/projects/{project}/metrics/export?format=csv", None),
+    (
+        "GET",
+        "/projects/{project}/metrics/export?format=prometheus",
+        None,
+    ),
+    (
+        "GET",
+        "/projects/{project}/metrics/export?format=json",
+        None,
+    ),
+    ("GET", "/projects/{project}/costs", None),
 ];
 
 #[actix_web::test]

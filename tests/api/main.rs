@@ -33,6 +33,7 @@ mod ratelimit;
 mod request_log;
 mod retention;
 mod rollups;
+mod series;
 mod sessions;
 mod shutdown;
 mod stats;

@@ -22,6 +22,7 @@ pub mod purge;
 pub mod raw_rows;
 pub mod retention;
 pub mod rollups;
+pub mod series;
 pub mod sessions;
 pub mod stats;
 pub mod tokens;

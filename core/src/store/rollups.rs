@@ -301,12 +301,40 @@ pub async fn metrics_hour(
     project_id: Uuid,
     hour: DateTime<Utc>,
 ) -> Result<BTreeMap<(String, String), (Value, SeriesHour)>, StoreError> {
-    let end = hour + Duration::hours(1);
+    let all = MetricFilter::default();
+    metrics_between(client, project_id, hour, hour + Duration::hours(1), &all).await
+}
+
+/// Which metrics [`metrics_between`] reads: some names (none: every name) and series whose
+/// labels hold every pair of `labels`.
+#[derive(Debug, Clone, Default)]
+pub struct MetricFilter {
+    pub names: Vec<String>,
+    pub labels: Option<serde_json::Map<String, Value>>,
+}
+
+/// Computes `project_id`'s metrics of `[hour, end)` from raw rows, per (name, labels), those
+/// `filter` lets through: a whole hour for the Aggregator, part of one (or one metric) for a
+/// live read.
+pub async fn metrics_between(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    hour: DateTime<Utc>,
+    end: DateTime<Utc>,
+    filter: &MetricFilter,
+) -> Result<BTreeMap<(String, String), (Value, SeriesHour)>, StoreError> {
+    let names = (!filter.names.is_empty()).then_some(&filter.names);
+    let labels = filter.labels.clone().map(Value::Object);
+    // By time, then value: of values reported at one instant the largest counts as last, as
+    // when hours are merged (`series::Cell`), whatever order the rows were stored in.
     let rows = client
         .query(
             "SELECT name, labels, kind, value, ts FROM metrics
-             WHERE project_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts",
-            &[&project_id, &hour, &end],
+             WHERE project_id = $1 AND ts >= $2 AND ts < $3
+               AND ($4::text[] IS NULL OR name = ANY($4))
+               AND ($5::jsonb IS NULL OR labels @> $5)
+             ORDER BY ts, value",
+            &[&project_id, &hour, &end, &names, &labels],
         )
         .await?;
     let mut out: BTreeMap<(String, String), (Value, SeriesHour)> = BTreeMap::new();
