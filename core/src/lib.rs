@@ -31,6 +31,7 @@
 
 pub mod auth;
 pub mod batch;
+pub mod blocks;
 pub mod cache;
 pub mod check;
 pub mod check_slots;

@@ -48,6 +48,17 @@ pub const ROLLUP_TABLES: &[Table] = &[
     Table::hourly("rollup_event_values"),
     Table::hourly("rollup_requests"),
     Table::hourly("rollup_metrics"),
+    // Blocks span up to a day (migration 0012): kept until all of their longest is past.
+    Table {
+        name: "rollup_event_blocks",
+        time_column: "block_start",
+        span_secs: 86_400,
+    },
+    Table {
+        name: "rollup_request_blocks",
+        time_column: "block_start",
+        span_secs: 86_400,
+    },
 ];
 
 impl Table {

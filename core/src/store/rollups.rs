@@ -14,6 +14,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{GenericClient, StoreError};
+use crate::blocks::{ancestors, Block};
 use crate::sketch::{Latency, Uniques};
 use crate::store::ingest::hour_of;
 
@@ -412,6 +413,253 @@ pub async fn write_metrics_hour(
     Ok(series.len() as u64)
 }
 
+/// The stored event rollups of `blocks` of `project_id` (hours from `rollup_events`, longer
+/// blocks from `rollup_event_blocks`; a block with no row had no events), top lists left out.
+pub async fn event_blocks(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    blocks: &[Block],
+) -> Result<Vec<(Block, EventsHour)>, StoreError> {
+    let (hours, longer): (Vec<&Block>, Vec<&Block>) = blocks.iter().partition(|b| b.hours == 1);
+    let mut out = Vec::with_capacity(blocks.len());
+    let read = |row: &tokio_postgres::Row, start: DateTime<Utc>, len: u32| {
+        Ok::<_, StoreError>((
+            Block { start, hours: len },
+            EventsHour {
+                events: row.get("events"),
+                pageviews: row.get("pageviews"),
+                visitors: Uniques::from_bytes(row.get("visitors")).map_err(unreadable)?,
+                people: Uniques::from_bytes(row.get("people")).map_err(unreadable)?,
+                values: BTreeMap::new(),
+            },
+        ))
+    };
+    if !hours.is_empty() {
+        let starts: Vec<DateTime<Utc>> = hours.iter().map(|b| b.start).collect();
+        for row in client
+            .query(
+                "SELECT hour, events, pageviews, visitors, people FROM rollup_events
+                 WHERE project_id = $1 AND hour = ANY($2)",
+                &[&project_id, &starts],
+            )
+            .await?
+        {
+            out.push(read(&row, row.get("hour"), 1)?);
+        }
+    }
+    if !longer.is_empty() {
+        let starts: Vec<DateTime<Utc>> = longer.iter().map(|b| b.start).collect();
+        let lengths: Vec<i16> = longer.iter().map(|b| b.hours as i16).collect();
+        for row in client
+            .query(
+                "SELECT b.block_start, b.hours, b.events, b.pageviews, b.visitors, b.people
+                 FROM rollup_event_blocks b
+                 JOIN unnest($2::timestamptz[], $3::int2[]) AS w(s, h)
+                   ON b.block_start = w.s AND b.hours = w.h
+                 WHERE b.project_id = $1",
+                &[&project_id, &starts, &lengths],
+            )
+            .await?
+        {
+            let len: i16 = row.get("hours");
+            out.push(read(&row, row.get("block_start"), len as u32)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The stored request rollups of `blocks` of `project_id`, per (method, route).
+pub async fn request_blocks(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    blocks: &[Block],
+) -> Result<Vec<(Block, (String, String), EndpointHour)>, StoreError> {
+    let (hours, longer): (Vec<&Block>, Vec<&Block>) = blocks.iter().partition(|b| b.hours == 1);
+    let mut out = Vec::new();
+    let read = |row: &tokio_postgres::Row, start: DateTime<Utc>, len: u32| {
+        Ok::<_, StoreError>((
+            Block { start, hours: len },
+            (
+                row.get::<_, String>("method"),
+                row.get::<_, String>("route"),
+            ),
+            EndpointHour {
+                count: row.get("count"),
+                errors_4xx: row.get("errors_4xx"),
+                errors_5xx: row.get("errors_5xx"),
+                duration_sum: row.get("duration_sum"),
+                latency: Latency::from_bytes(row.get("latency")).map_err(unreadable)?,
+            },
+        ))
+    };
+    if !hours.is_empty() {
+        let starts: Vec<DateTime<Utc>> = hours.iter().map(|b| b.start).collect();
+        for row in client
+            .query(
+                "SELECT hour, method, route, count, errors_4xx, errors_5xx, duration_sum, latency
+                 FROM rollup_requests WHERE project_id = $1 AND hour = ANY($2)",
+                &[&project_id, &starts],
+            )
+            .await?
+        {
+            out.push(read(&row, row.get("hour"), 1)?);
+        }
+    }
+    if !longer.is_empty() {
+        let starts: Vec<DateTime<Utc>> = longer.iter().map(|b| b.start).collect();
+        let lengths: Vec<i16> = longer.iter().map(|b| b.hours as i16).collect();
+        for row in client
+            .query(
+                "SELECT b.block_start, b.hours, b.method, b.route, b.count, b.errors_4xx,
+                        b.errors_5xx, b.duration_sum, b.latency
+                 FROM rollup_request_blocks b
+                 JOIN unnest($2::timestamptz[], $3::int2[]) AS w(s, h)
+                   ON b.block_start = w.s AND b.hours = w.h
+                 WHERE b.project_id = $1",
+                &[&project_id, &starts, &lengths],
+            )
+            .await?
+        {
+            let len: i16 = row.get("hours");
+            out.push(read(&row, row.get("block_start"), len as u32)?);
+        }
+    }
+    Ok(out)
+}
+
+fn unreadable(e: crate::sketch::SketchError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Builds the blocks holding `hour` of `project_id`'s events again, bottom-up, each from its
+/// two halves (see [`crate::blocks`]). Returns the block rows written.
+async fn rebuild_event_blocks(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    hour: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let mut written = 0;
+    for block in ancestors(hour) {
+        let Some(halves) = block.children() else {
+            continue;
+        };
+        let mut merged = EventsHour::default();
+        for (_, part) in event_blocks(client, project_id, &halves).await? {
+            merged.events += part.events;
+            merged.pageviews += part.pageviews;
+            merged.visitors.merge(&part.visitors);
+            merged.people.merge(&part.people);
+        }
+        let start_len = (block.start, block.hours as i16);
+        if merged.events == 0 {
+            client
+                .execute(
+                    "DELETE FROM rollup_event_blocks
+                     WHERE project_id = $1 AND block_start = $2 AND hours = $3",
+                    &[&project_id, &start_len.0, &start_len.1],
+                )
+                .await?;
+            continue;
+        }
+        client
+            .execute(
+                "INSERT INTO rollup_event_blocks (project_id, hours, block_start, events,
+                                                  pageviews, visitors, people)
+                 VALUES ($1, $3, $2, $4, $5, $6, $7)
+                 ON CONFLICT (project_id, hours, block_start) DO UPDATE SET
+                     events = EXCLUDED.events, pageviews = EXCLUDED.pageviews,
+                     visitors = EXCLUDED.visitors, people = EXCLUDED.people",
+                &[
+                    &project_id,
+                    &start_len.0,
+                    &start_len.1,
+                    &merged.events,
+                    &merged.pageviews,
+                    &merged.visitors.to_bytes(),
+                    &merged.people.to_bytes(),
+                ],
+            )
+            .await?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+/// Builds the blocks holding `hour` of `project_id`'s API requests again, bottom-up.
+async fn rebuild_request_blocks(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    hour: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let mut written = 0;
+    for block in ancestors(hour) {
+        let Some(halves) = block.children() else {
+            continue;
+        };
+        let mut merged: BTreeMap<(String, String), EndpointHour> = BTreeMap::new();
+        for (_, key, part) in request_blocks(client, project_id, &halves).await? {
+            let m = merged.entry(key).or_default();
+            m.count += part.count;
+            m.errors_4xx += part.errors_4xx;
+            m.errors_5xx += part.errors_5xx;
+            m.duration_sum += part.duration_sum;
+            m.latency.merge(&part.latency);
+        }
+        let (start, len) = (block.start, block.hours as i16);
+        client
+            .execute(
+                "DELETE FROM rollup_request_blocks
+                 WHERE project_id = $1 AND block_start = $2 AND hours = $3",
+                &[&project_id, &start, &len],
+            )
+            .await?;
+        if merged.is_empty() {
+            continue;
+        }
+        let n = merged.len();
+        let (mut methods, mut routes, mut counts, mut c4, mut c5, mut sums, mut sketches) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for ((method, route), e) in &merged {
+            methods.push(method.as_str());
+            routes.push(route.as_str());
+            counts.push(e.count);
+            c4.push(e.errors_4xx);
+            c5.push(e.errors_5xx);
+            sums.push(e.duration_sum);
+            sketches.push(e.latency.to_bytes());
+        }
+        client
+            .execute(
+                "INSERT INTO rollup_request_blocks (project_id, hours, block_start, method, route,
+                     count, errors_4xx, errors_5xx, duration_sum, latency)
+                 SELECT $1, $3, $2, * FROM unnest($4::text[], $5::text[], $6::int8[],
+                     $7::int8[], $8::int8[], $9::float8[], $10::bytea[])",
+                &[
+                    &project_id,
+                    &start,
+                    &len,
+                    &methods,
+                    &routes,
+                    &counts,
+                    &c4,
+                    &c5,
+                    &sums,
+                    &sketches,
+                ],
+            )
+            .await?;
+        written += n as u64;
+    }
+    Ok(written)
+}
+
 /// What a rollup covers, as `rollup_dirty.kind` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -499,10 +747,12 @@ pub async fn recompute_dirty(
             Kind::Events => {
                 let h = events_hour(&tx, project_id, hour).await?;
                 write_events_hour(&tx, project_id, hour, &h).await?
+                    + rebuild_event_blocks(&tx, project_id, hour).await?
             }
             Kind::Requests => {
                 let h = requests_hour(&tx, project_id, hour).await?;
                 write_requests_hour(&tx, project_id, hour, &h).await?
+                    + rebuild_request_blocks(&tx, project_id, hour).await?
             }
             Kind::Metrics => {
                 let h = metrics_hour(&tx, project_id, hour).await?;

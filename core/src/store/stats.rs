@@ -15,10 +15,13 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::rollups::{events_between, requests_between, Dim, EndpointHour, EventsHour};
+use super::rollups::{
+    event_blocks, events_between, request_blocks, requests_between, Dim, EndpointHour, EventsHour,
+};
 use super::{GenericClient, StoreError};
+use crate::blocks::{tile, Block};
 use crate::range::{bucket_start, GroupBy, TimeRange};
-use crate::sketch::{Latency, Uniques};
+use crate::sketch::Uniques;
 use crate::store::ingest::hour_of;
 
 /// How many entries each top list has.
@@ -74,6 +77,34 @@ pub async fn plan(
         hour = end;
     }
     Ok(plan)
+}
+
+/// The fewest blocks (see [`crate::blocks`]) that tile the `stored` hours (ascending), never
+/// across a bucket boundary (`bucket_of` names an hour's bucket) nor over a gap.
+pub fn tile_stored(
+    stored: &[DateTime<Utc>],
+    bucket_of: impl Fn(DateTime<Utc>) -> DateTime<Utc>,
+) -> Vec<Block> {
+    let mut out = Vec::new();
+    let mut run: Option<(DateTime<Utc>, DateTime<Utc>, DateTime<Utc>)> = None;
+    for &hour in stored {
+        let bucket = bucket_of(hour);
+        match run {
+            Some((start, end, b)) if end == hour && b == bucket => {
+                run = Some((start, hour + Duration::hours(1), b));
+            }
+            _ => {
+                if let Some((start, end, _)) = run {
+                    out.extend(tile(start, end));
+                }
+                run = Some((hour, hour + Duration::hours(1), bucket));
+            }
+        }
+    }
+    if let Some((start, end, _)) = run {
+        out.extend(tile(start, end));
+    }
+    out
 }
 
 /// One bucket of the events series.
@@ -141,30 +172,9 @@ pub async fn event_stats(
 ) -> Result<EventStats, StoreError> {
     let plan = plan(client, "events", project_id, range.from, range.to, now).await?;
     let mut hours: Vec<(DateTime<Utc>, EventsHour)> = Vec::new();
-    if !plan.stored.is_empty() {
-        let rows = client
-            .query(
-                "SELECT hour, events, pageviews, visitors, people FROM rollup_events
-                 WHERE project_id = $1 AND hour = ANY($2)",
-                &[&project_id, &plan.stored],
-            )
-            .await?;
-        for row in rows {
-            let visitors = Uniques::from_bytes(row.get(3))
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            let people = Uniques::from_bytes(row.get(4))
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            hours.push((
-                row.get(0),
-                EventsHour {
-                    events: row.get(1),
-                    pageviews: row.get(2),
-                    visitors,
-                    people,
-                    values: BTreeMap::new(),
-                },
-            ));
-        }
+    let blocks = tile_stored(&plan.stored, |h| bucket_start(range.tz, by, h));
+    for (block, h) in event_blocks(client, project_id, &blocks).await? {
+        hours.push((block.start, h));
     }
     let mut values: HashMap<(Dim, String), i64> = HashMap::new();
     if !plan.stored.is_empty() {
@@ -269,26 +279,9 @@ pub async fn endpoint_stats(
         m.duration_sum += e.duration_sum;
         m.latency.merge(&e.latency);
     };
-    if !plan.stored.is_empty() {
-        let rows = client
-            .query(
-                "SELECT method, route, count, errors_4xx, errors_5xx, duration_sum, latency
-                 FROM rollup_requests WHERE project_id = $1 AND hour = ANY($2)",
-                &[&project_id, &plan.stored],
-            )
-            .await?;
-        for row in rows {
-            let latency = Latency::from_bytes(row.get(6))
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            let e = EndpointHour {
-                count: row.get(2),
-                errors_4xx: row.get(3),
-                errors_5xx: row.get(4),
-                duration_sum: row.get(5),
-                latency,
-            };
-            add((row.get(0), row.get(1)), &e);
-        }
+    let blocks = tile_stored(&plan.stored, |_| range.from);
+    for (_, key, e) in request_blocks(client, project_id, &blocks).await? {
+        add(key, &e);
     }
     for (_, start, end) in &plan.live {
         for (key, e) in requests_between(client, project_id, *start, *end).await? {
@@ -319,4 +312,45 @@ pub async fn endpoint_stats(
             .then_with(|| (&a.route, &a.method).cmp(&(&b.route, &b.method)))
     });
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Timelike};
+
+    fn at(day: u32, hour: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, day, hour, 0, 0)
+            .single()
+            .unwrap()
+    }
+
+    #[test]
+    fn stored_hours_are_tiled_per_bucket_and_around_gaps() {
+        // Two days of hours but for 10:00 of the first (dirty), in two UTC-day buckets.
+        let stored: Vec<DateTime<Utc>> = (0..48)
+            .map(|h| at(2, 0) + Duration::hours(h))
+            .filter(|h| *h != at(2, 10))
+            .collect();
+        let day = |h: DateTime<Utc>| h - Duration::hours(i64::from(h.hour()));
+        let blocks = tile_stored(&stored, day);
+        let covered: Vec<DateTime<Utc>> = blocks
+            .iter()
+            .flat_map(|b| (0..b.hours).map(move |i| b.start + Duration::hours(i64::from(i))))
+            .collect();
+        assert_eq!(covered, stored, "every stored hour once, nothing else");
+        assert!(blocks
+            .iter()
+            .all(|b| day(b.start) == day(b.end() - Duration::hours(1))));
+        assert_eq!(
+            blocks.last().map(|b| b.hours),
+            Some(24),
+            "the clean day is one block"
+        );
+        // One bucket for the whole range: still split at the gap.
+        let whole = tile_stored(&stored, |_| at(1, 0));
+        assert!(whole
+            .iter()
+            .all(|b| !(b.start <= at(2, 10) && at(2, 10) < b.end())));
+    }
 }
