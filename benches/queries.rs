@@ -145,11 +145,22 @@ const READS: &[Read] = &[
     },
     Read {
         route: "/metrics/query?name=queue.depth&agg=avg",
-        raw: &[],
+        raw: &["SELECT date_trunc('day', ts, 'UTC'), sum(value) / count(*) FROM metrics
+                WHERE project_id = $1 AND name = 'queue.depth' AND ts >= $2 AND ts < $3
+                GROUP BY 1"],
+    },
+    Read {
+        route: "/metrics/export?format=csv&name=revenue",
+        raw: &["SELECT labels, date_trunc('day', ts, 'UTC'), count(*), sum(value), min(value),
+                       max(value)
+                FROM metrics WHERE project_id = $1 AND name = 'revenue' AND ts >= $2 AND ts < $3
+                GROUP BY 1, 2"],
     },
     Read {
         route: "/costs",
-        raw: &[],
+        raw: &["SELECT labels->>'model', date_trunc('day', ts, 'UTC'), name, sum(value)
+                FROM metrics WHERE project_id = $1 AND name LIKE 'llm.%' AND ts >= $2 AND ts < $3
+                GROUP BY 1, 2, 3"],
     },
 ];
 
