@@ -218,6 +218,10 @@ impl Application {
                 })
                 .default_service(web::to(fallback))
         })
+        // A streamed answer (exports) is written in pieces; with Nagle's algorithm on, a piece
+        // waits for the client's delayed ACK of the one before (40 ms on Linux) on a kept-alive
+        // connection, measured as a flat 44 ms for every CSV export by make bench-queries.
+        .tcp_nodelay(true)
         .listen(listener)
         .map_err(|source| StartupError::Bind {
             addr: "listener".into(),

@@ -55,6 +55,11 @@ pub const ROLLUP_TABLES: &[Table] = &[
         span_secs: 86_400,
     },
     Table {
+        name: "rollup_event_value_blocks",
+        time_column: "block_start",
+        span_secs: 86_400,
+    },
+    Table {
         name: "rollup_request_blocks",
         time_column: "block_start",
         span_secs: 86_400,

@@ -142,13 +142,16 @@ pub async fn write_events_hour(
             .await?;
         return Ok(0);
     }
+    let (visitors_count, people_count) = (count_of(&h.visitors), count_of(&h.people));
     client
         .execute(
-            "INSERT INTO rollup_events (project_id, hour, events, pageviews, visitors, people)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO rollup_events (project_id, hour, events, pageviews, visitors, people,
+                                        visitors_count, people_count)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (project_id, hour) DO UPDATE SET
                  events = EXCLUDED.events, pageviews = EXCLUDED.pageviews,
-                 visitors = EXCLUDED.visitors, people = EXCLUDED.people",
+                 visitors = EXCLUDED.visitors, people = EXCLUDED.people,
+                 visitors_count = EXCLUDED.visitors_count, people_count = EXCLUDED.people_count",
             &[
                 &project_id,
                 &hour,
@@ -156,6 +159,8 @@ pub async fn write_events_hour(
                 &h.pageviews,
                 &h.visitors.to_bytes(),
                 &h.people.to_bytes(),
+                &visitors_count,
+                &people_count,
             ],
         )
         .await?;
@@ -468,6 +473,116 @@ pub async fn event_blocks(
     Ok(out)
 }
 
+/// The totals of a stored hour or block, its unique counts as stored next to its sketches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlockCounts {
+    pub events: i64,
+    pub pageviews: i64,
+    pub visitors: u64,
+    pub people: u64,
+}
+
+/// The stored totals of `blocks` of `project_id`, without their sketches (but for rows written
+/// before migration 0013, counted from the sketch); a block with no row had no events.
+pub async fn event_block_counts(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    blocks: &[Block],
+) -> Result<Vec<(Block, BlockCounts)>, StoreError> {
+    let (starts, lengths) = starts_and_lengths(blocks);
+    let rows = client
+        .query(
+            "SELECT hour AS block_start, 1::int2 AS hours, events, pageviews,
+                    visitors_count, people_count,
+                    CASE WHEN visitors_count IS NULL THEN visitors END AS visitors,
+                    CASE WHEN people_count IS NULL THEN people END AS people
+             FROM rollup_events r
+             JOIN unnest($2::timestamptz[], $3::int2[]) AS w(s, h) ON r.hour = w.s AND w.h = 1
+             WHERE r.project_id = $1
+             UNION ALL
+             SELECT block_start, hours, events, pageviews, visitors_count, people_count,
+                    CASE WHEN visitors_count IS NULL THEN visitors END,
+                    CASE WHEN people_count IS NULL THEN people END
+             FROM rollup_event_blocks b
+             JOIN unnest($2::timestamptz[], $3::int2[]) AS w(s, h)
+               ON b.block_start = w.s AND b.hours = w.h
+             WHERE b.project_id = $1",
+            &[&project_id, &starts, &lengths],
+        )
+        .await?;
+    let counted = |count: Option<i64>, sketch: Option<&[u8]>| match (count, sketch) {
+        (Some(n), _) => Ok(u64::try_from(n).unwrap_or(0)),
+        (None, Some(bytes)) => Ok(Uniques::from_bytes(bytes).map_err(unreadable)?.count()),
+        (None, None) => Ok::<_, StoreError>(0),
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let hours: i16 = row.get("hours");
+        out.push((
+            Block {
+                start: row.get("block_start"),
+                hours: u32::try_from(hours).unwrap_or(1),
+            },
+            BlockCounts {
+                events: row.get("events"),
+                pageviews: row.get("pageviews"),
+                visitors: counted(row.get("visitors_count"), row.get("visitors"))?,
+                people: counted(row.get("people_count"), row.get("people"))?,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// Counts by (dimension, value) summed over the stored `blocks` of `project_id`.
+pub async fn event_block_values(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    blocks: &[Block],
+) -> Result<Vec<((Dim, String), i64)>, StoreError> {
+    if blocks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (starts, lengths) = starts_and_lengths(blocks);
+    let hours: Vec<DateTime<Utc>> = blocks
+        .iter()
+        .filter(|b| b.hours == 1)
+        .map(|b| b.start)
+        .collect();
+    let rows = client
+        .query(
+            "SELECT dim, value, sum(count)::bigint FROM (
+                 SELECT dim, value, count FROM rollup_event_values
+                 WHERE project_id = $1 AND hour = ANY($4)
+                 UNION ALL
+                 SELECT v.dim, v.value, v.count FROM rollup_event_value_blocks v
+                 JOIN unnest($2::timestamptz[], $3::int2[]) AS w(s, h)
+                   ON v.block_start = w.s AND v.hours = w.h AND w.h > 1
+                 WHERE v.project_id = $1
+             ) t GROUP BY dim, value",
+            &[&project_id, &starts, &lengths, &hours],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let dim = match row.get::<_, &str>(0) {
+                "name" => Dim::Name,
+                "page" => Dim::Page,
+                _ => Dim::Referrer,
+            };
+            ((dim, row.get(1)), row.get(2))
+        })
+        .collect())
+}
+
+fn starts_and_lengths(blocks: &[Block]) -> (Vec<DateTime<Utc>>, Vec<i16>) {
+    blocks
+        .iter()
+        .map(|b| (b.start, i16::try_from(b.hours).unwrap_or(i16::MAX)))
+        .unzip()
+}
+
 /// The stored request rollups of `blocks` of `project_id`, per (method, route).
 pub async fn request_blocks(
     client: &impl GenericClient,
@@ -527,6 +642,12 @@ pub async fn request_blocks(
     Ok(out)
 }
 
+/// A sketch's count as stored next to it.
+fn count_of(sketch: &Uniques) -> i64 {
+    // Counting settles the HyperLogLog's insertion buffer, hence the copy.
+    i64::try_from(sketch.clone().count()).unwrap_or(i64::MAX)
+}
+
 fn unreadable(e: crate::sketch::SketchError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -551,6 +672,13 @@ async fn rebuild_event_blocks(
             merged.people.merge(&part.people);
         }
         let start_len = (block.start, block.hours as i16);
+        client
+            .execute(
+                "DELETE FROM rollup_event_value_blocks
+                 WHERE project_id = $1 AND block_start = $2 AND hours = $3",
+                &[&project_id, &start_len.0, &start_len.1],
+            )
+            .await?;
         if merged.events == 0 {
             client
                 .execute(
@@ -561,14 +689,18 @@ async fn rebuild_event_blocks(
                 .await?;
             continue;
         }
+        let (visitors_count, people_count) =
+            (merged.visitors.count() as i64, merged.people.count() as i64);
         client
             .execute(
                 "INSERT INTO rollup_event_blocks (project_id, hours, block_start, events,
-                                                  pageviews, visitors, people)
-                 VALUES ($1, $3, $2, $4, $5, $6, $7)
+                     pageviews, visitors, people, visitors_count, people_count)
+                 VALUES ($1, $3, $2, $4, $5, $6, $7, $8, $9)
                  ON CONFLICT (project_id, hours, block_start) DO UPDATE SET
                      events = EXCLUDED.events, pageviews = EXCLUDED.pageviews,
-                     visitors = EXCLUDED.visitors, people = EXCLUDED.people",
+                     visitors = EXCLUDED.visitors, people = EXCLUDED.people,
+                     visitors_count = EXCLUDED.visitors_count,
+                     people_count = EXCLUDED.people_count",
                 &[
                     &project_id,
                     &start_len.0,
@@ -577,6 +709,38 @@ async fn rebuild_event_blocks(
                     &merged.pageviews,
                     &merged.visitors.to_bytes(),
                     &merged.people.to_bytes(),
+                    &visitors_count,
+                    &people_count,
+                ],
+            )
+            .await?;
+        // Counts by value: the sum of the two halves' (hours or blocks, never one of each).
+        let [a, b] = halves;
+        let from_halves = if a.hours == 1 {
+            "SELECT dim, value, count FROM rollup_event_values
+             WHERE project_id = $1 AND hour IN ($4, $6) AND $5::int2 = 1 AND $7::int2 = 1"
+        } else {
+            "SELECT dim, value, count FROM rollup_event_value_blocks
+             WHERE project_id = $1 AND ((block_start = $4 AND hours = $5)
+                                     OR (block_start = $6 AND hours = $7))"
+        };
+        let (a_len, b_len) = (a.hours as i16, b.hours as i16);
+        written += client
+            .execute(
+                &format!(
+                    "INSERT INTO rollup_event_value_blocks
+                         (project_id, block_start, hours, dim, value, count)
+                     SELECT $1, $2, $3, dim, value, sum(count)::bigint
+                     FROM ({from_halves}) halves GROUP BY dim, value"
+                ),
+                &[
+                    &project_id,
+                    &start_len.0,
+                    &start_len.1,
+                    &a.start,
+                    &a_len,
+                    &b.start,
+                    &b_len,
                 ],
             )
             .await?;

@@ -16,7 +16,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::rollups::{
-    event_blocks, events_between, request_blocks, requests_between, Dim, EndpointHour, EventsHour,
+    event_block_counts, event_block_values, event_blocks, events_between, request_blocks,
+    requests_between, Dim, EndpointHour,
 };
 use super::{GenericClient, StoreError};
 use crate::blocks::{tile, Block};
@@ -134,35 +135,39 @@ pub struct EventStats {
     pub top_events: Vec<Top>,
 }
 
-/// The hours of a range, as rollups or live computations, merged per bucket.
+/// One bucket (or the total) as it is put together: counts added, sketches merged, unless the
+/// bucket is one stored block whose unique counts are stored with it.
 #[derive(Default)]
 struct Bucket {
     events: i64,
     pageviews: i64,
     visitors: Uniques,
     people: Uniques,
+    /// The stored unique counts, when the bucket is exactly one stored hour or block.
+    stored: Option<(u64, u64)>,
 }
 
 impl Bucket {
-    fn add(&mut self, h: &EventsHour) {
-        self.events += h.events;
-        self.pageviews += h.pageviews;
-        self.visitors.merge(&h.visitors);
-        self.people.merge(&h.people);
-    }
-
     fn point(mut self, start: DateTime<Utc>) -> EventsPoint {
+        let (visitors, people) = self
+            .stored
+            .unwrap_or_else(|| (self.visitors.count(), self.people.count()));
         EventsPoint {
             start,
             events: self.events,
             pageviews: self.pageviews,
-            visitors: self.visitors.count(),
-            people: self.people.count(),
+            visitors,
+            people,
         }
     }
 }
 
 /// `/stats` for `project_id` over `range`, bucketed by `by`, as of `now`.
+///
+/// Stored hours are read as blocks twice over: tiled per bucket for the series, where a bucket
+/// that is one block (an hour of a 24-hour series, a UTC day of a month) takes the unique
+/// counts stored with it and only the others merge sketches; and tiled over the whole range for
+/// the total and its top lists, which crosses bucket edges and so reads the fewest blocks.
 pub async fn event_stats(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -171,35 +176,16 @@ pub async fn event_stats(
     now: DateTime<Utc>,
 ) -> Result<EventStats, StoreError> {
     let plan = plan(client, "events", project_id, range.from, range.to, now).await?;
-    let mut hours: Vec<(DateTime<Utc>, EventsHour)> = Vec::new();
-    let blocks = tile_stored(&plan.stored, |h| bucket_start(range.tz, by, h));
-    for (block, h) in event_blocks(client, project_id, &blocks).await? {
-        hours.push((block.start, h));
-    }
-    let mut values: HashMap<(Dim, String), i64> = HashMap::new();
-    if !plan.stored.is_empty() {
-        let rows = client
-            .query(
-                "SELECT dim, value, sum(count)::bigint FROM rollup_event_values
-                 WHERE project_id = $1 AND hour = ANY($2) GROUP BY dim, value",
-                &[&project_id, &plan.stored],
-            )
-            .await?;
-        for row in rows {
-            let dim = match row.get::<_, &str>(0) {
-                "name" => Dim::Name,
-                "page" => Dim::Page,
-                _ => Dim::Referrer,
-            };
-            *values.entry((dim, row.get(1))).or_default() += row.get::<_, i64>(2);
-        }
-    }
+    let bucket_of = |h: DateTime<Utc>| bucket_start(range.tz, by, h);
+    let per_bucket = tile_stored(&plan.stored, bucket_of);
+    let whole = tile_stored(&plan.stored, |_| range.from);
+
+    let mut live = Vec::with_capacity(plan.live.len());
     for (hour, start, end) in &plan.live {
-        let h = events_between(client, project_id, *start, *end).await?;
-        for ((dim, value), count) in &h.values {
-            *values.entry((*dim, value.clone())).or_default() += count;
-        }
-        hours.push((*hour, h));
+        live.push((
+            *hour,
+            events_between(client, project_id, *start, *end).await?,
+        ));
     }
 
     let mut buckets: BTreeMap<DateTime<Utc>, Bucket> = range
@@ -207,18 +193,60 @@ pub async fn event_stats(
         .into_iter()
         .map(|start| (start, Bucket::default()))
         .collect();
-    for (hour, h) in &hours {
-        let start = bucket_start(range.tz, by, *hour);
-        buckets.entry(start).or_default().add(h);
+    // Which buckets are one stored block and nothing else.
+    let mut parts: HashMap<DateTime<Utc>, usize> = HashMap::new();
+    for b in &per_bucket {
+        *parts.entry(bucket_of(b.start)).or_default() += 1;
     }
-    // The total merges the buckets, not every hour again: one merge per bucket (30 for a month
-    // by day) instead of one per hour (720).
+    for (hour, _) in &live {
+        *parts.entry(bucket_of(*hour)).or_default() += 2;
+    }
+    let single = |bucket: &DateTime<Utc>| parts.get(bucket) == Some(&1);
+
+    for (block, c) in event_block_counts(client, project_id, &per_bucket).await? {
+        let start = bucket_of(block.start);
+        let bucket = buckets.entry(start).or_default();
+        bucket.events += c.events;
+        bucket.pageviews += c.pageviews;
+        if single(&start) {
+            bucket.stored = Some((c.visitors, c.people));
+        }
+    }
+    let merged: Vec<Block> = per_bucket
+        .iter()
+        .filter(|b| !single(&bucket_of(b.start)))
+        .copied()
+        .collect();
+    for (block, h) in event_blocks(client, project_id, &merged).await? {
+        let bucket = buckets.entry(bucket_of(block.start)).or_default();
+        bucket.visitors.merge(&h.visitors);
+        bucket.people.merge(&h.people);
+    }
+
     let mut total = Bucket::default();
+    for (_, h) in event_blocks(client, project_id, &whole).await? {
+        total.visitors.merge(&h.visitors);
+        total.people.merge(&h.people);
+    }
+    let mut values: HashMap<(Dim, String), i64> = event_block_values(client, project_id, &whole)
+        .await?
+        .into_iter()
+        .collect();
+    for (hour, h) in &live {
+        let bucket = buckets.entry(bucket_of(*hour)).or_default();
+        bucket.events += h.events;
+        bucket.pageviews += h.pageviews;
+        bucket.visitors.merge(&h.visitors);
+        bucket.people.merge(&h.people);
+        total.visitors.merge(&h.visitors);
+        total.people.merge(&h.people);
+        for ((dim, value), count) in &h.values {
+            *values.entry((*dim, value.clone())).or_default() += count;
+        }
+    }
     for b in buckets.values() {
         total.events += b.events;
         total.pageviews += b.pageviews;
-        total.visitors.merge(&b.visitors);
-        total.people.merge(&b.people);
     }
     let top = |dim: Dim| {
         let mut list: Vec<Top> = values
