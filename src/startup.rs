@@ -117,10 +117,12 @@ impl Application {
             tiers.clone(),
             mailer.clone(),
         );
-        let billing = observe_core::billing::Billing::from_settings(pool.clone(), &settings);
+        let billing =
+            observe_core::billing::Billing::from_settings(pool.clone(), &settings, keys.clone());
         let billing_actor = observe_actors::billing::start(
             &supervisor,
             &actix::Arbiter::current(),
+            billing.clone(),
             &settings,
             pool.clone(),
             metrics.clone(),

@@ -122,16 +122,17 @@ impl Job for Renewals {
 }
 
 /// Starts the Billing actor and, when this instance runs jobs, the renewals job. `None` when
-/// billing is not configured.
+/// billing is not configured (`billing` is `None`).
 pub fn start(
     supervisor: &Supervisor,
     arbiter: &ArbiterHandle,
+    billing: Option<Billing>,
     settings: &Settings,
     pool: PgPool,
     metrics: Metrics,
     mailer: Supervised<Mailer>,
 ) -> Result<Option<Supervised<BillingActor>>, ScheduleError> {
-    let Some(billing) = Billing::from_settings(pool.clone(), settings) else {
+    let Some(billing) = billing else {
         return Ok(None);
     };
     let schedule = Schedule::parse(&settings.jobs.renewals)?;

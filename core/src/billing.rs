@@ -35,7 +35,7 @@ use uuid::Uuid;
 
 use crate::config::{BillingSettings, Limit, Settings, TierLimits};
 use crate::db::PgPool;
-use crate::keys::{self, Scope};
+use crate::keys::{self, KeyCache, Scope};
 use crate::mail::{self, HttpClient};
 use crate::outbox;
 use crate::squad::{self, Checkout, Squad, SquadError, TxStatus, Verified};
@@ -208,7 +208,7 @@ pub fn renewal_reference(
     format!(
         "obs_r_{}_{}_{attempt}",
         organisation_id.simple(),
-        period_end.format("%Y%m%d%H%M%S")
+        period_end.timestamp_micros()
     )
 }
 
@@ -261,6 +261,10 @@ pub enum BillingError {
     InvalidSignature,
     #[error("the organisation has no subscription")]
     NoSubscription,
+    /// The saved card's token was sealed under another SECRET_KEY: the operator's trouble,
+    /// never the customer's (no grace, no email); the subscription is left as it is.
+    #[error("the saved card of organisation {0} cannot be opened with this SECRET_KEY (was it changed, or do instances differ?)")]
+    CardUnreadable(Uuid),
 }
 
 impl From<tokio_postgres::Error> for BillingError {
@@ -317,6 +321,9 @@ pub struct Billing {
     settings: BillingSettings,
     hobby: TierLimits,
     billing_url: String,
+    /// This instance's API-key cache: a tier change is forgotten here at once (the others hear
+    /// of it through the change channel).
+    keys: KeyCache,
 }
 
 /// Key of the advisory locks of renewals (with the organisation's hash as the second key).
@@ -324,7 +331,7 @@ const RENEWAL_LOCK: i32 = 0x0b5e_b111;
 
 impl Billing {
     /// Billing of these settings, or `None` when Squad's secret key is not set.
-    pub fn from_settings(db: PgPool, settings: &Settings) -> Option<Self> {
+    pub fn from_settings(db: PgPool, settings: &Settings, keys: KeyCache) -> Option<Self> {
         if !settings.squad.enabled() {
             return None;
         }
@@ -341,6 +348,7 @@ impl Billing {
             } else {
                 settings.billing.callback_url.clone()
             },
+            keys,
         })
     }
 
@@ -554,6 +562,7 @@ impl Billing {
         let queued = vec![outbox::enqueue(&tx, &receipt).await?];
         keys::announce(&tx, Scope::Organisation(org)).await?;
         tx.commit().await?;
+        self.keys.forget(Scope::Organisation(org));
         tracing::info!(organisation_id = %org, plan = next.plan.as_str(), event = kind, period_end = %next.period_end, "subscription paid");
         Ok((WebhookOutcome::Applied, queued))
     }
@@ -663,7 +672,7 @@ impl Billing {
             Due::NotDue => return Ok(Vec::new()),
             Due::End => {
                 total.ended += 1;
-                return self.end(org, "ended", now).await;
+                return self.end(org, "ended", None, now).await;
             }
             Due::Charge => {}
         }
@@ -729,6 +738,10 @@ impl Billing {
                 self.failed(&sub, &reference, now, total).await
             }
             Charged::NoCard => self.failed(&sub, "", now, total).await,
+            Charged::Unreadable => {
+                tracing::error!(organisation_id = %org, "a saved card cannot be opened with this SECRET_KEY; renewal left as it is");
+                Err(BillingError::CardUnreadable(org))
+            }
             Charged::Unknown(reference, e) => {
                 tracing::warn!(organisation_id = %org, reference = %reference, error = %e, "renewal charge outcome unknown; verified before any retry");
                 Ok(Vec::new())
@@ -738,12 +751,11 @@ impl Billing {
 
     /// Charges the subscription's card under `reference` (already recorded).
     async fn charge(&self, http: &HttpClient, sub: &Subscription, reference: &str) -> Charged {
-        let Some(token) = sub
-            .card_token
-            .as_deref()
-            .and_then(|t| self.card_key.open(t))
-        else {
+        let Some(sealed) = sub.card_token.as_deref() else {
             return Charged::NoCard;
+        };
+        let Some(token) = self.card_key.open(sealed) else {
+            return Charged::Unreadable;
         };
         match self
             .squad
@@ -766,7 +778,9 @@ impl Billing {
         match after_failed_charge(sub, now, self.settings.grace_days) {
             AfterFailure::Downgrade => {
                 total.downgraded += 1;
-                self.end(sub.organisation_id, "downgraded", now).await
+                let failure = Some(reference).filter(|r| !r.is_empty());
+                self.end(sub.organisation_id, "downgraded", failure, now)
+                    .await
             }
             AfterFailure::Grace(until) => {
                 total.failed += 1;
@@ -800,11 +814,13 @@ impl Billing {
         }
     }
 
-    /// Ends the subscription: hobby tier, its limits enforced, an event and an email.
+    /// Ends the subscription: hobby tier, its limits enforced, an event and an email. A
+    /// downgrade after a failed charge records that failure first, like every other.
     async fn end(
         &self,
         org: Uuid,
         kind: &'static str,
+        failed_reference: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Queued, BillingError> {
         let mut client = self.db.get().await?;
@@ -826,6 +842,17 @@ impl Billing {
         let enforced =
             store::enforce_limits(&tx, org, max_monitors, self.hobby.min_monitor_interval_secs)
                 .await?;
+        if kind == "downgraded" {
+            store::record_event(
+                &tx,
+                org,
+                "renewal_failed",
+                failed_reference,
+                Some(s.plan),
+                Some(s.amount),
+            )
+            .await?;
+        }
         store::record_event(&tx, org, kind, None, Some(s.plan), None).await?;
         let email = mail::billing_ended(
             &s.email,
@@ -837,6 +864,7 @@ impl Billing {
         let queued = vec![outbox::enqueue(&tx, &email).await?];
         keys::announce(&tx, Scope::Organisation(org)).await?;
         tx.commit().await?;
+        self.keys.forget(Scope::Organisation(org));
         tracing::info!(organisation_id = %org, reason = kind, paused_monitors = enforced.paused.len(), slowed_monitors = enforced.slowed.len(), at = %now, "subscription ended; back on hobby");
         Ok(queued)
     }
@@ -853,8 +881,10 @@ struct SavedCard {
 enum Charged {
     /// Squad's answer: the status and amount of the reference.
     Known(String, TxStatus, u64),
-    /// No usable saved card.
+    /// No saved card.
     NoCard,
+    /// A saved card sealed under another key.
+    Unreadable,
     /// No answer: Squad may or may not have charged.
     Unknown(String, SquadError),
 }

@@ -54,6 +54,7 @@ fn provider_error(e: BillingError) -> ApiError {
         }
         BillingError::Store(e) => e.into(),
         BillingError::NoSubscription => ApiError::NotFound,
+        e @ BillingError::CardUnreadable(_) => ApiError::Internal(e.into()),
         BillingError::InvalidSignature => ApiError::Unauthorized {
             code: "invalid_signature",
             message: "the x-squad-encrypted-body signature is missing or does not match the body",
@@ -63,9 +64,11 @@ fn provider_error(e: BillingError) -> ApiError {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct Initiate {
-    /// `pro` or `team`.
-    #[schema(example = "pro")]
-    pub plan: String,
+    /// `pro` or `team`. Read as any JSON value, so that a missing or non-string plan is
+    /// refused naming `plan`, like a wrong one.
+    #[serde(default)]
+    #[schema(value_type = String, example = "pro")]
+    pub plan: serde_json::Value,
 }
 
 /// A checkout to send the payer to.
@@ -105,7 +108,11 @@ pub async fn initiate(
     body: web::Json<Initiate>,
 ) -> Result<web::Json<CheckoutView>, ApiError> {
     let billing = service(&state)?;
-    let plan: Plan = body.plan.trim().parse().map_err(|reason: String| {
+    let plan: Plan = match &body.plan {
+        serde_json::Value::String(plan) => plan.trim().parse(),
+        _ => Err("is required: \"pro\" or \"team\"".to_string()),
+    }
+    .map_err(|reason: String| {
         ApiError::Validation(vec![FieldError {
             field: "plan".into(),
             reason,

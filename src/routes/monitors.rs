@@ -435,11 +435,27 @@ pub async fn pause_monitor(
     body: web::Json<PauseMonitor>,
 ) -> Result<web::Json<MonitorView>, ApiError> {
     let (project_id, monitor_id) = path.into_inner();
-    let client = state.db.get().await?;
-    let updated =
-        monitors::set_paused(&client, session.org_id, project_id, monitor_id, body.paused)
+    let mut client = state.db.get().await?;
+    let tx = client.transaction().await?;
+    if !body.paused {
+        // Resuming counts against the tier like creating: after a downgrade paused the
+        // monitors beyond the limit, a resume must not undo it.
+        let tier = monitors::lock_organisation(&tx, session.org_id)
             .await?
-            .ok_or(ApiError::NotFound)?;
+            .ok_or_else(ApiError::unauthorized)?;
+        if !matches!(state.tiers.limits(tier).monitors, Limit::Unlimited) {
+            let running =
+                monitors::count_running_in_organisation(&tx, session.org_id, monitor_id).await?;
+            state
+                .tiers
+                .may_add(tier, Resource::Monitors, running)
+                .map_err(ApiError::TierLimit)?;
+        }
+    }
+    let updated = monitors::set_paused(&tx, session.org_id, project_id, monitor_id, body.paused)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    tx.commit().await?;
     state.monitors.changed(monitor_id);
     Ok(web::Json(updated.into()))
 }

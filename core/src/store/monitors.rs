@@ -131,6 +131,23 @@ pub async fn count_in_organisation(
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
+/// How many of the organisation's monitors run (are not paused), `except` one.
+pub async fn count_running_in_organisation(
+    client: &impl GenericClient,
+    org_id: Uuid,
+    except: Uuid,
+) -> Result<u64, StoreError> {
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM monitors m JOIN projects p ON p.id = m.project_id
+             WHERE p.organisation_id = $1 AND NOT m.paused AND m.id <> $2",
+            &[&org_id, &except],
+        )
+        .await?
+        .get(0);
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 fn int(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
