@@ -1352,7 +1352,7 @@ async fn billing_events_are_listed_newest_first_a_page_at_a_time() {
         .skip(1)
         .map(|e| e["reference"].as_str().unwrap())
         .collect();
-    assert_eq!(references, [&second, &second, &first, &first]);
+    assert_eq!(references, [second.as_str(), &second, &first, &first]);
 
     let mut seen = Vec::new();
     let mut query = "?limit=3".to_string();

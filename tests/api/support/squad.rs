@@ -525,3 +525,108 @@ async fn unknown(
         "status": 404, "success": false, "message": "Not found", "data": {}
     }))
 }
+
+/// The fake's own checks: what the billing tests rely on it for.
+mod checks {
+    use std::time::{Duration, Instant};
+
+    use serde_json::{json, Value};
+
+    use super::{sign, Charge, FakeSquad};
+
+    /// RFC 4231, test case 2: HMAC-SHA-512 of "what do ya want for nothing?" under "Jefe".
+    #[test]
+    fn signs_as_hmac_sha512_in_hex() {
+        assert_eq!(
+            sign("Jefe", b"what do ya want for nothing?"),
+            "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea250554\
+             9758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737"
+        );
+    }
+
+    async fn post(squad: &FakeSquad, key: &str, path: &str, body: Value) -> (u16, Value) {
+        let mut res = awc::Client::default()
+            .post(format!("{}{path}", squad.url))
+            .insert_header(("Authorization", format!("Bearer {key}")))
+            .send_json(&body)
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.json().await.unwrap())
+    }
+
+    async fn verify(squad: &FakeSquad, reference: &str) -> (u16, Value) {
+        let mut res = awc::Client::default()
+            .get(format!("{}/transaction/verify/{reference}", squad.url))
+            .insert_header(("Authorization", format!("Bearer {}", squad.secret)))
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.json().await.unwrap())
+    }
+
+    #[actix_web::test]
+    async fn keeps_transactions_as_squad_does() {
+        let squad = FakeSquad::start().await;
+        let key = squad.secret.clone();
+        let checkout = json!({"amount": 500000, "email": "a@example.com", "currency": "NGN",
+            "initiate_type": "inline", "transaction_ref": "ref-1",
+            "callback_url": "http://x/billing", "is_recurring": true});
+        assert_eq!(
+            post(&squad, "wrong", "/transaction/initiate", checkout.clone())
+                .await
+                .0,
+            401
+        );
+        let (status, body) = post(&squad, &key, "/transaction/initiate", checkout).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["data"]["transaction_ref"], "ref-1");
+        assert_eq!(
+            verify(&squad, "ref-1").await.1["data"]["transaction_status"],
+            "Pending"
+        );
+        assert_eq!(verify(&squad, "ref-9").await.0, 404);
+        squad.pay("ref-1", "tok-1");
+        assert_eq!(
+            verify(&squad, "ref-1").await.1["data"]["transaction_status"],
+            "Success"
+        );
+
+        let charge = |reference: &str, token: &str| json!({"amount": 500000, "token_id": token, "transaction_ref": reference});
+        let path = "/transaction/charge_card";
+        assert_eq!(
+            post(&squad, &key, path, charge("ref-2", "tok-x")).await.0,
+            400
+        );
+        squad.script_charges(&[Charge::Decline, Charge::Lost], Charge::Succeed);
+        let (status, body) = post(&squad, &key, path, charge("ref-3", "tok-1")).await;
+        assert_eq!(
+            (status, body["message"].as_str()),
+            (400, Some("Insufficient funds"))
+        );
+        assert_eq!(squad.transaction("ref-3").unwrap().status, "Failed");
+        assert_eq!(
+            post(&squad, &key, path, charge("ref-4", "tok-1")).await.0,
+            504
+        );
+        assert_eq!(
+            verify(&squad, "ref-4").await.0,
+            404,
+            "a lost charge is unknown"
+        );
+
+        // A slow answer: the charge is known before the answer leaves.
+        squad.delay_charges(Duration::from_millis(600));
+        let started = Instant::now();
+        let slow = post(&squad, &key, path, charge("ref-5", "tok-1"));
+        let early = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            verify(&squad, "ref-5").await
+        };
+        let ((status, _), (_, known)) = futures_util::future::join(slow, early).await;
+        assert_eq!(status, 200);
+        assert!(started.elapsed() >= Duration::from_millis(600));
+        assert_eq!(known["data"]["transaction_status"], "Success");
+        assert_eq!(squad.charges_of("ref-5"), 1);
+        assert_eq!(squad.charges().len(), 4);
+    }
+}
