@@ -94,6 +94,15 @@ pub enum ApiError {
     /// An ingest request's COMMIT was sent but PostgreSQL never said whether it happened.
     #[error("the items may or may not have been stored: the database did not confirm the commit in time; retrying may store them twice")]
     OutcomeUnknown { retry_after_secs: u32 },
+    /// Signed in, but the organisation role does not allow it (an owner-only action).
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// Billing routes without Squad's keys.
+    #[error("billing is not configured on this server: set SQUAD_SECRET_KEY (and SQUAD_BASE_URL) to enable it")]
+    BillingDisabled,
+    /// Squad failed or refused; nothing was charged by this request.
+    #[error("the payment provider could not be reached or refused the request; nothing was charged, try again")]
+    PaymentProvider,
     #[error("{what} is unavailable; retry later")]
     Unavailable {
         what: &'static str,
@@ -127,6 +136,9 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Unavailable { .. } => "service_unavailable",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::BillingDisabled => "billing_disabled",
+            ApiError::PaymentProvider => "payment_provider_error",
             ApiError::BodyTimeout { .. } => "body_timeout",
             ApiError::DataRefused { .. } => "invalid_data",
             ApiError::OutcomeUnknown { .. } => "outcome_unknown",
@@ -192,6 +204,9 @@ impl ResponseError for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::BillingDisabled => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::PaymentProvider => StatusCode::BAD_GATEWAY,
             ApiError::DataRefused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -30,6 +30,7 @@ use crate::error::ApiError;
         (name = "analytics", description = "Product analytics of a project: events"),
         (name = "errors", description = "Errors of a project, grouped into issues"),
         (name = "api-monitoring", description = "API requests of a project"),
+        (name = "billing", description = "Plans paid through Squad: checkout, webhook, renewals, cancellation"),
     )
 )]
 pub struct ApiDoc;

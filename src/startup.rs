@@ -117,6 +117,15 @@ impl Application {
             tiers.clone(),
             mailer.clone(),
         );
+        let billing = observe_core::billing::Billing::from_settings(pool.clone(), &settings);
+        let billing_actor = observe_actors::billing::start(
+            &supervisor,
+            &actix::Arbiter::current(),
+            &settings,
+            pool.clone(),
+            metrics.clone(),
+            mailer.clone(),
+        )?;
         let auth_limits = observe_core::ratelimit::AuthLimits::new(limiter.clone(), &settings);
         let state = AppState {
             auth_limits,
@@ -125,6 +134,8 @@ impl Application {
             ingest,
             monitors,
             mailer,
+            billing,
+            billing_actor,
             keys,
             passwords: observe_core::auth::Passwords::new(&settings.auth)?,
             tokens: observe_core::auth::AccessTokens::new(&settings.auth),

@@ -40,4 +40,8 @@ pub struct AppState {
     pub ingest: IngestRegistry,
     /// Tells this instance's monitor engine about monitors changed through the API.
     pub monitors: MonitorControl,
+    /// Billing through Squad; `None` without Squad's secret key (routes answer 503).
+    pub billing: Option<observe_core::billing::Billing>,
+    /// Handles Squad's webhooks one at a time (and owns the renewals job).
+    pub billing_actor: Option<Supervised<observe_actors::billing::BillingActor>>,
 }

@@ -21,6 +21,7 @@
 //!   projects' rows.
 
 pub mod aggregator;
+pub mod billing;
 pub mod ingest;
 pub mod jobs;
 pub mod keys;

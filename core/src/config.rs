@@ -104,6 +104,8 @@ pub struct JobSettings {
     pub aggregate_requests: String,
     /// Retention (SPEC §8: daily at 02:00 UTC).
     pub retention: String,
+    /// Billing renewals, grace periods and downgrades (SPEC §8: daily at 00:00 UTC).
+    pub renewals: String,
     /// A claimed tick whose run never finished (its instance died) may be taken over after this.
     pub lease_secs: u64,
     /// At start, the last tick missed while observe was down is run if it is this recent.
@@ -402,10 +404,25 @@ pub struct SquadSettings {
     pub base_url: String,
 }
 
+/// Billing through Squad (see `[billing]` in config/default.toml).
 #[derive(Debug, Clone, Deserialize)]
 pub struct BillingSettings {
+    /// Monthly prices in kobo (PRO_AMOUNT, TEAM_AMOUNT).
     pub pro_amount: u64,
     pub team_amount: u64,
+    /// Days a subscription whose renewal failed stays on its plan while the charge is retried.
+    pub grace_days: u32,
+    /// Where Squad's checkout sends the payer back; empty: `{frontend_url}/billing`.
+    pub callback_url: String,
+    /// The bound of each call to Squad.
+    pub request_timeout_ms: u64,
+}
+
+impl SquadSettings {
+    /// Whether billing is on: it needs Squad's secret key.
+    pub fn enabled(&self) -> bool {
+        !self.secret_key.expose_secret().is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -708,6 +725,12 @@ impl Settings {
                 "OBSERVE__MONITORS__MAX_CONCURRENT_CHECKS_PER_ORGANISATION must not exceed OBSERVE__MONITORS__MAX_CONCURRENT_CHECKS".into(),
             );
         }
+        if self.billing.request_timeout_ms == 0 {
+            problems.push("OBSERVE__BILLING__REQUEST_TIMEOUT_MS must be at least 1".into());
+        }
+        if self.billing.pro_amount == 0 || self.billing.team_amount == 0 {
+            problems.push("PRO_AMOUNT and TEAM_AMOUNT must be at least 1 (kobo)".into());
+        }
         if self.maintenance.purge_batch_rows < 1 {
             problems.push("OBSERVE__MAINTENANCE__PURGE_BATCH_ROWS must be at least 1".into());
         }
@@ -729,6 +752,7 @@ impl Settings {
                 &self.jobs.aggregate_requests,
             ),
             ("OBSERVE__JOBS__RETENTION", &self.jobs.retention),
+            ("OBSERVE__JOBS__RENEWALS", &self.jobs.renewals),
         ] {
             if let Err(e) = crate::jobs::Schedule::parse(expression) {
                 problems.push(format!("{name}: {e}"));

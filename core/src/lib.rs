@@ -18,7 +18,10 @@
 //! - Monitors: [`monitor`] (configuration and the streak rules), [`check`] (one HTTP check and
 //!   the SSRF guard), [`check_slots`] (per-organisation concurrency).
 //! - Background jobs: [`jobs`] (cron schedules, catch-up at start).
-//! - Read side: [`sketch`] (mergeable unique-count and latency sketches kept in rollups).
+//! - Read side: [`sketch`] (mergeable unique-count and latency sketches kept in rollups),
+//!   [`blocks`] (the 1–24-hour blocks long ranges are read from).
+//! - Billing: [`billing`] (subscriptions, renewals, grace and downgrades; card tokens sealed at
+//!   rest), [`squad`] (Squad's API and its webhook signature); rows in `store::billing`.
 //! - Email: [`mail`] (messages, templates, providers), [`outbox`] (the durable outbox).
 //! - Reading: [`range`] (the `from`/`to`/`tz`/`group_by` of read routes, buckets in a zone).
 //! - Metric reads: [`series`] (query parameters, merged cells, aggregations, bucket
@@ -31,6 +34,7 @@
 
 pub mod auth;
 pub mod batch;
+pub mod billing;
 pub mod blocks;
 pub mod cache;
 pub mod check;
@@ -56,6 +60,7 @@ pub mod retention;
 pub mod series;
 pub mod sessions;
 pub mod sketch;
+pub mod squad;
 pub mod store;
 pub mod telemetry;
 pub mod tiers;

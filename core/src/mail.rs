@@ -20,6 +20,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde::Serialize;
 use uuid::Uuid;
@@ -158,6 +159,147 @@ pub fn password_reset(to: &str, name: &str, link: &str, expires_minutes: i64) ->
         kind: "password_reset".to_string(),
         to: to.to_string(),
         subject: subject.to_string(),
+        text,
+        html,
+    }
+}
+
+/// Kobo as naira for people: `500000` → `₦5,000.00`.
+pub fn naira(kobo: u64) -> String {
+    let whole = (kobo / 100).to_string();
+    let mut grouped = String::new();
+    for (i, c) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    format!("₦{grouped}.{:02}", kobo % 100)
+}
+
+/// The receipt of a paid checkout or renewal.
+pub fn billing_receipt(
+    to: &str,
+    plan: &str,
+    amount_kobo: u64,
+    reference: &str,
+    paid_until: DateTime<Utc>,
+    link: &str,
+) -> Email {
+    let subject = format!("Your observe {plan} receipt");
+    let amount = naira(amount_kobo);
+    let until = paid_until.format("%Y-%m-%d").to_string();
+    let text = format!(
+        "Hi,\n\nThank you: we received {amount} for observe {plan}.\n\
+         Reference: {reference}\nPaid until: {until}\n\n\
+         Your plan and invoices: {link}\n\n— observe\n"
+    );
+    let html = html_page(
+        &subject,
+        "there",
+        &[
+            format!(
+                "Thank you: we received {} for observe {}.",
+                html_escape(&amount),
+                html_escape(plan)
+            ),
+            format!(
+                "Reference: {}<br>Paid until: {}",
+                html_escape(reference),
+                html_escape(&until)
+            ),
+        ],
+        "See your plan",
+        link,
+    );
+    Email {
+        kind: "billing_receipt".to_string(),
+        to: to.to_string(),
+        subject,
+        text,
+        html,
+    }
+}
+
+/// A renewal charge failed; the plan stays until `grace_until`.
+pub fn billing_renewal_failed(
+    to: &str,
+    plan: &str,
+    amount_kobo: u64,
+    grace_until: DateTime<Utc>,
+    link: &str,
+) -> Email {
+    let subject = format!("Your observe {plan} renewal failed");
+    let amount = naira(amount_kobo);
+    let until = grace_until.format("%Y-%m-%d %H:%M UTC").to_string();
+    let text = format!(
+        "Hi,\n\nWe could not charge {amount} for your observe {plan} plan. We will try again \
+         daily; if it still fails by {until}, your organisation moves to the free hobby tier \
+         (your data stays).\n\nUpdate your card: {link}\n\n— observe\n"
+    );
+    let html = html_page(
+        &subject,
+        "there",
+        &[format!(
+            "We could not charge {} for your observe {} plan. We will try again daily; if it \
+             still fails by {}, your organisation moves to the free hobby tier (your data stays).",
+            html_escape(&amount),
+            html_escape(plan),
+            html_escape(&until)
+        )],
+        "Update your card",
+        link,
+    );
+    Email {
+        kind: "billing_renewal_failed".to_string(),
+        to: to.to_string(),
+        subject,
+        text,
+        html,
+    }
+}
+
+/// The subscription ended: back on hobby (`unpaid`: after a failed renewal's grace period).
+pub fn billing_ended(
+    to: &str,
+    plan: &str,
+    unpaid: bool,
+    paused_monitors: usize,
+    link: &str,
+) -> Email {
+    let subject = "Your observe organisation is now on the hobby tier".to_string();
+    let why = if unpaid {
+        format!("The renewal of your {plan} plan could not be charged during the grace period.")
+    } else {
+        format!("Your {plan} plan ended as you asked.")
+    };
+    let monitors = if paused_monitors > 0 {
+        format!(
+            " {paused_monitors} monitor(s) beyond the hobby limit were paused (not deleted); \
+             the oldest keep running."
+        )
+    } else {
+        String::new()
+    };
+    let text = format!(
+        "Hi,\n\n{why} Your organisation is on the free hobby tier now; all your data is kept.{monitors}\n\n\
+         Upgrade again: {link}\n\n— observe\n"
+    );
+    let html = html_page(
+        &subject,
+        "there",
+        &[format!(
+            "{} Your organisation is on the free hobby tier now; all your data is kept.{}",
+            html_escape(&why),
+            html_escape(&monitors)
+        )],
+        "Upgrade again",
+        link,
+    );
+    Email {
+        kind: "billing_ended".to_string(),
+        to: to.to_string(),
+        subject,
         text,
         html,
     }

@@ -19,8 +19,11 @@ pub struct AdminStats {
     pub organisations: OrganisationCounts,
     pub projects: i64,
     pub api_keys: KeyCounts,
-    /// Monthly recurring revenue in kobo: paying organisations × their tier's price.
+    /// Monthly recurring revenue in kobo: the monthly amounts of the subscriptions still paying
+    /// (active or in grace, not cancelled at period end). A tier set by hand earns nothing.
     pub mrr_kobo: i64,
+    /// Subscriptions by state.
+    pub subscriptions: SubscriptionCounts,
     pub emails: EmailCounts,
     /// Items ingested this calendar month (UTC), all organisations.
     pub ingested_this_month: IngestedCounts,
@@ -42,6 +45,13 @@ pub struct OrganisationCounts {
     pub hobby: i64,
     pub pro: i64,
     pub team: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriptionCounts {
+    pub active: i64,
+    pub grace: i64,
+    pub ended: i64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -98,9 +108,13 @@ pub async fn stats(
     let client = state.db.get().await?;
     let c = admin::counts(&client).await?;
     let day = admin::last_24h(&client, chrono::Utc::now()).await?;
-    let billing = &state.settings.billing;
-    let mrr = c.organisations_pro * billing.pro_amount as i64
-        + c.organisations_team * billing.team_amount as i64;
+    let (by_state, mrr) = observe_core::store::billing::totals(&client).await?;
+    let in_state = |name: &str| {
+        by_state
+            .iter()
+            .find(|(state, _)| state == name)
+            .map_or(0, |(_, n)| *n)
+    };
     Ok(web::Json(AdminStats {
         users: c.users,
         organisations: OrganisationCounts {
@@ -115,6 +129,11 @@ pub async fn stats(
             revoked: c.api_keys_revoked,
         },
         mrr_kobo: mrr,
+        subscriptions: SubscriptionCounts {
+            active: in_state("active"),
+            grace: in_state("grace"),
+            ended: in_state("ended"),
+        },
         emails: EmailCounts {
             pending: c.emails_pending,
             sent: c.emails_sent,

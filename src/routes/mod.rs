@@ -6,6 +6,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 pub mod admin;
 pub mod api_requests;
 pub mod auth;
+pub mod billing;
 pub mod error_groups;
 pub mod events;
 pub mod github;
@@ -69,5 +70,10 @@ pub fn register(cfg: &mut ServiceConfig) {
     .service(api_requests::list_api_requests)
     .service(series::metrics_query)
     .service(series::metrics_export)
-    .service(series::costs);
+    .service(series::costs)
+    .service(billing::initiate)
+    .service(billing::webhook)
+    .service(billing::cancel)
+    .service(billing::subscription)
+    .service(billing::events);
 }

@@ -62,11 +62,21 @@ async fn admin_stats_count_what_exists_for_the_right_token_only() {
         .status,
         204
     );
-    // One organisation on pro, as billing will do.
+    // One organisation paying for pro, one given team by hand (no revenue), a third cancelled
+    // at period end (no revenue from the next month on).
     let db = app.state.db.get().await.unwrap();
     db.execute("UPDATE organisations SET tier = 'pro' WHERE id = (SELECT id FROM organisations ORDER BY created_at LIMIT 1)", &[])
         .await
         .unwrap();
+    db.execute(
+        "INSERT INTO subscriptions (organisation_id, plan, state, amount, current_period_start,
+             current_period_end, email)
+         SELECT id, 'pro', 'active', 500000, now(), now() + interval '1 month', 'a@example.com'
+         FROM organisations ORDER BY created_at LIMIT 1",
+        &[],
+    )
+    .await
+    .unwrap();
 
     for wrong in [None, Some("wrong"), Some("admin-token-for-tests-012345678")] {
         let mut req = app.req(Method::GET, "/admin/stats");
@@ -94,6 +104,10 @@ async fn admin_stats_count_what_exists_for_the_right_token_only() {
     assert_eq!(stats["projects"], 1);
     assert_eq!(stats["api_keys"], json!({"active": 1, "revoked": 1}));
     assert_eq!(stats["mrr_kobo"], 500_000);
+    assert_eq!(
+        stats["subscriptions"],
+        json!({"active": 1, "grace": 0, "ended": 0})
+    );
     assert!(stats["emails"]["pending"].is_number());
     assert_eq!(
         stats["ingested_this_month"],

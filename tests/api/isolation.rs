@@ -335,3 +335,91 @@ async fn an_api_key_writes_only_into_its_own_project() {
     assert_eq!(count(&app, usage, &alice.project).await, 5);
     assert_eq!(count(&app, usage, &bob.project).await, 0);
 }
+
+/// The billing routes are the caller's organisation's, with no id in the path: (method, path,
+/// body). Another organisation's subscription and history never show, and are never changed.
+const BILLING_ROUTES: &[(&str, &str, Option<&str>)] = &[
+    ("GET", "/billing/subscription", None),
+    ("GET", "/billing/events", None),
+    ("POST", "/billing/cancel", None),
+    ("POST", "/billing/initiate", Some(r#"{"plan": "pro"}"#)),
+];
+
+#[actix_web::test]
+async fn billing_routes_answer_only_for_the_callers_organisation() {
+    let app = crate::helpers::spawn_app_with(
+        |s| {
+            s.squad.secret_key = secrecy::SecretString::from("sk_isolation_test");
+            // Nothing listens here: initiate must fail at Squad, never touch Bob.
+            s.squad.base_url = "http://127.0.0.1:9".into();
+            s.billing.request_timeout_ms = 500;
+        },
+        None,
+    )
+    .await;
+    let alice = register(&app).await;
+    let bob = register(&app).await;
+    let bobs_project = create_project(&app, &bob.token, "bob's").await;
+    let db = app.state.db.get().await.unwrap();
+    let bobs_org: uuid::Uuid = db
+        .query_one(
+            "SELECT organisation_id FROM projects WHERE id = $1::text::uuid",
+            &[&bobs_project],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    db.execute(
+        "INSERT INTO subscriptions (organisation_id, plan, state, amount, current_period_start,
+             current_period_end, email, card_last4)
+         VALUES ($1, 'team', 'active', 1500000, now(), now() + interval '1 month', 'bob@x', '4242')",
+        &[&bobs_org],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "INSERT INTO billing_events (id, organisation_id, kind, reference, plan, amount)
+         VALUES (gen_random_uuid(), $1, 'payment_succeeded', 'obs_c_bob', 'team', 1500000)",
+        &[&bobs_org],
+    )
+    .await
+    .unwrap();
+
+    for (method, path, body) in BILLING_ROUTES {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let body = body.map(|b| serde_json::from_str(b).unwrap());
+        let reply = call(&app, method.clone(), path, Some(&alice.token), body.clone()).await;
+        match *path {
+            "/billing/subscription" => {
+                assert_eq!(reply.status, 200, "{}", reply.text);
+                assert_eq!(reply.json()["state"], "none", "{}", reply.text);
+            }
+            "/billing/events" => {
+                assert_eq!(reply.status, 200, "{}", reply.text);
+                assert_eq!(reply.json()["items"], json!([]));
+            }
+            "/billing/cancel" => assert_eq!(reply.status, 404, "{}", reply.text),
+            _ => assert_eq!(reply.status, 502, "{}", reply.text),
+        }
+        assert!(!reply.text.contains("obs_c_bob") && !reply.text.contains("4242"));
+        let reply = call(&app, method.clone(), path, None, body).await;
+        assert_eq!(reply.status, 401, "{method} {path} without a token");
+    }
+    let bobs: (String, bool, i64) = {
+        let row = db
+            .query_one(
+                "SELECT s.state, s.cancel_at_period_end,
+                        (SELECT count(*) FROM payments p WHERE p.organisation_id = s.organisation_id)
+                 FROM subscriptions s WHERE organisation_id = $1",
+                &[&bobs_org],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!(
+        bobs,
+        ("active".to_string(), false, 0),
+        "Bob's subscription untouched"
+    );
+}

@@ -11,6 +11,7 @@ use uuid::Uuid;
 pub mod accounts;
 pub mod admin;
 pub mod api_keys;
+pub mod billing;
 pub mod error_groups;
 pub mod ingest;
 pub mod jobs;
