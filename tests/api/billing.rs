@@ -162,6 +162,8 @@ async fn renew_due(app: &TestApp, now: DateTime<Utc>) -> observe_core::billing::
         .renew_due(&awc::Client::default(), now)
         .await
         .expect("renew_due")
+        // The emails it queued, for the Mailer: the tests read the outbox instead.
+        .0
 }
 
 // --- Reading the database ---
@@ -454,13 +456,21 @@ async fn a_team_checkout_charges_the_team_amount_and_an_unknown_plan_is_refused(
     let (app, squad) = billed_app().await;
     let account = register(&app).await;
 
-    for plan in [json!("enterprise"), json!("hobby"), json!(null), json!(3)] {
+    // The contract: anything but "pro" or "team" is a 422 naming `plan`.
+    for body in [
+        json!({"plan": "enterprise"}),
+        json!({"plan": "hobby"}),
+        json!({"plan": "PRO"}),
+        json!({"plan": null}),
+        json!({"plan": 3}),
+        json!({}),
+    ] {
         let reply = call(
             &app,
             Method::POST,
             "/billing/initiate",
             Some(&account.token),
-            Some(json!({ "plan": plan })),
+            Some(body),
         )
         .await;
         assert_error(&reply, 422, "validation_failed");
@@ -876,7 +886,7 @@ async fn an_answer_lost_after_the_charge_is_never_charged_again_on_rerun() {
     assert_eq!(squad.charges().len(), 1);
     let reference = squad.charged_references()[0].clone();
     assert_eq!(squad.transaction(&reference).unwrap().status, "Success");
-    if let Ok(ran) = &first {
+    if let Ok((ran, _)) = &first {
         assert_eq!(ran.failed, 0, "an unknown outcome is not a decline");
     }
 
@@ -1376,13 +1386,104 @@ async fn billing_events_are_listed_newest_first_a_page_at_a_time() {
     // Another organisation's history is its own.
     let stranger = register(&app).await;
     assert_eq!(event_kinds(&app, &stranger).await, Vec::<String>::new());
-    let bad = call(
-        &app,
-        Method::GET,
-        "/billing/events?limit=0",
-        Some(&account.token),
-        None,
-    )
-    .await;
-    assert_eq!(bad.status, 422, "{}", bad.text);
+    // Bad pages are refused as every account-side list refuses them.
+    for query in ["limit=0", "limit=201", "cursor=garbage"] {
+        let bad = call(
+            &app,
+            Method::GET,
+            &format!("/billing/events?{query}"),
+            Some(&account.token),
+            None,
+        )
+        .await;
+        assert_error(&bad, 400, "invalid_query");
+    }
+}
+
+#[actix_web::test]
+async fn a_paid_webhook_that_cannot_be_verified_is_not_acknowledged_so_squad_sends_it_again() {
+    let (app, squad) = billed_app().await;
+    let account = register(&app).await;
+    let reference = checkout(&app, &account, "pro").await;
+    squad.pay(&reference, &card_token());
+
+    // Squad's verify is down: nothing may be granted, and a 200 would tell Squad the
+    // notification was handled, losing a paid upgrade.
+    squad.answer_verify_with(503);
+    let reply = deliver_webhook(&app, &squad, &reference).await;
+    assert!(reply.status >= 500, "{} {}", reply.status, reply.text);
+    assert!(squad.verifications_of(&reference) >= 1);
+    assert_eq!(tier_of(&app, &account).await, "hobby");
+
+    // Squad retries once verify is back: granted.
+    squad.answer_verify_with(200);
+    let reply = deliver_webhook(&app, &squad, &reference).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(tier_of(&app, &account).await, "pro");
+    assert_eq!(subscription(&app, &account).await["state"], "active");
+}
+
+#[actix_web::test]
+async fn paying_again_in_grace_restores_the_plan_and_renewals_use_the_new_card() {
+    let (app, squad) = billed_app().await;
+    let account = register(&app).await;
+    let token = card_token();
+    subscribe(&app, &squad, &account, "pro", &token).await;
+
+    // In grace, the owner pays a new checkout (a new card, say): active again, no grace.
+    squad.decline_charges();
+    renew_due(&app, days(Utc::now(), 32)).await;
+    assert_eq!(subscription(&app, &account).await["state"], "grace");
+    let new_card = card_token();
+    subscribe(&app, &squad, &account, "pro", &new_card).await;
+    let view = subscription(&app, &account).await;
+    assert_eq!(view["state"], "active");
+    assert_eq!(view["grace_until"], Value::Null);
+    assert_eq!(tier_of(&app, &account).await, "pro");
+    let kinds = event_kinds(&app, &account).await;
+    assert_eq!(count_of(&kinds, "payment_succeeded"), 2, "{kinds:?}");
+
+    // The next renewal charges the new card.
+    squad.script_charges(&[], Charge::Succeed);
+    let end = at(&view["current_period_end"]);
+    assert_eq!(renew_due(&app, days(end, 1)).await.charged, 1);
+    let last = squad.charges().pop().expect("a renewal charge");
+    assert_eq!(last.body["token_id"], new_card.as_str());
+}
+
+#[actix_web::test]
+async fn subscribing_again_after_the_end_starts_a_fresh_period() {
+    let (app, squad) = billed_app().await;
+    let account = register(&app).await;
+    let token = card_token();
+    subscribe(&app, &squad, &account, "pro", &token).await;
+
+    // Ended (cancelled, period over), then subscribed again: a fresh period from the payment.
+    cancel(&app, &account).await;
+    let end = at(&subscription(&app, &account).await["current_period_end"]);
+    let ran = renew_due(&app, days(end, 1)).await;
+    assert_eq!(ran.ended, 1);
+    assert_eq!(tier_of(&app, &account).await, "hobby");
+    let paid_at = Utc::now();
+    subscribe(&app, &squad, &account, "team", &token).await;
+    let view = subscription(&app, &account).await;
+    assert_eq!(view["state"], "active");
+    assert_eq!(view["plan"], "team");
+    assert_eq!(view["cancel_at_period_end"], false);
+    let start = at(&view["current_period_start"]);
+    assert!(
+        (start - paid_at).num_seconds().abs() < 30,
+        "{start} vs {paid_at}"
+    );
+    assert_one_month(start, at(&view["current_period_end"]));
+    assert_eq!(tier_of(&app, &account).await, "team");
+
+    // Renewed as team.
+    assert_eq!(renew_due(&app, days(Utc::now(), 32)).await.charged, 1);
+    let last = squad.charges().pop().expect("a renewal charge");
+    assert_eq!(last.body["token_id"], token.as_str());
+    assert_eq!(
+        last.body["amount"],
+        json!(app.state.settings.billing.team_amount)
+    );
 }

@@ -91,6 +91,8 @@ struct State {
     charge_delay: Duration,
     /// The status initiate answers with (200, or a failure).
     initiate_status: u16,
+    /// The status verify answers with (200: from the transactions, else a failure).
+    verify_status: u16,
 }
 
 /// See the module documentation. Stopped when dropped with the test's runtime.
@@ -126,6 +128,7 @@ impl FakeSquad {
             charge_then: Charge::Succeed,
             charge_delay: Duration::ZERO,
             initiate_status: 200,
+            verify_status: 200,
         }));
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
@@ -204,11 +207,6 @@ impl FakeSquad {
         self.script_charges(&[], Charge::Decline);
     }
 
-    /// Every later charge_card succeeds.
-    pub fn accept_charges(&self) {
-        self.script_charges(&[], Charge::Succeed);
-    }
-
     /// charge_card records its outcome at once but answers only after `delay`.
     pub fn delay_charges(&self, delay: Duration) {
         self.state().charge_delay = delay;
@@ -217,6 +215,11 @@ impl FakeSquad {
     /// initiate answers `status` (e.g. 500) from now on.
     pub fn fail_initiate(&self, status: u16) {
         self.state().initiate_status = status;
+    }
+
+    /// verify answers `status` from now on (200: as the transactions say).
+    pub fn answer_verify_with(&self, status: u16) {
+        self.state().verify_status = status;
     }
 
     // --- What the test reads back ---
@@ -414,6 +417,12 @@ async fn verify(
     let mut s = state.lock().unwrap();
     if !record(&mut s, &req, b"") {
         return unauthorised();
+    }
+    if s.verify_status != 200 {
+        let code = actix_web::http::StatusCode::from_u16(s.verify_status).unwrap();
+        return HttpResponse::build(code).json(json!({
+            "status": s.verify_status, "success": false, "message": "Something went wrong", "data": {}
+        }));
     }
     match s.transactions.get(reference.as_str()) {
         Some(t) => HttpResponse::Ok().json(json!({
@@ -628,5 +637,11 @@ mod checks {
         assert_eq!(known["data"]["transaction_status"], "Success");
         assert_eq!(squad.charges_of("ref-5"), 1);
         assert_eq!(squad.charges().len(), 4);
+        let methods: Vec<String> = squad.received().into_iter().map(|r| r.method).collect();
+        assert_eq!(
+            methods.iter().filter(|m| *m == "GET").count(),
+            5,
+            "{methods:?}"
+        );
     }
 }
