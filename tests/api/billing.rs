@@ -457,6 +457,7 @@ async fn a_team_checkout_charges_the_team_amount_and_an_unknown_plan_is_refused(
     let account = register(&app).await;
 
     // The contract: anything but "pro" or "team" is a 422 naming `plan`.
+    let mut named = Vec::new();
     for body in [
         json!({"plan": "enterprise"}),
         json!({"plan": "hobby"}),
@@ -470,13 +471,24 @@ async fn a_team_checkout_charges_the_team_amount_and_an_unknown_plan_is_refused(
             Method::POST,
             "/billing/initiate",
             Some(&account.token),
-            Some(body),
+            Some(body.clone()),
         )
         .await;
         assert_error(&reply, 422, "validation_failed");
-        let details = reply.json()["error"]["details"].to_string();
-        assert!(details.contains("plan"), "{}", reply.text);
+        let fields: Vec<String> = reply.json()["error"]["details"]
+            .as_array()
+            .map(|d| {
+                d.iter()
+                    .filter_map(|d| d["field"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        named.push((body, fields));
     }
+    assert!(
+        named.iter().all(|(_, fields)| fields == &["plan"]),
+        "each refusal names `plan`: {named:?}"
+    );
     assert!(
         squad.received().is_empty(),
         "Squad called for a refused plan"
@@ -1485,5 +1497,41 @@ async fn subscribing_again_after_the_end_starts_a_fresh_period() {
     assert_eq!(
         last.body["amount"],
         json!(app.state.settings.billing.team_amount)
+    );
+}
+
+#[actix_web::test]
+async fn an_upgrade_on_one_instance_reaches_the_rate_limit_of_another_within_seconds() {
+    let squad = FakeSquad::start().await;
+    let first = spawn_app_with(towards(&squad), None).await;
+    let db_url = first.db_url.clone();
+    let to = towards(&squad);
+    let second = spawn_app_with(
+        move |s| {
+            to(s);
+            s.database.url = SecretString::from(db_url);
+        },
+        None,
+    )
+    .await;
+    assert!(crate::helpers::listeners_up(&first, 2).await);
+    let Sdk { account, key, .. } = sdk(&first).await;
+    // The second instance caches the key as hobby.
+    assert_eq!(
+        send_events(&second, &key, 101, "before").await,
+        (429, Some("100".into()))
+    );
+    subscribe(&first, &squad, &account, "pro", &card_token()).await;
+    let mut n = 0;
+    assert!(
+        crate::helpers::eventually(5, || {
+            n += 1;
+            let tag = format!("after-{n}");
+            let second = &second;
+            let key = key.clone();
+            async move { send_events(second, &key, 101, &tag).await == (202, Some("1000".into())) }
+        })
+        .await,
+        "the other instance kept the hobby limit"
     );
 }
