@@ -1106,12 +1106,25 @@ async fn two_concurrent_runs_charge_each_due_subscription_once() {
 #[actix_web::test]
 async fn two_instances_charge_each_due_subscription_once() {
     let squad = FakeSquad::start().await;
-    let first = spawn_app_with(towards(&squad), None).await;
+    // One deployment: one SECRET_KEY (the card tokens are sealed under a key derived from
+    // it; without one in the environment each test instance would generate its own).
+    let secret_key = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+    let to = towards(&squad);
+    let key = secret_key.clone();
+    let first = spawn_app_with(
+        move |s| {
+            to(s);
+            s.auth.secret_key = SecretString::from(key);
+        },
+        None,
+    )
+    .await;
     let db_url = first.db_url.clone();
     let to = towards(&squad);
     let second = spawn_app_with(
         move |s| {
             to(s);
+            s.auth.secret_key = SecretString::from(secret_key);
             s.database.url = SecretString::from(db_url);
         },
         None,
