@@ -51,6 +51,11 @@ fn main() -> ExitCode {
             "SECRET_KEY is not set: using an ephemeral key for this run (development mode). \
              Sessions will not survive a restart; set SECRET_KEY to 32+ random characters."
         );
+        if settings.squad.enabled() {
+            tracing::warn!(
+                "billing is on with an ephemeral SECRET_KEY: saved cards are sealed with a key                  derived from it and cannot be charged for renewals after a restart"
+            );
+        }
     }
     tracing::info!(mode = %settings.server.mode, bind = %settings.server.bind, command, "observe starting");
 

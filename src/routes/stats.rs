@@ -95,7 +95,9 @@ async fn checked_range(
     let mut problems = Problems::default();
     let range = query.check(state, tier, &mut problems);
     problems.finish()?;
-    let range = range.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("range lost")))?;
+    let range = range
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("range lost")))?
+        .whole_hours(query.from.as_deref());
     Ok((client, range))
 }
 

@@ -66,35 +66,38 @@ pub async fn events_between(
     end: DateTime<Utc>,
 ) -> Result<EventsHour, StoreError> {
     let mut out = EventsHour::default();
+    // One scan for the three dimensions: names count every event, pages and referrers only
+    // page views (a grouping set's rows of a NULL url or referrer, or of no page view, are not
+    // values).
     let rows = client
         .query(
-            "SELECT d, v, c FROM (
-                 SELECT 'name' AS d, name AS v, count(*) AS c FROM events
-                 WHERE project_id = $1 AND ts >= $2 AND ts < $3 GROUP BY name
-                 UNION ALL
-                 SELECT 'page', url, count(*) FROM events
-                 WHERE project_id = $1 AND ts >= $2 AND ts < $3 AND url IS NOT NULL
-                   AND name IN ('$pageview', 'page_view') GROUP BY url
-                 UNION ALL
-                 SELECT 'referrer', referrer, count(*) FROM events
-                 WHERE project_id = $1 AND ts >= $2 AND ts < $3 AND referrer IS NOT NULL
-                   AND name IN ('$pageview', 'page_view') GROUP BY referrer
-             ) t",
+            "SELECT grouping(name) AS by_name, grouping(url) AS by_url, name, url, referrer,
+                    count(*) AS every, count(*) FILTER (WHERE name IN ('$pageview', 'page_view')) AS views
+             FROM events WHERE project_id = $1 AND ts >= $2 AND ts < $3
+             GROUP BY GROUPING SETS ((name), (url), (referrer))",
             &[&project_id, &hour, &end],
         )
         .await?;
     for row in rows {
-        let (dim, value, count): (&str, String, i64) = (row.get(0), row.get(1), row.get(2));
-        let dim = match dim {
-            "name" => {
-                out.events += count;
-                if value == "$pageview" || value == "page_view" {
-                    out.pageviews += count;
-                }
-                Dim::Name
+        let (by_name, by_url): (i32, i32) = (row.get("by_name"), row.get("by_url"));
+        let (every, views): (i64, i64) = (row.get("every"), row.get("views"));
+        let (dim, value, count) = if by_name == 0 {
+            let name: String = row.get("name");
+            out.events += every;
+            if name == "$pageview" || name == "page_view" {
+                out.pageviews += every;
             }
-            "page" => Dim::Page,
-            _ => Dim::Referrer,
+            (Dim::Name, name, every)
+        } else if by_url == 0 {
+            match row.get::<_, Option<String>>("url") {
+                Some(url) if views > 0 => (Dim::Page, url, views),
+                _ => continue,
+            }
+        } else {
+            match row.get::<_, Option<String>>("referrer") {
+                Some(referrer) if views > 0 => (Dim::Referrer, referrer, views),
+                _ => continue,
+            }
         };
         out.values.insert((dim, value), count);
     }
