@@ -5,6 +5,7 @@
 mod accounts;
 mod admin;
 mod auth_limits;
+mod billing;
 mod check_writer;
 mod durability;
 mod email_flows;

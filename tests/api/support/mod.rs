@@ -3,4 +3,5 @@
 
 pub mod proxy;
 pub mod reads;
+pub mod squad;
 pub mod stalled_redis;
