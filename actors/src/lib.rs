@@ -15,7 +15,8 @@
 //! - [`monitor`]: the `ShardManager`, one `MonitorActor` per monitor, the `CheckWriter`.
 //! - [`jobs`]: one `JobRunner` per background job, owning its cron schedule and its claims;
 //!   [`aggregator`]: the Aggregator's two rollup jobs on it; [`retention`]: the daily
-//!   Retention job on it.
+//!   Retention job on it; [`billing`]: the `Billing` actor (Squad's webhooks) and the daily
+//!   renewals job on it.
 //! - [`mailer`]: the outbox sender; [`keys`]: the `KeyWatcher` keeping key and session caches
 //!   honest; [`partitions`]: the `PartitionKeeper`; [`purge`]: the `Purger` of deleted
 //!   projects' rows.
