@@ -20,6 +20,13 @@ if [[ "$DATABASE_URL" == *"$private_db"* ]] && command -v psql >/dev/null; then
     | psql "$admin_url" -q >/dev/null 2>&1 || true
 fi
 
+# The browser snippet's own unit tests (batching, retries, parsing) run under Node's test runner.
+if command -v node >/dev/null 2>&1; then
+  node --test src/assets/sdk/
+else
+  echo "test.sh: Node.js is not installed: skipping the browser snippet's unit tests (src/assets/sdk/observe.test.js)" >&2
+fi
+
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else

@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod monitors;
 pub mod projects;
+pub mod sdk;
 pub mod series;
 pub mod stats;
 
@@ -30,6 +31,7 @@ pub fn register(cfg: &mut ServiceConfig) {
             .service(ingest::requests)
             .service(ingest::metrics),
     )
+    .service(sdk::snippet)
     .service(health::live)
     .service(health::ready)
     .service(metrics::metrics)

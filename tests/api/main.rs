@@ -34,6 +34,7 @@ mod ratelimit;
 mod request_log;
 mod retention;
 mod rollups;
+mod sdk;
 mod series;
 mod sessions;
 mod shutdown;
