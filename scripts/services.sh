@@ -221,6 +221,9 @@ case "${1:-start}" in
     # The metrics export test checks its Prometheus text with `promtool check metrics`
     # (Debian's prometheus package; policy-rc.d keeps its server from starting).
     command -v promtool >/dev/null || install_packages prometheus
+    # The dashboard's browser tests drive Debian's Chromium through chromedriver (WebDriver).
+    { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } \
+      || install_packages chromium chromium-driver
     ;;
   *)
     die "usage: $0 [start|stop|tools]"

@@ -217,12 +217,17 @@ impl Application {
             let table = web::Data::new(
                 RouteTable::from_doc(&doc)
                     .with("/openapi.json", Method::GET)
-                    .with("/docs", Method::GET),
+                    .with("/docs", Method::GET)
+                    .with("/", Method::GET)
+                    .with("/assets/{name}", Method::GET),
             );
             let doc_json = web::Data::new(doc.clone());
             app.app_data(table)
                 .app_data(doc_json)
                 .route("/openapi.json", web::get().to(openapi_json))
+                // The dashboard: the app's shell and files (not API routes: not in the doc).
+                .route("/", web::get().to(routes::dashboard::index))
+                .route("/assets/{name}", web::get().to(routes::dashboard::asset))
                 .service(Scalar::with_url("/docs", doc))
                 .configure(|cfg| {
                     if let Some(extra) = &extra {

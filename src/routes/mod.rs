@@ -7,6 +7,7 @@ pub mod admin;
 pub mod api_requests;
 pub mod auth;
 pub mod billing;
+pub mod dashboard;
 pub mod error_groups;
 pub mod events;
 pub mod github;

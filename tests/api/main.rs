@@ -7,6 +7,7 @@ mod admin;
 mod auth_limits;
 mod billing;
 mod check_writer;
+mod dashboard;
 mod durability;
 mod email_flows;
 mod error_groups;

@@ -1,0 +1,459 @@
+// observe's dashboard: a small single-page app over observe's own REST API (SPEC §2), with
+// the same session as any client: an access token kept in memory, renewed through the
+// HttpOnly refresh cookie (`POST /auth/refresh`) at load and whenever the API answers 401.
+// Routes are in the URL's fragment (`#/projects`), so they never collide with API paths.
+// No build step: the files under src/assets/app/ are what the browser runs.
+
+const app = document.getElementById("app");
+const nav = document.getElementById("nav");
+
+// Errors of the page itself, for the browser tests (a page must have none).
+window.__observeErrors = [];
+window.addEventListener("error", (e) => window.__observeErrors.push(String(e.message)));
+window.addEventListener("unhandledrejection", (e) => window.__observeErrors.push(String(e.reason)));
+
+// ---------------------------------------------------------------------------------------------
+// The API, with the session.
+
+let token = null;
+let me = null;
+
+class ApiError extends Error {
+  constructor(status, body) {
+    const err = (body && body.error) || {};
+    super(err.message || `the server answered ${status}`);
+    this.status = status;
+    this.code = err.code || "error";
+    this.details = err.details;
+  }
+}
+
+async function refresh() {
+  const res = await fetch("/auth/refresh", { method: "POST", credentials: "same-origin" });
+  if (!res.ok) return false;
+  token = (await res.json()).access_token;
+  return true;
+}
+
+async function api(method, path, body, retried) {
+  const headers = { Accept: "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const res = await fetch(path, {
+    method, headers, credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (res.status === 401 && !retried && token !== null && (await refresh())) {
+    return api(method, path, body, true);
+  }
+  const text = await res.text();
+  const data = text ? JSON.parse(text) : null;
+  if (!res.ok) {
+    if (res.status === 401 && !path.startsWith("/auth/")) {
+      token = null;
+      go("#/signin");
+    }
+    throw new ApiError(res.status, data);
+  }
+  return data;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering helpers: elements built with textContent, never HTML from data.
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+function show(...nodes) {
+  app.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined && n !== false));
+  app.focus({ preventScroll: true });
+}
+
+function errorBox(err) {
+  return h("p", { class: "error", role: "alert" }, err instanceof Error ? err.message : String(err));
+}
+
+function go(hash) {
+  if (location.hash === hash) route();
+  else location.hash = hash;
+}
+
+// A form whose submit runs `action`: the button is disabled meanwhile, the API's message shown.
+function form(fields, label, action) {
+  const problem = h("div");
+  const button = h("button", { type: "submit" }, label);
+  const f = h("form", { class: "stack" }, ...fields, problem, button);
+  f.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    button.disabled = true;
+    problem.replaceChildren();
+    try {
+      await action(new FormData(f));
+    } catch (err) {
+      problem.replaceChildren(errorBox(err));
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return f;
+}
+
+function field(label, name, type = "text", extra = {}) {
+  return h("label", {}, label, h("input", { name, type, required: true, ...extra }));
+}
+
+function renderNav() {
+  if (!me) {
+    nav.replaceChildren(h("a", { href: "#/signin" }, "Sign in"), h("a", { href: "#/signup" }, "Sign up"));
+    return;
+  }
+  nav.replaceChildren(
+    h("a", { href: "#/projects" }, "Projects"),
+    h("span", { class: "spacer" }),
+    h("span", { class: "muted" }, me.user.email),
+    h("button", { class: "quiet", type: "button", onclick: signOut }, "Sign out"),
+  );
+}
+
+async function signOut() {
+  try { await api("POST", "/auth/logout"); } catch (e) { /* signed out either way */ }
+  token = null;
+  me = null;
+  renderNav();
+  go("#/signin");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pages.
+
+function signInPage() {
+  show(h("section", { class: "card" },
+    h("h1", {}, "Sign in"),
+    form([field("Email", "email", "email", { autocomplete: "username" }),
+      field("Password", "password", "password", { autocomplete: "current-password" })],
+    "Sign in", async (data) => {
+      const res = await api("POST", "/auth/login", { email: data.get("email"), password: data.get("password") });
+      token = res.access_token;
+      await loadMe();
+      go("#/projects");
+    }),
+    h("p", {}, "No account yet? ", h("a", { href: "#/signup" }, "Sign up"), ".")));
+}
+
+function signUpPage() {
+  show(h("section", { class: "card" },
+    h("h1", {}, "Create your account"),
+    form([field("Name", "name", "text", { autocomplete: "name" }),
+      field("Email", "email", "email", { autocomplete: "username" }),
+      field("Password (10 characters or more)", "password", "password", { autocomplete: "new-password", minlength: "10" })],
+    "Sign up", async (data) => {
+      const res = await api("POST", "/auth/register", {
+        name: data.get("name"), email: data.get("email"), password: data.get("password"),
+      });
+      token = res.access_token;
+      await loadMe();
+      go("#/projects");
+    }),
+    h("p", {}, "Have an account? ", h("a", { href: "#/signin" }, "Sign in"), ".")));
+}
+
+async function projectsPage() {
+  show(h("p", { class: "loading", role: "status" }, "Loading projects…"));
+  const list = await api("GET", "/projects?limit=200");
+  const rows = list.items.map((p) => h("tr", {},
+    h("td", {}, h("a", { href: `#/projects/${p.id}/analytics` }, p.name)),
+    h("td", { class: "muted" }, new Date(p.created_at).toLocaleDateString())));
+  show(
+    h("h1", {}, "Projects"),
+    list.items.length
+      ? h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Name"), h("th", {}, "Created"))), h("tbody", {}, rows))
+      : h("p", { class: "muted" }, "No project yet: create one to get its API key and snippet."),
+    h("section", { class: "card" },
+      h("h2", {}, "New project"),
+      form([field("Name", "name")], "Create project", async (data) => {
+        const p = await api("POST", "/projects", { name: data.get("name") });
+        go(`#/projects/${p.id}/settings`);
+      })),
+  );
+}
+
+function snippetFor(key) {
+  return `<script src="${location.origin}/sdk/observe.js" data-key="${key}" defer></script>`;
+}
+
+async function copy(text, button) {
+  try {
+    await navigator.clipboard.writeText(text);
+    button.textContent = "Copied";
+  } catch (e) {
+    button.textContent = "Select and copy by hand";
+  }
+}
+
+async function settingsPage(projectId) {
+  show(h("p", { class: "loading", role: "status" }, "Loading…"));
+  const project = await api("GET", `/projects/${projectId}`);
+  const list = h("div", { id: "keys" }, h("p", { class: "loading" }, "Loading keys…"));
+  const created = h("div", { id: "new-key" });
+
+  async function renderKeys() {
+    const keys = await api("GET", `/projects/${projectId}/api-keys?limit=200`);
+    list.replaceChildren(keys.items.length
+      ? h("table", {}, h("tbody", {}, keys.items.map((k) => h("tr", {},
+        h("td", {}, k.name),
+        h("td", {}, h("code", {}, `${k.prefix}…`)),
+        h("td", { class: "muted" }, k.revoked_at ? "revoked" : (k.last_used_at ? `used ${new Date(k.last_used_at).toLocaleString()}` : "never used")),
+        h("td", {}, k.revoked_at ? "" : h("button", {
+          class: "danger", type: "button",
+          onclick: async () => {
+            if (!confirm(`Revoke the key "${k.name}"? SDKs using it stop at once.`)) return;
+            try {
+              await api("DELETE", `/projects/${projectId}/api-keys/${k.id}`);
+              await renderKeys();
+            } catch (err) {
+              list.prepend(errorBox(err));
+            }
+          },
+        }, "Revoke"))))))
+      : h("p", { class: "muted" }, "No key yet. Create one, then paste the snippet into your site's pages to send page views, events and errors."));
+  }
+
+  show(
+    h("h1", {}, project.name),
+    projectTabs(projectId, "settings"),
+    h("section", { class: "card" },
+      h("h2", {}, "API keys"),
+      list,
+      created,
+      form([field("Key name", "name", "text", { value: "website" })], "Create key", async (data) => {
+        const k = await api("POST", `/projects/${projectId}/api-keys`, { name: data.get("name") });
+        const snippet = snippetFor(k.key);
+        const copyKey = h("button", { type: "button", class: "quiet", onclick: (e) => copy(k.key, e.target) }, "Copy key");
+        const copySnippet = h("button", { type: "button", class: "quiet", onclick: (e) => copy(snippet, e.target) }, "Copy snippet");
+        created.replaceChildren(h("div", { class: "notice", role: "status" },
+          h("p", {}, "Your new key — shown this once:"),
+          h("pre", { id: "new-key-value" }, k.key),
+          h("div", { class: "row" }, copyKey),
+          h("p", {}, "Paste this into every page of your site, before </body>:"),
+          h("pre", { id: "new-key-snippet" }, snippet),
+          h("div", { class: "row" }, copySnippet)));
+        await renderKeys();
+      })),
+  );
+  await renderKeys();
+}
+
+// ---------------------------------------------------------------------------------------------
+// A project's pages: the tabs, Analytics, Errors.
+
+function projectTabs(projectId, current) {
+  const tab = (name, label) => h("a", {
+    href: `#/projects/${projectId}/${name}`,
+    "aria-current": current === name ? "page" : undefined,
+  }, label);
+  return h("nav", { class: "tabs row", "aria-label": "project" },
+    tab("analytics", "Analytics"), tab("errors", "Errors"), tab("settings", "Settings"));
+}
+
+// The range picker's state, shared by the pages that read a range.
+const range = {
+  from: "24h",
+  tz: (Intl.DateTimeFormat().resolvedOptions().timeZone) || "UTC",
+};
+
+function rangeControls(onChange) {
+  const from = h("select", { name: "from", "aria-label": "range" },
+    ...[["24h", "Last 24 hours"], ["7d", "Last 7 days"], ["30d", "Last 30 days"], ["90d", "Last 90 days"]]
+      .map(([v, label]) => h("option", { value: v, selected: range.from === v }, label)));
+  const zones = Array.from(new Set([range.tz, "UTC", "Africa/Lagos", "Europe/London", "America/New_York"]));
+  const tz = h("select", { name: "tz", "aria-label": "time zone" },
+    ...zones.map((z) => h("option", { value: z, selected: range.tz === z }, z)));
+  const changed = () => { range.from = from.value; range.tz = tz.value; onChange(); };
+  from.addEventListener("change", changed);
+  tz.addEventListener("change", changed);
+  return h("div", { class: "row controls" }, from, tz);
+}
+
+function rangeQuery() {
+  return `from=${encodeURIComponent(range.from)}&tz=${encodeURIComponent(range.tz)}`;
+}
+
+// A time-series chart (uPlot, bundled): one line per named series over the buckets' starts.
+function chart(starts, lines, label) {
+  const box = h("div", { class: "chart", role: "img", "aria-label": label });
+  if (!window.uPlot || !starts.length) return box;
+  const xs = starts.map((s) => Date.parse(s) / 1000);
+  const colors = ["#2f5bea", "#2e7d32", "#e65100", "#8e24aa"];
+  const opts = {
+    width: Math.max(260, Math.min(880, app.clientWidth - 72)),
+    height: 220,
+    tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), range.tz),
+    series: [{}, ...lines.map(([name], i) => ({ label: name, stroke: colors[i % colors.length], width: 2 }))],
+    axes: [{ stroke: "#888" }, { stroke: "#888" }],
+  };
+  requestAnimationFrame(() => new uPlot(opts, [xs, ...lines.map(([, ys]) => ys)], box));
+  return box;
+}
+
+function topList(title, items) {
+  return h("section", { class: "card" }, h("h3", {}, title),
+    items.length
+      ? h("table", {}, h("tbody", {}, items.map((t) => h("tr", {}, h("td", {}, t.value), h("td", { class: "num" }, t.count)))))
+      : h("p", { class: "muted" }, "Nothing in this range."));
+}
+
+function firstEventHelp(projectId) {
+  return h("section", { class: "card empty" },
+    h("h2", {}, "No events yet"),
+    h("p", {}, "Create an API key in ", h("a", { href: `#/projects/${projectId}/settings` }, "Settings"),
+      " and paste its snippet into your site's pages. Page views, ",
+      h("code", {}, "observe.track(name, props)"), " and uncaught errors show up here within seconds."),
+    h("pre", {}, `<script src="${location.origin}/sdk/observe.js" data-key="obs_…" defer></script>`));
+}
+
+async function analyticsPage(projectId) {
+  show(projectTabs(projectId, "analytics"), h("p", { class: "loading", role: "status" }, "Loading analytics…"));
+  const [project, stats, recent] = await Promise.all([
+    api("GET", `/projects/${projectId}`),
+    api("GET", `/projects/${projectId}/stats?${rangeQuery()}`),
+    api("GET", `/projects/${projectId}/events?${rangeQuery()}&limit=20`),
+  ]);
+  const t = stats.totals;
+  const figure = (label, value) => h("div", { class: "figure" }, h("div", { class: "value" }, value), h("div", { class: "muted" }, label));
+  const s = stats.series;
+  show(
+    h("h1", {}, project.name),
+    projectTabs(projectId, "analytics"),
+    rangeControls(() => analyticsPage(projectId)),
+    t.events === 0 ? firstEventHelp(projectId) : null,
+    h("section", { class: "figures" }, figure("Page views", t.pageviews), figure("Visitors", t.visitors),
+      figure("Events", t.events), figure("Identified people", t.people)),
+    h("section", { class: "card" }, h("h2", {}, "Over time"),
+      chart(s.map((p) => p.start), [["Page views", s.map((p) => p.pageviews)], ["Visitors", s.map((p) => p.visitors)],
+        ["Events", s.map((p) => p.events)]], "page views, visitors and events over time")),
+    h("div", { class: "grid" }, topList("Top pages", stats.top_pages), topList("Referrers", stats.top_referrers),
+      topList("Events", stats.top_events)),
+    h("section", { class: "card" }, h("h2", {}, "Latest events"),
+      recent.items.length
+        ? h("table", { id: "latest-events" }, h("thead", {}, h("tr", {}, h("th", {}, "Event"), h("th", {}, "Visitor"), h("th", {}, "Page"), h("th", {}, "When"))),
+          h("tbody", {}, recent.items.map((e) => h("tr", {}, h("td", {}, e.name), h("td", {}, e.user_id || e.visitor_id),
+            h("td", {}, e.url || ""), h("td", { class: "muted" }, new Date(e.timestamp).toLocaleString())))))
+        : h("p", { class: "muted" }, "No events in this range.")),
+  );
+}
+
+async function errorsPage(projectId) {
+  show(projectTabs(projectId, "errors"), h("p", { class: "loading", role: "status" }, "Loading errors…"));
+  const status = sessionStorage.getItem("observe.errors.status") || "unresolved";
+  const [project, groups] = await Promise.all([
+    api("GET", `/projects/${projectId}`),
+    api("GET", `/projects/${projectId}/errors?status=${status}&sort=last_seen&${rangeQuery()}`),
+  ]);
+  const filter = h("select", { "aria-label": "status" },
+    ...["unresolved", "resolved", "all"].map((v) => h("option", { value: v, selected: v === status }, v)));
+  filter.addEventListener("change", () => { sessionStorage.setItem("observe.errors.status", filter.value); errorsPage(projectId); });
+  show(
+    h("h1", {}, project.name),
+    projectTabs(projectId, "errors"),
+    h("div", { class: "row controls" }, filter, rangeControls(() => errorsPage(projectId))),
+    groups.items.length
+      ? h("table", { id: "error-groups" }, h("thead", {}, h("tr", {}, h("th", {}, "Error"), h("th", {}, "In range"), h("th", {}, "People"), h("th", {}, "Last seen"))),
+        h("tbody", {}, groups.items.map((g) => h("tr", {},
+          h("td", {}, h("a", { href: `#/projects/${projectId}/errors/${g.id}` }, `${g.type}: ${g.message}`)),
+          h("td", { class: "num" }, g.occurrences_in_range), h("td", { class: "num" }, g.affected_users_in_range),
+          h("td", { class: "muted" }, new Date(g.last_seen).toLocaleString())))))
+      : h("p", { class: "muted" }, status === "unresolved" ? "No unresolved errors in this range." : "No errors here."),
+  );
+}
+
+function frames(stack) {
+  if (typeof stack === "string") return h("pre", {}, stack);
+  if (!Array.isArray(stack) || !stack.length) return h("p", { class: "muted" }, "No stack trace was sent.");
+  return h("pre", { class: "stack" }, stack.map((f) =>
+    `${f.in_app ? "▸" : " "} ${f.function || "?"}  ${f.filename || f.module || ""}${f.lineno ? ":" + f.lineno : ""}${f.colno ? ":" + f.colno : ""}`).join("\n"));
+}
+
+async function errorPage(projectId, groupId) {
+  show(projectTabs(projectId, "errors"), h("p", { class: "loading", role: "status" }, "Loading…"));
+  const g = await api("GET", `/projects/${projectId}/errors/${groupId}?${rangeQuery()}`);
+  const resolved = g.status === "resolved";
+  const toggle = h("button", {
+    type: "button",
+    onclick: async () => {
+      await api("POST", `/projects/${projectId}/errors/${groupId}/${resolved ? "unresolve" : "resolve"}`);
+      errorPage(projectId, groupId);
+    },
+  }, resolved ? "Unresolve" : "Resolve");
+  const latest = g.last_occurrence || {};
+  show(
+    h("h1", {}, `${g.type}: ${g.message}`),
+    projectTabs(projectId, "errors"),
+    h("div", { class: "row" }, h("span", { class: "muted" }, `${g.status} · ${g.occurrences} occurrences · ${g.affected_users} people · first seen ${new Date(g.first_seen).toLocaleString()} · last seen ${new Date(g.last_seen).toLocaleString()}`), toggle),
+    h("section", { class: "card" }, h("h2", {}, "Trend"),
+      chart(g.trend.map((b) => b.start), [["Occurrences", g.trend.map((b) => b.count)]], "occurrences over time")),
+    h("section", { class: "card" }, h("h2", {}, "Latest stack trace"), frames(latest.stack_trace)),
+    h("section", { class: "card" }, h("h2", {}, "Tags"),
+      g.tags.length
+        ? h("table", {}, h("tbody", {}, g.tags.map((t) => h("tr", {}, h("td", {}, t.key), h("td", {}, (t.top || []).map((v) => `${v.value} (${v.count})`).join(", "))))))
+        : h("p", { class: "muted" }, "No tags.")),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The router.
+
+async function loadMe() {
+  me = await api("GET", "/auth/me");
+  renderNav();
+}
+
+async function route() {
+  const hash = location.hash || "#/";
+  const parts = hash.slice(2).split("/").filter(Boolean);
+  try {
+    if (!me && !["signin", "signup"].includes(parts[0])) {
+      go("#/signin");
+      return;
+    }
+    switch (parts[0]) {
+      case "signin": return signInPage();
+      case "signup": return signUpPage();
+      case "projects":
+        if (parts[1] && parts[2] === "settings") return await settingsPage(parts[1]);
+        if (parts[1] && parts[2] === "analytics") return await analyticsPage(parts[1]);
+        if (parts[1] && parts[2] === "errors" && parts[3]) return await errorPage(parts[1], parts[3]);
+        if (parts[1] && parts[2] === "errors") return await errorsPage(parts[1]);
+        return await projectsPage();
+      default:
+        return go("#/projects");
+    }
+  } catch (err) {
+    show(errorBox(err));
+  }
+}
+
+async function start() {
+  try {
+    if (await refresh()) await loadMe();
+  } catch (e) {
+    token = null;
+    me = null;
+  }
+  renderNav();
+  window.addEventListener("hashchange", route);
+  await route();
+}
+
+start();

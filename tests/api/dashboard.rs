@@ -1,0 +1,361 @@
+//! The dashboard in a real browser: headless Chromium (Debian's `chromium`, installed by
+//! `make test` with `chromium-driver`) driven over WebDriver against the real server. Each test
+//! starts its own chromedriver on a free port. Screenshots of each page go to
+//! `target/screenshots/` for review.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+use crate::helpers::{call, spawn_app, TestApp};
+
+/// A chromedriver of this test and the browser session it drives.
+struct Browser {
+    client: Client,
+    _driver: Child,
+}
+
+impl Browser {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver (make test installs Debian's chromium-driver)");
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1280,900"],
+            }),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let mut last = None;
+        for _ in 0..100 {
+            match ClientBuilder::new(HttpConnector::new())
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(client) => {
+                    return Browser {
+                        client,
+                        _driver: driver,
+                    }
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no WebDriver session: {last:?}");
+    }
+
+    /// Waits for an element, then returns it.
+    async fn find(&self, css: &str) -> fantoccini::elements::Element {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+    }
+
+    async fn fill(&self, css: &str, text: &str) {
+        self.find(css).await.send_keys(text).await.unwrap();
+    }
+
+    async fn click(&self, css: &str) {
+        self.find(css).await.click().await.unwrap();
+    }
+
+    /// Waits until the page's text holds `text`.
+    async fn wait_for_text(&self, text: &str) {
+        for _ in 0..100 {
+            let body = self
+                .client
+                .find(Locator::Css("body"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if body.contains(text) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the page never showed {text:?}");
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let png = self.client.screenshot().await.unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
+    /// Errors the page itself raised (the app collects them in `window.__observeErrors`).
+    async fn page_errors(&self) -> Vec<String> {
+        let v = self
+            .client
+            .execute("return window.__observeErrors || []", vec![])
+            .await
+            .unwrap();
+        serde_json::from_value(v).unwrap_or_default()
+    }
+
+    async fn close(self) {
+        let _ = self.client.close().await;
+    }
+}
+
+#[actix_web::test]
+async fn sign_up_create_a_project_and_a_key_then_sign_out() {
+    let app: TestApp = spawn_app().await;
+    let b = Browser::start().await;
+    b.client.goto(&format!("{}/", app.address)).await.unwrap();
+    b.wait_for_text("Sign in").await;
+    b.screenshot("sign-in").await;
+
+    b.click("a[href='#/signup']").await;
+    b.fill("input[name=name]", "Ada").await;
+    b.fill("input[name=email]", "ada@example.com").await;
+    b.fill("input[name=password]", "a long enough password")
+        .await;
+    b.click("form button[type=submit]").await;
+    b.wait_for_text("No project yet").await;
+    b.screenshot("projects-empty").await;
+
+    b.fill("input[name=name]", "Web shop").await;
+    b.click("form button[type=submit]").await;
+    b.wait_for_text("No key yet").await;
+    b.click("form button[type=submit]").await;
+    let key = b.find("#new-key-value").await.text().await.unwrap();
+    assert!(key.starts_with("obs_"), "{key}");
+    let snippet = b.find("#new-key-snippet").await.text().await.unwrap();
+    assert!(
+        snippet.contains("/sdk/observe.js") && snippet.contains(&key),
+        "{snippet}"
+    );
+    b.screenshot("project-keys").await;
+
+    // What the browser made is what the API has.
+    let token = b
+        .client
+        .execute(
+            "return fetch('/auth/refresh', {method: 'POST'}).then(r => r.json()).then(j => j.access_token)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let token = token.as_str().unwrap().to_string();
+    let projects = call(
+        &app,
+        awc::http::Method::GET,
+        "/projects",
+        Some(&token),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(projects["items"][0]["name"], "Web shop");
+
+    // A reload keeps the session (the refresh cookie), and signing out ends it.
+    b.client.refresh().await.unwrap();
+    b.wait_for_text("ada@example.com").await;
+    b.click("#nav button").await;
+    b.wait_for_text("Sign in").await;
+    b.client.refresh().await.unwrap();
+    b.wait_for_text("Sign in").await;
+    assert!(
+        b.client
+            .find(Locator::Css("input[name=password]"))
+            .await
+            .is_ok(),
+        "back on the sign-in page after a reload"
+    );
+    assert_eq!(b.page_errors().await, Vec::<String>::new());
+    b.close().await;
+}
+
+/// A website of the test's own (another origin than observe) whose page loads the snippet,
+/// navigates like a single-page app, tracks an event and throws.
+async fn test_site(observe: &str, key: &str) -> (String, actix_web::dev::ServerHandle) {
+    let page = format!(
+        r#"<!doctype html><html><head><title>shop</title></head><body><h1>shop</h1>
+<script src="{observe}/sdk/observe.js" data-key="{key}"></script>
+<script>
+  history.pushState({{}}, "", "/checkout");
+  observe.track("added_to_cart", {{ sku: "A1" }});
+  setTimeout(function () {{ throw new TypeError("boom at checkout"); }}, 50);
+</script></body></html>"#
+    );
+    let server = actix_web::HttpServer::new(move || {
+        let page = page.clone();
+        actix_web::App::new().default_service(actix_web::web::to(move || {
+            let page = page.clone();
+            async move {
+                actix_web::HttpResponse::Ok()
+                    .content_type("text/html; charset=utf-8")
+                    .body(page)
+            }
+        }))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(("127.0.0.1", 0))
+    .unwrap();
+    let port = server.addrs()[0].port();
+    let server = server.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    (format!("http://127.0.0.1:{port}"), handle)
+}
+
+/// Loads `hash` of the dashboard again until its text holds `text` (data arrives in batches).
+async fn until_shown(b: &Browser, app: &TestApp, hash: &str, text: &str) {
+    for _ in 0..40 {
+        b.client
+            .goto(&format!("{}/{hash}", app.address))
+            .await
+            .unwrap();
+        b.client.refresh().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let body = b
+            .client
+            .find(Locator::Css("body"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if body.contains(text) {
+            return;
+        }
+    }
+    panic!("{hash} never showed {text:?}");
+}
+
+#[actix_web::test]
+async fn the_snippet_on_a_website_reaches_the_analytics_and_errors_pages() {
+    let app: TestApp = spawn_app().await;
+    let b = Browser::start().await;
+    b.client
+        .goto(&format!("{}/#/signup", app.address))
+        .await
+        .unwrap();
+    b.fill("input[name=name]", "Grace").await;
+    b.fill("input[name=email]", "grace@example.com").await;
+    b.fill("input[name=password]", "a long enough password")
+        .await;
+    b.click("form button[type=submit]").await;
+    b.wait_for_text("No project yet").await;
+    b.fill("input[name=name]", "Shop").await;
+    b.click("form button[type=submit]").await;
+    b.wait_for_text("No key yet").await;
+    let url = b.client.current_url().await.unwrap();
+    let project = url
+        .fragment()
+        .and_then(|f| f.split('/').nth(2))
+        .unwrap()
+        .to_string();
+    // An empty project says how to send its first event.
+    b.client
+        .goto(&format!("{}/#/projects/{project}/analytics", app.address))
+        .await
+        .unwrap();
+    b.wait_for_text("No events yet").await;
+    b.screenshot("analytics-empty").await;
+    b.client
+        .goto(&format!("{}/#/projects/{project}/settings", app.address))
+        .await
+        .unwrap();
+    b.click("form button[type=submit]").await;
+    let key = b.find("#new-key-value").await.text().await.unwrap();
+
+    let (site, site_server) = test_site(&app.address, &key).await;
+    b.client.goto(&format!("{site}/")).await.unwrap();
+    b.wait_for_text("shop").await;
+    // Leaving the page sends what is queued (keepalive); the batch timer would too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.client.goto("about:blank").await.unwrap();
+
+    until_shown(
+        &b,
+        &app,
+        &format!("#/projects/{project}/analytics"),
+        "added_to_cart",
+    )
+    .await;
+    let body = b.find("body").await.text().await.unwrap();
+    assert!(
+        body.contains("/checkout"),
+        "the SPA navigation's page view: {body}"
+    );
+    assert!(body.contains("$pageview"), "{body}");
+    b.screenshot("analytics").await;
+    until_shown(
+        &b,
+        &app,
+        &format!("#/projects/{project}/errors"),
+        "boom at checkout",
+    )
+    .await;
+    b.screenshot("errors").await;
+    b.click("#error-groups a").await;
+    b.wait_for_text("Latest stack trace").await;
+    b.screenshot("error-detail").await;
+    assert_eq!(b.page_errors().await, Vec::<String>::new());
+    b.close().await;
+    site_server.stop(false).await;
+}
+
+#[actix_web::test]
+async fn the_shell_and_its_files_come_from_the_binary_with_a_strict_policy() {
+    let app = spawn_app().await;
+    let reply = crate::helpers::send(app.req(awc::http::Method::GET, "/"), None).await;
+    assert_eq!(reply.status, 200);
+    let csp = reply
+        .headers
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert!(reply.text.contains("/assets/app.js"));
+    for (path, kind) in [
+        ("/assets/app.js", "javascript"),
+        ("/assets/app.css", "text/css"),
+    ] {
+        let r = crate::helpers::send(app.req(awc::http::Method::GET, path), None).await;
+        assert_eq!(r.status, 200, "{path}");
+        let ct = r.headers.get("content-type").unwrap().to_str().unwrap();
+        assert!(ct.contains(kind), "{path}: {ct}");
+        let etag = r.headers.get("etag").unwrap().to_str().unwrap().to_string();
+        let again = crate::helpers::send(
+            app.req(awc::http::Method::GET, path)
+                .insert_header(("If-None-Match", etag.as_str())),
+            None,
+        )
+        .await;
+        assert_eq!(again.status, 304, "{path}");
+    }
+    let missing =
+        crate::helpers::send(app.req(awc::http::Method::GET, "/assets/nope.js"), None).await;
+    assert_eq!(missing.status, 404);
+}
