@@ -96,7 +96,9 @@ impl Browser {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("the page never showed {text:?}");
+        self.screenshot("failure").await;
+        let errors = self.page_errors().await;
+        panic!("the page never showed {text:?} (page errors: {errors:?}; target/screenshots/failure.png)");
     }
 
     async fn screenshot(&self, name: &str) {
@@ -320,6 +322,81 @@ async fn the_snippet_on_a_website_reaches_the_analytics_and_errors_pages() {
     assert_eq!(b.page_errors().await, Vec::<String>::new());
     b.close().await;
     site_server.stop(false).await;
+}
+
+#[actix_web::test]
+async fn a_monitor_made_in_the_ui_shows_its_status_and_pausing_it_pauses_it_in_the_api() {
+    let app: TestApp = crate::helpers::spawn_app_with(
+        |s| {
+            s.monitors.allow_private_targets = true;
+            // 5-minute checks every second.
+            s.monitors.interval_divisor = 300;
+        },
+        None,
+    )
+    .await;
+    let (target, target_server) = test_site("http://127.0.0.1:9", "obs_unused").await;
+    let b = Browser::start().await;
+    b.client
+        .goto(&format!("{}/#/signup", app.address))
+        .await
+        .unwrap();
+    b.fill("input[name=name]", "Linus").await;
+    b.fill("input[name=email]", "linus@example.com").await;
+    b.fill("input[name=password]", "a long enough password")
+        .await;
+    b.click("form button[type=submit]").await;
+    b.wait_for_text("No project yet").await;
+    b.fill("input[name=name]", "Infra").await;
+    b.click("form button[type=submit]").await;
+    b.wait_for_text("No key yet").await;
+    let url = b.client.current_url().await.unwrap();
+    let project = url
+        .fragment()
+        .and_then(|f| f.split('/').nth(2))
+        .unwrap()
+        .to_string();
+
+    b.client
+        .goto(&format!("{}/#/projects/{project}/monitors", app.address))
+        .await
+        .unwrap();
+    b.wait_for_text("No monitor yet").await;
+    b.fill("input[name=name]", "shop home").await;
+    b.fill("input[name=url]", &format!("{target}/")).await;
+    b.click("form button[type=submit]").await;
+    b.wait_for_text("shop home").await;
+    until_shown(&b, &app, &format!("#/projects/{project}/monitors"), "up").await;
+    b.screenshot("monitors").await;
+
+    b.click("[data-monitor] button.pause").await;
+    b.wait_for_text("Resume").await;
+    let token = b
+        .client
+        .execute(
+            "return fetch('/auth/refresh', {method: 'POST'}).then(r => r.json()).then(j => j.access_token)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let monitors = call(
+        &app,
+        awc::http::Method::GET,
+        &format!("/projects/{project}/monitors"),
+        Some(token.as_str().unwrap()),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(monitors["items"][0]["paused"], true, "{monitors}");
+    assert_eq!(monitors["items"][0]["status"], "paused");
+
+    b.click("[data-monitor] a").await;
+    b.wait_for_text("Uptime 24 h").await;
+    b.screenshot("monitor-detail").await;
+    assert_eq!(b.page_errors().await, Vec::<String>::new());
+    b.close().await;
+    target_server.stop(false).await;
 }
 
 #[actix_web::test]

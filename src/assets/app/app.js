@@ -264,7 +264,8 @@ function projectTabs(projectId, current) {
     "aria-current": current === name ? "page" : undefined,
   }, label);
   return h("nav", { class: "tabs row", "aria-label": "project" },
-    tab("analytics", "Analytics"), tab("errors", "Errors"), tab("settings", "Settings"));
+    tab("analytics", "Analytics"), tab("errors", "Errors"), tab("monitors", "Monitors"),
+    tab("settings", "Settings"));
 }
 
 // The range picker's state, shared by the pages that read a range.
@@ -412,6 +413,113 @@ async function errorPage(projectId, groupId) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Monitors: the list (statuses polled every 10 s while the page is open; polling reads the
+// API, it never touches the checks), create, pause/resume, delete, and one monitor's detail.
+
+let poll = null;
+function stopPolling() {
+  if (poll !== null) clearInterval(poll);
+  poll = null;
+}
+window.addEventListener("hashchange", stopPolling);
+
+function statusBadge(status) {
+  return h("span", { class: `badge ${status}` }, status);
+}
+
+function pct(v) {
+  return v === null || v === undefined ? "—" : `${(v * 100).toFixed(2)}%`;
+}
+
+async function monitorsPage(projectId) {
+  show(projectTabs(projectId, "monitors"), h("p", { class: "loading", role: "status" }, "Loading monitors…"));
+  const project = await api("GET", `/projects/${projectId}`);
+  const table = h("div", { id: "monitors" });
+
+  async function renderList() {
+    const list = await api("GET", `/projects/${projectId}/monitors?limit=200`);
+    table.replaceChildren(list.items.length
+      ? h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Monitor"), h("th", {}, "Status"), h("th", {}, "Every"), h("th", {}, "Last check"), h("th", {}, ""))),
+        h("tbody", {}, list.items.map((m) => h("tr", { "data-monitor": m.id },
+          h("td", {}, h("a", { href: `#/projects/${projectId}/monitors/${m.id}` }, m.name), h("div", { class: "muted" }, m.url)),
+          h("td", {}, statusBadge(m.status)),
+          h("td", {}, `${m.interval_seconds / 60} min`),
+          h("td", { class: "muted" }, m.last_checked_at ? new Date(m.last_checked_at).toLocaleTimeString() : "not yet"),
+          h("td", {}, h("div", { class: "row" },
+            h("button", {
+              type: "button", class: "quiet pause",
+              onclick: async (e) => {
+                e.target.disabled = true;
+                try {
+                  await api("PATCH", `/projects/${projectId}/monitors/${m.id}/pause`, { paused: !m.paused });
+                  await renderList();
+                } catch (err) {
+                  table.prepend(errorBox(err));
+                  e.target.disabled = false;
+                }
+              },
+            }, m.paused ? "Resume" : "Pause"),
+            h("button", {
+              type: "button", class: "danger",
+              onclick: async () => {
+                if (!confirm(`Delete the monitor "${m.name}" and its history?`)) return;
+                await api("DELETE", `/projects/${projectId}/monitors/${m.id}`);
+                await renderList();
+              },
+            }, "Delete")))))))
+      : h("p", { class: "muted" }, "No monitor yet: add a URL to check it every few minutes and be told when it goes down."));
+  }
+
+  const interval = h("select", { name: "interval_seconds" },
+    h("option", { value: "60" }, "every minute"),
+    h("option", { value: "300", selected: true }, "every 5 minutes"),
+    h("option", { value: "900" }, "every 15 minutes"));
+  show(
+    h("h1", {}, project.name),
+    projectTabs(projectId, "monitors"),
+    table,
+    h("section", { class: "card" }, h("h2", {}, "New monitor"),
+      form([field("Name", "name"), field("URL", "url", "url", { placeholder: "https://example.com/health" }),
+        h("label", {}, "Check", interval)], "Add monitor", async (data) => {
+        await api("POST", `/projects/${projectId}/monitors`, {
+          name: data.get("name"), url: data.get("url"), interval_seconds: Number(data.get("interval_seconds")),
+        });
+        await renderList();
+      })),
+  );
+  await renderList();
+  stopPolling();
+  poll = setInterval(() => renderList().catch(() => {}), 10000);
+}
+
+async function monitorPage(projectId, monitorId) {
+  show(projectTabs(projectId, "monitors"), h("p", { class: "loading", role: "status" }, "Loading…"));
+  const d = await api("GET", `/projects/${projectId}/monitors/${monitorId}`);
+  const m = d.monitor || d; // the detail flattens the monitor into itself
+  const checks = d.recent_checks.slice().reverse();
+  show(
+    h("h1", {}, m.name),
+    projectTabs(projectId, "monitors"),
+    h("p", {}, statusBadge(m.status), " ", h("a", { href: m.url, rel: "noopener noreferrer" }, m.url)),
+    h("section", { class: "figures" },
+      ...[["Uptime 24 h", d.uptime.day], ["Uptime 7 d", d.uptime.week], ["Uptime 30 d", d.uptime.month]]
+        .map(([label, v]) => h("div", { class: "figure" }, h("div", { class: "value" }, pct(v)), h("div", { class: "muted" }, label))),
+      h("div", { class: "figure" }, h("div", { class: "value" }, d.response_ms.avg === null ? "—" : `${Math.round(d.response_ms.avg)} ms`), h("div", { class: "muted" }, "Average response, 24 h"))),
+    h("section", { class: "card" }, h("h2", {}, "Recent checks"),
+      h("div", { class: "checks", "aria-label": "recent checks, oldest first" },
+        checks.map((c) => h("span", { class: c.ok ? "ok" : "bad", title: `${new Date(c.started_at).toLocaleString()}: ${c.ok ? "up" : (c.error || c.failure || "down")}` }))),
+      chart(checks.map((c) => c.started_at), [["Response ms", checks.map((c) => c.response_ms)]], "response times")),
+    h("section", { class: "card" }, h("h2", {}, "Incidents"),
+      d.incidents.length
+        ? h("table", {}, h("tbody", {}, d.incidents.map((i) => h("tr", {},
+          h("td", {}, new Date(i.started_at).toLocaleString()),
+          h("td", {}, i.resolved_at ? `resolved ${new Date(i.resolved_at).toLocaleString()}` : "ongoing"),
+          h("td", { class: "muted" }, i.error || i.cause)))))
+        : h("p", { class: "muted" }, "No incident.")),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
 // The router.
 
 async function loadMe() {
@@ -435,6 +543,8 @@ async function route() {
         if (parts[1] && parts[2] === "analytics") return await analyticsPage(parts[1]);
         if (parts[1] && parts[2] === "errors" && parts[3]) return await errorPage(parts[1], parts[3]);
         if (parts[1] && parts[2] === "errors") return await errorsPage(parts[1]);
+        if (parts[1] && parts[2] === "monitors" && parts[3]) return await monitorPage(parts[1], parts[3]);
+        if (parts[1] && parts[2] === "monitors") return await monitorsPage(parts[1]);
         return await projectsPage();
       default:
         return go("#/projects");
