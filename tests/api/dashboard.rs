@@ -400,6 +400,75 @@ async fn a_monitor_made_in_the_ui_shows_its_status_and_pausing_it_pauses_it_in_t
 }
 
 #[actix_web::test]
+async fn api_monitoring_metrics_and_billing_pages_show_their_data() {
+    let app: TestApp = spawn_app().await;
+    let sdk = crate::helpers::sdk(&app).await;
+    let calls = json!([
+        {"method": "GET", "route": "/checkout", "status_code": 200, "duration_ms": 12},
+        {"method": "GET", "route": "/checkout", "status_code": 500, "duration_ms": 480},
+        {"method": "POST", "route": "/cart", "status_code": 201, "duration_ms": 30},
+    ]);
+    assert_eq!(
+        crate::helpers::ingest(&app, &sdk.key, "requests", calls)
+            .await
+            .status,
+        202
+    );
+    let points = json!([
+        {"name": "queue.depth", "value": 4, "type": "gauge"},
+        {"name": "llm.usage", "value": 1, "type": "counter",
+         "labels": {"model": "gpt-4o", "input_tokens": "1000", "output_tokens": "200"}},
+    ]);
+    let reply = crate::helpers::ingest(&app, &sdk.key, "metrics", points).await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+
+    let b = Browser::start().await;
+    b.client
+        .goto(&format!("{}/#/signin", app.address))
+        .await
+        .unwrap();
+    b.fill("input[name=email]", &sdk.account.email).await;
+    b.fill("input[name=password]", crate::helpers::TEST_PASSWORD)
+        .await;
+    b.click("form button[type=submit]").await;
+    b.wait_for_text("Projects").await;
+    let project = &sdk.project;
+
+    b.client
+        .goto(&format!("{}/#/projects/{project}/api", app.address))
+        .await
+        .unwrap();
+    b.wait_for_text("GET /checkout").await;
+    b.wait_for_text("50.0%").await;
+    b.fill("#request-filters input[name=status]", "5xx").await;
+    b.click("#request-filters button").await;
+    b.wait_for_text("Request log").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = b.find("#request-log").await.text().await.unwrap();
+    assert!(log.contains("500") && !log.contains("201"), "{log}");
+    b.screenshot("api-monitoring").await;
+
+    b.client
+        .goto(&format!("{}/#/projects/{project}/metrics", app.address))
+        .await
+        .unwrap();
+    b.fill("#metric-picker input[name=name]", "queue.depth")
+        .await;
+    b.click("#metric-picker button").await;
+    b.wait_for_text("Export CSV").await;
+    b.screenshot("metrics").await;
+
+    b.client
+        .goto(&format!("{}/#/billing", app.address))
+        .await
+        .unwrap();
+    b.wait_for_text("Billing is not configured").await;
+    b.screenshot("billing").await;
+    assert_eq!(b.page_errors().await, Vec::<String>::new());
+    b.close().await;
+}
+
+#[actix_web::test]
 async fn the_shell_and_its_files_come_from_the_binary_with_a_strict_policy() {
     let app = spawn_app().await;
     let reply = crate::helpers::send(app.req(awc::http::Method::GET, "/"), None).await;

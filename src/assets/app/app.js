@@ -121,6 +121,7 @@ function renderNav() {
   }
   nav.replaceChildren(
     h("a", { href: "#/projects" }, "Projects"),
+    h("a", { href: "#/billing" }, "Billing"),
     h("span", { class: "spacer" }),
     h("span", { class: "muted" }, me.user.email),
     h("button", { class: "quiet", type: "button", onclick: signOut }, "Sign out"),
@@ -264,8 +265,8 @@ function projectTabs(projectId, current) {
     "aria-current": current === name ? "page" : undefined,
   }, label);
   return h("nav", { class: "tabs row", "aria-label": "project" },
-    tab("analytics", "Analytics"), tab("errors", "Errors"), tab("monitors", "Monitors"),
-    tab("settings", "Settings"));
+    tab("analytics", "Analytics"), tab("errors", "Errors"), tab("api", "API"),
+    tab("metrics", "Metrics & costs"), tab("monitors", "Monitors"), tab("settings", "Settings"));
 }
 
 // The range picker's state, shared by the pages that read a range.
@@ -520,6 +521,198 @@ async function monitorPage(projectId, monitorId) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// API monitoring, metrics and costs, billing.
+
+function sortable(columns, rows, initial) {
+  // A table whose headers sort it: `columns` are [label, key, numeric].
+  let key = initial, desc = true;
+  const body = h("tbody");
+  const render = () => {
+    const sorted = rows.slice().sort((a, b) => {
+      const x = a[key], y = b[key];
+      const c = typeof x === "number" ? x - y : String(x).localeCompare(String(y));
+      return desc ? -c : c;
+    });
+    body.replaceChildren(...sorted.map((r) => h("tr", {}, columns.map(([, k, num, fmt]) =>
+      h("td", { class: num ? "num" : undefined }, fmt ? fmt(r[k]) : r[k])))));
+  };
+  const head = h("tr", {}, columns.map(([label, k]) => h("th", {},
+    h("button", { type: "button", class: "quiet sort", onclick: () => { desc = key === k ? !desc : true; key = k; render(); } }, label))));
+  render();
+  return h("table", { class: "sortable" }, h("thead", {}, head), body);
+}
+
+const ms = (v) => (v === null || v === undefined ? "—" : `${Math.round(v * 10) / 10} ms`);
+
+async function apiMonitoringPage(projectId) {
+  show(projectTabs(projectId, "api"), h("p", { class: "loading", role: "status" }, "Loading API monitoring…"));
+  const filters = JSON.parse(sessionStorage.getItem("observe.api.filters") || "{}");
+  const q = new URLSearchParams({ limit: "50" });
+  for (const [k, v] of Object.entries(filters)) if (v) q.set(k, v);
+  const [project, stats, log] = await Promise.all([
+    api("GET", `/projects/${projectId}`),
+    api("GET", `/projects/${projectId}/api-stats?${rangeQuery()}`),
+    api("GET", `/projects/${projectId}/api-requests?${rangeQuery()}&${q}`),
+  ]);
+  const filterForm = h("form", { class: "row controls", id: "request-filters" },
+    h("input", { name: "route", placeholder: "route", value: filters.route || "", "aria-label": "route" }),
+    h("input", { name: "method", placeholder: "method", value: filters.method || "", "aria-label": "method", size: "6" }),
+    h("input", { name: "status", placeholder: "status or 5xx", value: filters.status || "", "aria-label": "status", size: "8" }),
+    h("input", { name: "min_duration_ms", placeholder: "min ms", value: filters.min_duration_ms || "", "aria-label": "slower than (ms)", size: "6" }),
+    h("button", { type: "submit" }, "Filter"));
+  filterForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const data = new FormData(filterForm);
+    sessionStorage.setItem("observe.api.filters", JSON.stringify(Object.fromEntries(data)));
+    apiMonitoringPage(projectId).catch((err) => show(errorBox(err)));
+  });
+  const items = stats.items.map((e) => ({ ...e, endpoint: `${e.method} ${e.route}` }));
+  show(
+    h("h1", {}, project.name),
+    projectTabs(projectId, "api"),
+    rangeControls(() => apiMonitoringPage(projectId)),
+    h("section", { class: "card" }, h("h2", {}, "Endpoints"),
+      items.length
+        ? sortable([["Endpoint", "endpoint"], ["Requests", "count", true], ["Errors", "error_rate", true, (v) => `${(v * 100).toFixed(1)}%`],
+          ["Avg", "avg_ms", true, ms], ["p95", "p95_ms", true, ms], ["p99", "p99_ms", true, ms]], items, "count")
+        : h("p", { class: "muted" }, "No API requests in this range. Send them to /ingest/requests from your backend's middleware.")),
+    h("section", { class: "card" }, h("h2", {}, "Latency by endpoint (p50, p95, p99)"),
+      items.length ? h("div", { class: "bars" }, items.slice(0, 12).map((e) => {
+        const max = Math.max(...items.map((i) => i.p99_ms || 0), 1);
+        return h("div", { class: "bar-row" }, h("span", { class: "bar-label" }, e.endpoint),
+          h("span", { class: "bar", style: undefined, "data-w": String(Math.round(((e.p95_ms || 0) / max) * 100)) }),
+          h("span", { class: "muted" }, `${ms(e.p50_ms)} · ${ms(e.p95_ms)} · ${ms(e.p99_ms)}`));
+      })) : null),
+    h("section", { class: "card" }, h("h2", {}, "Request log"), filterForm,
+      log.items.length
+        ? h("table", { id: "request-log" }, h("tbody", {}, log.items.map((r) => h("tr", {},
+          h("td", {}, `${r.method} ${r.route}`), h("td", { class: "num" }, r.status_code), h("td", { class: "num" }, ms(r.duration_ms)),
+          h("td", { class: "muted" }, new Date(r.timestamp).toLocaleString())))))
+        : h("p", { class: "muted" }, "No request matches.")),
+  );
+  // Bar widths through CSSOM (the policy allows no inline style attributes).
+  for (const bar of app.querySelectorAll(".bar[data-w]")) bar.style.width = `${bar.dataset.w}%`;
+}
+
+async function download(path, filename) {
+  const res = await fetch(path, { headers: { Authorization: `Bearer ${token}` }, credentials: "same-origin" });
+  if (!res.ok) throw new ApiError(res.status, await res.json().catch(() => null));
+  const url = URL.createObjectURL(await res.blob());
+  const a = h("a", { href: url, download: filename });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+async function metricsPage(projectId) {
+  show(projectTabs(projectId, "metrics"), h("p", { class: "loading", role: "status" }, "Loading metrics and costs…"));
+  const pick = JSON.parse(sessionStorage.getItem("observe.metric") || "{}");
+  const [project, costs] = await Promise.all([
+    api("GET", `/projects/${projectId}`),
+    api("GET", `/projects/${projectId}/costs?${rangeQuery()}&group_by=day`),
+  ]);
+  let metric = null, problem = null;
+  if (pick.name) {
+    const q = new URLSearchParams({ name: pick.name, agg: pick.agg || "sum" });
+    if (pick.labels) q.set("labels", pick.labels);
+    try {
+      metric = await api("GET", `/projects/${projectId}/metrics/query?${rangeQuery()}&${q}`);
+    } catch (err) {
+      problem = errorBox(err);
+    }
+  }
+  const aggs = ["sum", "avg", "min", "max", "last", "p95"];
+  const picker = h("form", { class: "row controls", id: "metric-picker" },
+    h("input", { name: "name", placeholder: "metric name", value: pick.name || "", "aria-label": "metric name", required: true }),
+    h("input", { name: "labels", placeholder: "labels k:v,k:v", value: pick.labels || "", "aria-label": "labels" }),
+    h("select", { name: "agg", "aria-label": "aggregation" }, aggs.map((a) => h("option", { value: a, selected: (pick.agg || "sum") === a }, a))),
+    h("button", { type: "submit" }, "Show"));
+  picker.addEventListener("submit", (e) => {
+    e.preventDefault();
+    sessionStorage.setItem("observe.metric", JSON.stringify(Object.fromEntries(new FormData(picker))));
+    metricsPage(projectId).catch((err) => show(errorBox(err)));
+  });
+  const exportButtons = pick.name ? h("div", { class: "row" }, ["csv", "prometheus", "json"].map((f) => h("button", {
+    type: "button", class: "quiet",
+    onclick: () => download(`/projects/${projectId}/metrics/export?format=${f}&name=${encodeURIComponent(pick.name)}&${rangeQuery()}`,
+      `${pick.name}.${f === "prometheus" ? "txt" : f}`).catch((err) => picker.after(errorBox(err))),
+  }, `Export ${f.toUpperCase()}`))) : null;
+  const money = (v) => (v === null || v === undefined ? "—" : `$${v.toFixed(4)}`);
+  show(
+    h("h1", {}, project.name),
+    projectTabs(projectId, "metrics"),
+    rangeControls(() => metricsPage(projectId)),
+    h("section", { class: "card" }, h("h2", {}, "Metric"), picker, problem,
+      metric ? chart(metric.series.map((p) => p.start), [[`${metric.name} (${metric.agg})`, metric.series.map((p) => p.value)]], `${metric.name} over time`) : h("p", { class: "muted" }, "Pick a metric sent to /ingest/metrics."),
+      exportButtons),
+    h("section", { class: "card" }, h("h2", {}, "LLM costs"),
+      h("p", {}, `${money(costs.totals.cost_usd)} · ${costs.totals.input_tokens} input tokens · ${costs.totals.output_tokens} output tokens`),
+      costs.models.length
+        ? h("table", { id: "costs" }, h("thead", {}, h("tr", {}, h("th", {}, "Model"), h("th", {}, "Cost"), h("th", {}, "Input"), h("th", {}, "Output"))),
+          h("tbody", {}, costs.models.map((m) => h("tr", {}, h("td", {}, m.model), h("td", { class: "num" }, money(m.cost_usd)),
+            h("td", { class: "num" }, m.input_tokens), h("td", { class: "num" }, m.output_tokens)))))
+        : h("p", { class: "muted" }, "No LLM usage in this range."),
+      costs.series.length ? chart(costs.series.map((p) => p.start), [["Cost (USD)", costs.series.map((p) => p.cost_usd)]], "LLM cost by day") : null),
+  );
+}
+
+async function billingPage() {
+  show(h("p", { class: "loading", role: "status" }, "Loading billing…"));
+  let sub;
+  try {
+    sub = await api("GET", "/billing/subscription");
+  } catch (err) {
+    if (err.code === "billing_disabled") {
+      show(h("h1", {}, "Billing"), h("section", { class: "card" },
+        h("p", {}, "Billing is not configured on this server: every organisation is on its tier as set by the operator."),
+        h("p", { class: "muted" }, err.message)));
+      return;
+    }
+    throw err;
+  }
+  const events = await api("GET", "/billing/events?limit=20");
+  const upgrade = (plan) => h("button", {
+    type: "button",
+    onclick: async (e) => {
+      e.target.disabled = true;
+      try {
+        const c = await api("POST", "/billing/initiate", { plan });
+        location.assign(c.checkout_url);
+      } catch (err) {
+        e.target.after(errorBox(err));
+        e.target.disabled = false;
+      }
+    },
+  }, `Upgrade to ${plan}`);
+  const cancel = h("button", {
+    type: "button", class: "danger",
+    onclick: async () => {
+      if (!confirm("Stop renewing at the end of the paid period?")) return;
+      await api("POST", "/billing/cancel");
+      billingPage();
+    },
+  }, "Cancel at period end");
+  const active = sub.state === "active" || sub.state === "grace";
+  show(
+    h("h1", {}, "Billing"),
+    h("section", { class: "card" },
+      h("h2", {}, `Plan: ${sub.plan}`),
+      h("p", { class: "muted" }, active
+        ? `${sub.state}${sub.cancel_at_period_end ? ", ends" : ", renews"} ${new Date(sub.current_period_end).toLocaleDateString()}${sub.card ? ` · card •••• ${sub.card.last4 || ""}` : ""}${sub.grace_until ? ` · the last renewal failed; retried daily until ${new Date(sub.grace_until).toLocaleDateString()}` : ""}`
+        : "The free hobby tier."),
+      h("div", { class: "row" }, sub.plan !== "pro" ? upgrade("pro") : null, sub.plan !== "team" ? upgrade("team") : null,
+        active && !sub.cancel_at_period_end ? cancel : null)),
+    h("section", { class: "card" }, h("h2", {}, "History"),
+      events.items.length
+        ? h("table", {}, h("tbody", {}, events.items.map((e) => h("tr", {}, h("td", {}, e.kind.replace(/_/g, " ")),
+          h("td", {}, e.plan || ""), h("td", { class: "num" }, e.amount ? `₦${(e.amount / 100).toLocaleString()}` : ""),
+          h("td", { class: "muted" }, new Date(e.created_at).toLocaleString())))))
+        : h("p", { class: "muted" }, "Nothing yet.")),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
 // The router.
 
 async function loadMe() {
@@ -538,6 +731,7 @@ async function route() {
     switch (parts[0]) {
       case "signin": return signInPage();
       case "signup": return signUpPage();
+      case "billing": return await billingPage();
       case "projects":
         if (parts[1] && parts[2] === "settings") return await settingsPage(parts[1]);
         if (parts[1] && parts[2] === "analytics") return await analyticsPage(parts[1]);
@@ -545,6 +739,8 @@ async function route() {
         if (parts[1] && parts[2] === "errors") return await errorsPage(parts[1]);
         if (parts[1] && parts[2] === "monitors" && parts[3]) return await monitorPage(parts[1], parts[3]);
         if (parts[1] && parts[2] === "monitors") return await monitorsPage(parts[1]);
+        if (parts[1] && parts[2] === "api") return await apiMonitoringPage(parts[1]);
+        if (parts[1] && parts[2] === "metrics") return await metricsPage(parts[1]);
         return await projectsPage();
       default:
         return go("#/projects");
