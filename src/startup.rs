@@ -228,7 +228,7 @@ impl Application {
                 // The dashboard: the app's shell and files (not API routes: not in the doc).
                 .route("/", web::get().to(routes::dashboard::index))
                 .route("/assets/{name}", web::get().to(routes::dashboard::asset))
-                .service(Scalar::with_url("/docs", doc))
+                .service(Scalar::with_url("/docs", doc).custom_html(routes::dashboard::DOCS_HTML))
                 .configure(|cfg| {
                     if let Some(extra) = &extra {
                         extra(cfg);

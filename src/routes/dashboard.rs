@@ -33,7 +33,30 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/css; charset=utf-8",
         include_str!("../assets/vendor/uplot.min.css"),
     ),
+    // Scalar API Reference 1.40.0 (MIT): the interactive `/docs`, offline.
+    (
+        "scalar.js",
+        "application/javascript; charset=utf-8",
+        include_str!("../assets/vendor/scalar.standalone.js"),
+    ),
 ];
+
+/// The `/docs` page: Scalar from this binary, reading `/openapi.json`, with no web fonts or
+/// other requests to Scalar's servers.
+pub const DOCS_HTML: &str = r#"<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <title>observe API</title>
+</head>
+<body>
+  <script id="api-reference" data-url="/openapi.json"
+    data-configuration='{"withDefaultFonts": false, "hideClientButton": true}'></script>
+  <script src="/assets/scalar.js"></script>
+</body>
+</html>
+"#;
 
 const INDEX: &str = include_str!("../assets/app/index.html");
 
@@ -55,6 +78,28 @@ fn etags() -> &'static Vec<String> {
             .map(etag)
             .collect()
     })
+}
+
+/// Gzip of the assets larger than a few kilobytes, compressed once per process.
+fn gzipped(i: usize) -> Option<&'static [u8]> {
+    static GZ: OnceLock<Vec<Option<Vec<u8>>>> = OnceLock::new();
+    let all = GZ.get_or_init(|| {
+        ASSETS
+            .iter()
+            .map(|(_, _, body)| {
+                (body.len() > 4096).then(|| {
+                    use std::io::Write;
+                    let mut gz =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                    // Writing into a Vec cannot fail; an empty result is never served.
+                    gz.write_all(body.as_bytes())
+                        .and_then(|()| gz.finish())
+                        .unwrap_or_default()
+                })
+            })
+            .collect()
+    });
+    all.get(i)?.as_deref().filter(|b| !b.is_empty())
 }
 
 fn answer(req: &HttpRequest, content_type: &str, body: &'static str, tag: &str) -> HttpResponse {
@@ -101,7 +146,26 @@ pub async fn asset(req: HttpRequest, name: web::Path<String>) -> HttpResponse {
     match ASSETS.iter().position(|(n, _, _)| *n == name.as_str()) {
         Some(i) => {
             let (_, content_type, body) = ASSETS[i];
-            answer(&req, content_type, body, &etags()[i + 1])
+            let mut res = answer(&req, content_type, body, &etags()[i + 1]);
+            let takes_gzip = req
+                .headers()
+                .get(header::ACCEPT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+            res.headers_mut().insert(
+                header::VARY,
+                header::HeaderValue::from_static("Accept-Encoding"),
+            );
+            match gzipped(i) {
+                Some(gz) if takes_gzip && res.status() == actix_web::http::StatusCode::OK => {
+                    res.headers_mut().insert(
+                        header::CONTENT_ENCODING,
+                        header::HeaderValue::from_static("gzip"),
+                    );
+                    res.set_body(actix_web::body::BoxBody::new(gz))
+                }
+                _ => res,
+            }
         }
         None => HttpResponse::NotFound().finish(),
     }

@@ -174,6 +174,39 @@ async fn sign_up_create_a_project_and_a_key_then_sign_out() {
     .json();
     assert_eq!(projects["items"][0]["name"], "Web shop");
 
+    // An access token that expires meanwhile is renewed without the user noticing: the API's
+    // next answer is a 401 (made here, as waiting out a real token takes its whole minute),
+    // and the page shows the projects all the same, through the refresh cookie.
+    b.client
+        .execute(
+            "const real = window.fetch; window.__expired = 0;
+             window.fetch = (url, opts) => {
+               if (window.__expired === 0 && String(url).startsWith('/projects')) {
+                 window.__expired = 1;
+                 return Promise.resolve(new Response(JSON.stringify({error: {code: 'unauthorized', message: 'token expired'}}), {status: 401}));
+               }
+               return real(url, opts);
+             };
+             location.hash = '#/projects';",
+            vec![],
+        )
+        .await
+        .unwrap();
+    b.wait_for_text("New project").await;
+    let expired = b
+        .client
+        .execute("return window.__expired", vec![])
+        .await
+        .unwrap();
+    assert_eq!(expired, json!(1), "the 401 was served and got past");
+    assert!(
+        b.client
+            .find(Locator::Css("input[name=password]"))
+            .await
+            .is_err(),
+        "not sent to sign in"
+    );
+
     // A reload keeps the session (the refresh cookie), and signing out ends it.
     b.client.refresh().await.unwrap();
     b.wait_for_text("ada@example.com").await;
@@ -465,6 +498,38 @@ async fn api_monitoring_metrics_and_billing_pages_show_their_data() {
     b.wait_for_text("Billing is not configured").await;
     b.screenshot("billing").await;
     assert_eq!(b.page_errors().await, Vec::<String>::new());
+    b.close().await;
+}
+
+#[actix_web::test]
+async fn the_api_docs_render_from_the_binary_and_ask_no_other_site() {
+    let app: TestApp = spawn_app().await;
+    let b = Browser::start().await;
+    b.client
+        .goto(&format!("{}/docs", app.address))
+        .await
+        .unwrap();
+    b.wait_for_text("/ingest/events").await;
+    b.screenshot("docs").await;
+    let resources = b
+        .client
+        .execute(
+            "return performance.getEntriesByType('resource').map(e => e.name)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let resources: Vec<String> = serde_json::from_value(resources).unwrap();
+    assert!(
+        resources.iter().any(|r| r.ends_with("/assets/scalar.js")),
+        "{resources:?}"
+    );
+    for r in &resources {
+        assert!(
+            r.starts_with(&app.address) || r.starts_with("data:") || r.starts_with("blob:"),
+            "the docs fetched {r} from another site"
+        );
+    }
     b.close().await;
 }
 
