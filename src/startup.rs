@@ -71,6 +71,30 @@ impl Application {
         settings: Settings,
         extra_routes: Option<ExtraRoutes>,
     ) -> Result<Self, StartupError> {
+        // Bound first: the address links and emails point at (`server.public_url`, when not
+        // set) is known only once the port is (tests bind port 0).
+        let bind = settings.server.bind.clone();
+        let listener = TcpListener::bind(&bind).map_err(|source| StartupError::Bind {
+            addr: bind.clone(),
+            source,
+        })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { addr: bind, source })?;
+        let port = local.port();
+        let mut settings = settings;
+        if settings.server.public_url.trim().is_empty() {
+            let host = if local.ip().is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                local.ip().to_string()
+            };
+            settings.server.public_url = if local.is_ipv6() && !local.ip().is_unspecified() {
+                format!("http://[{host}]:{port}")
+            } else {
+                format!("http://{host}:{port}")
+            };
+        }
         migrate_with_retry(&settings).await?;
         let metrics = Metrics::new()?;
         let keys = observe_core::keys::KeyCache::new(&settings.api_keys, metrics.clone());
@@ -185,15 +209,6 @@ impl Application {
                 state.metrics.clone(),
             )?;
         }
-        let bind = state.settings.server.bind.clone();
-        let listener = TcpListener::bind(&bind).map_err(|source| StartupError::Bind {
-            addr: bind.clone(),
-            source,
-        })?;
-        let port = listener
-            .local_addr()
-            .map_err(|source| StartupError::Bind { addr: bind, source })?
-            .port();
         let shutdown_timeout = Duration::from_secs(state.settings.server.shutdown_timeout_secs);
 
         let app_state = state.clone();

@@ -336,7 +336,6 @@ impl Billing {
             return None;
         }
         let timeout = Duration::from_millis(settings.billing.request_timeout_ms);
-        let frontend = settings.frontend_url.trim_end_matches('/');
         Some(Self {
             db,
             squad: Squad::new(&settings.squad, timeout),
@@ -344,7 +343,7 @@ impl Billing {
             settings: settings.billing.clone(),
             hobby: settings.tiers.hobby.clone(),
             billing_url: if settings.billing.callback_url.is_empty() {
-                format!("{frontend}/billing")
+                settings.dashboard_link("/billing")
             } else {
                 settings.billing.callback_url.clone()
             },

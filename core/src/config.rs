@@ -38,6 +38,7 @@ const STRING_VARS: &[(&str, &str)] = &[
     ("ADMIN_TOKEN", "admin.token"),
     ("OBSERVE_ENV", "server.mode"),
     ("OBSERVE_BIND", "server.bind"),
+    ("OBSERVE_PUBLIC_URL", "server.public_url"),
     ("OBSERVE_LOG_FORMAT", "log.format"),
     ("OBSERVE_LOG_LEVEL", "log.level"),
 ];
@@ -261,6 +262,9 @@ pub struct ServerSettings {
     /// this or `client_ip_header`: behind an undeclared proxy every client would share the
     /// proxy's IP, and so one per-IP auth budget.
     pub direct_connections: bool,
+    /// The address people and emails reach observe at (`https://observe.example`). Empty: the
+    /// bound address, filled in at start (`http://127.0.0.1:8000`).
+    pub public_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -416,6 +420,22 @@ pub struct BillingSettings {
     pub callback_url: String,
     /// The bound of each call to Squad.
     pub request_timeout_ms: u64,
+}
+
+impl Settings {
+    /// A page of the dashboard for links in emails and redirects: `{FRONTEND_URL}{path}` when
+    /// a separate front end is configured, else observe's own dashboard,
+    /// `{public_url}/#{path}` (its pages live in the URL's fragment, so a link's token never
+    /// reaches a server log).
+    pub fn dashboard_link(&self, path: &str) -> String {
+        let frontend = self.frontend_url.trim_end_matches('/');
+        let own = self.server.public_url.trim_end_matches('/');
+        match (frontend.is_empty(), path.is_empty()) {
+            (false, _) => format!("{frontend}{path}"),
+            (true, true) => format!("{own}/"),
+            (true, false) => format!("{own}/#{path}"),
+        }
+    }
 }
 
 impl SquadSettings {

@@ -86,15 +86,13 @@ pub async fn github_callback(
     http: web::Data<observe_core::mail::HttpClient>,
 ) -> Result<HttpResponse, ApiError> {
     let secure = state.settings.auth.cookie_secure;
-    let frontend = state
-        .settings
-        .frontend_url
-        .trim_end_matches('/')
-        .to_string();
     let fail = |reason: &str| {
         tracing::info!(reason, "GitHub sign-in failed");
+        let back = state
+            .settings
+            .dashboard_link(&format!("/login?error={reason}"));
         Ok(HttpResponse::Found()
-            .insert_header((header::LOCATION, format!("{frontend}/login?error={reason}")))
+            .insert_header((header::LOCATION, back))
             .cookie(state_cookie(String::new(), secure, 0))
             .finish())
     };
@@ -181,7 +179,7 @@ pub async fn github_callback(
     }
     tracing::info!(user_id = %user.id, github_login = %gh.login, "signed in with GitHub");
     Ok(HttpResponse::Found()
-        .insert_header((header::LOCATION, state.settings.frontend_url.clone()))
+        .insert_header((header::LOCATION, state.settings.dashboard_link("")))
         .cookie(session_cookie(&state, session.refresh_token))
         .cookie(device_cookie(&state, &user.email))
         .cookie(state_cookie(String::new(), secure, 0))

@@ -534,6 +534,55 @@ async fn the_api_docs_render_from_the_binary_and_ask_no_other_site() {
 }
 
 #[actix_web::test]
+async fn a_forgotten_password_is_reset_through_the_emailed_link_to_the_dashboard() {
+    use crate::mailer::{api_key, towards, FakeResend};
+    let fake = FakeResend::start(&[], 200).await;
+    let app: TestApp = crate::helpers::spawn_app_with(towards(&fake, &api_key()), None).await;
+    let account = crate::helpers::register(&app).await;
+    let b = Browser::start().await;
+    b.client
+        .goto(&format!("{}/#/signin", app.address))
+        .await
+        .unwrap();
+    b.click("a[href='#/forgot-password']").await;
+    b.fill("input[name=email]", &account.email).await;
+    b.click("form button[type=submit]").await;
+    b.wait_for_text("on its way").await;
+    let mut link = None;
+    for _ in 0..100 {
+        link = fake.received().iter().rev().find_map(|r| {
+            let text = r.body["text"].as_str()?;
+            let start = text.find("http")?;
+            let end = text[start..]
+                .find(char::is_whitespace)
+                .map_or(text.len(), |e| start + e);
+            Some(text[start..end].to_string())
+        });
+        if link.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let link = link.expect("a reset email");
+    assert!(
+        link.starts_with(&format!("{}/#/reset-password?token=", app.address)),
+        "{link}"
+    );
+    b.client.goto(&link).await.unwrap();
+    b.fill("input[name=new_password]", "a brand new password")
+        .await;
+    b.click("form button[type=submit]").await;
+    b.wait_for_text("Your password is changed").await;
+    b.fill("input[name=email]", &account.email).await;
+    b.fill("input[name=password]", "a brand new password").await;
+    b.click("form button[type=submit]").await;
+    b.wait_for_text("Projects").await;
+    b.wait_for_text(&account.email).await;
+    assert_eq!(b.page_errors().await, Vec::<String>::new());
+    b.close().await;
+}
+
+#[actix_web::test]
 async fn the_shell_and_its_files_come_from_the_binary_with_a_strict_policy() {
     let app = spawn_app().await;
     let reply = crate::helpers::send(app.req(awc::http::Method::GET, "/"), None).await;

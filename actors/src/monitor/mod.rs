@@ -336,7 +336,7 @@ pub fn start(
         mailer,
         alerts: AlertPolicy {
             tiers,
-            frontend_url: settings.frontend_url.clone(),
+            projects_link: settings.dashboard_link("/projects"),
         },
         supervisor: supervisor.clone(),
         arbiters: Arc::new(arbiters),

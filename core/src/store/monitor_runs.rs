@@ -361,8 +361,9 @@ pub async fn write_checks(
 #[derive(Clone)]
 pub struct AlertPolicy {
     pub tiers: TierPolicy,
-    /// The dashboard's base URL, for the link in the email.
-    pub frontend_url: String,
+    /// The dashboard's projects page (`Settings::dashboard_link("/projects")`), for the
+    /// monitor's link in the email.
+    pub projects_link: String,
 }
 
 /// An incident opened or closed, and the alert emails written with it (to deliver).
@@ -409,8 +410,8 @@ async fn alert_recipients(
 
 fn link(alerts: &AlertPolicy, monitor: &MonitorConfig) -> String {
     format!(
-        "{}/projects/{}/monitors/{}",
-        alerts.frontend_url.trim_end_matches('/'),
+        "{}/{}/monitors/{}",
+        alerts.projects_link.trim_end_matches('/'),
         monitor.project_id,
         monitor.id
     )

@@ -150,7 +150,8 @@ function signInPage() {
       await loadMe();
       go("#/projects");
     }),
-    h("p", {}, "No account yet? ", h("a", { href: "#/signup" }, "Sign up"), ".")));
+    h("p", {}, "No account yet? ", h("a", { href: "#/signup" }, "Sign up"), ". ",
+      h("a", { href: "#/forgot-password" }, "Forgot your password?"))));
 }
 
 function signUpPage() {
@@ -713,6 +714,42 @@ async function billingPage() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Account pages reached from emails: forgot and reset password, confirm a new address.
+
+function forgotPage() {
+  const done = h("div");
+  show(h("section", { class: "card" },
+    h("h1", {}, "Forgot your password?"),
+    done,
+    form([field("Email", "email", "email", { autocomplete: "username" })], "Email me a link", async (data) => {
+      await api("POST", "/auth/forgot-password", { email: data.get("email") });
+      done.replaceChildren(h("p", { class: "notice", role: "status" },
+        "If an account has that address, a link to choose a new password is on its way. It works once, for an hour."));
+    }),
+    h("p", {}, h("a", { href: "#/signin" }, "Back to sign in"))));
+}
+
+function resetPage(params) {
+  const token = params.get("token") || "";
+  show(h("section", { class: "card" },
+    h("h1", {}, "Choose a new password"),
+    form([field("New password (10 characters or more)", "new_password", "password", { autocomplete: "new-password", minlength: "10" })],
+      "Set password", async (data) => {
+        await api("POST", "/auth/reset-password", { token, new_password: data.get("new_password") });
+        history.replaceState(null, "", "#/signin");
+        signInPage();
+        app.prepend(h("p", { class: "notice", role: "status" }, "Your password is changed: sign in with it."));
+      })));
+}
+
+async function confirmEmailPage(params) {
+  show(h("p", { class: "loading", role: "status" }, "Confirming your new address…"));
+  await api("POST", "/auth/confirm-email", { token: params.get("token") || "" });
+  show(h("section", { class: "card" }, h("h1", {}, "Address confirmed"),
+    h("p", {}, "Your account now uses its new email address. ", h("a", { href: "#/projects" }, "Continue"), ".")));
+}
+
+// ---------------------------------------------------------------------------------------------
 // The router.
 
 async function loadMe() {
@@ -722,15 +759,25 @@ async function loadMe() {
 
 async function route() {
   const hash = location.hash || "#/";
-  const parts = hash.slice(2).split("/").filter(Boolean);
+  const [path, query] = hash.slice(1).split("?");
+  const params = new URLSearchParams(query || "");
+  const parts = path.split("/").filter(Boolean);
+  const open = ["signin", "signup", "login", "forgot-password", "reset-password", "confirm-email"];
   try {
-    if (!me && !["signin", "signup"].includes(parts[0])) {
+    if (!me && !open.includes(parts[0])) {
       go("#/signin");
       return;
     }
     switch (parts[0]) {
       case "signin": return signInPage();
+      case "login": // where a failed GitHub sign-in lands: `?error=<reason>`
+        signInPage();
+        if (params.get("error")) app.prepend(errorBox(`GitHub sign-in failed (${params.get("error")}). Try again, or use your password.`));
+        return;
       case "signup": return signUpPage();
+      case "forgot-password": return forgotPage();
+      case "reset-password": return resetPage(params);
+      case "confirm-email": return await confirmEmailPage(params);
       case "billing": return await billingPage();
       case "projects":
         if (parts[1] && parts[2] === "settings") return await settingsPage(parts[1]);

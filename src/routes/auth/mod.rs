@@ -256,12 +256,11 @@ pub struct Accepted {
 /// How long emailed links work.
 pub(crate) const EMAIL_TOKEN_MINUTES: i64 = 60;
 
-/// `FRONTEND_URL` + `path` + `?token=`.
+/// The dashboard's page `path` with `?token=` (see `Settings::dashboard_link`).
 pub(crate) fn frontend_link(state: &AppState, path: &str, token: &str) -> String {
-    format!(
-        "{}{path}?token={token}",
-        state.settings.frontend_url.trim_end_matches('/')
-    )
+    state
+        .settings
+        .dashboard_link(&format!("{path}?token={token}"))
 }
 
 /// Stores a token and its email in one transaction, then hands the email to the Mailer. The
