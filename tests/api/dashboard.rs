@@ -207,6 +207,37 @@ async fn sign_up_create_a_project_and_a_key_then_sign_out() {
         "not sent to sign in"
     );
 
+    // Deleting the project from its settings.
+    let project = projects["items"][0]["id"].as_str().unwrap().to_string();
+    b.client
+        .goto(&format!("{}/#/projects/{project}/settings", app.address))
+        .await
+        .unwrap();
+    b.wait_for_text("Delete project").await;
+    b.fill("input[name=confirm]", "Web shop").await;
+    b.click("section:last-of-type form button[type=submit]")
+        .await;
+    b.wait_for_text("No project yet").await;
+    let gone = call(
+        &app,
+        awc::http::Method::GET,
+        &format!("/projects/{project}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(gone.status, 404);
+
+    // The account page changes the password.
+    b.click("a[href='#/account']").await;
+    b.fill("input[name=current_password]", "a long enough password")
+        .await;
+    b.fill("input[name=new_password]", "an even longer password")
+        .await;
+    b.click("form button[type=submit]").await;
+    b.wait_for_text("Password changed").await;
+    b.screenshot("account").await;
+
     // A reload keeps the session (the refresh cookie), and signing out ends it.
     b.client.refresh().await.unwrap();
     b.wait_for_text("ada@example.com").await;

@@ -123,7 +123,7 @@ function renderNav() {
     h("a", { href: "#/projects" }, "Projects"),
     h("a", { href: "#/billing" }, "Billing"),
     h("span", { class: "spacer" }),
-    h("span", { class: "muted" }, me.user.email),
+    h("a", { href: "#/account", class: "muted" }, me.user.email),
     h("button", { class: "quiet", type: "button", onclick: signOut }, "Sign out"),
   );
 }
@@ -140,7 +140,11 @@ async function signOut() {
 // Pages.
 
 function signInPage() {
-  show(h("section", { class: "card" },
+  const github = h("div");
+  githubOffered().then((offered) => {
+    if (offered) github.replaceChildren(h("a", { class: "button", href: "/auth/github/login" }, "Sign in with GitHub"));
+  });
+  show(h("section", { class: "card" }, github,
     h("h1", {}, "Sign in"),
     form([field("Email", "email", "email", { autocomplete: "username" }),
       field("Password", "password", "password", { autocomplete: "current-password" })],
@@ -252,6 +256,13 @@ async function settingsPage(projectId) {
           h("pre", { id: "new-key-snippet" }, snippet),
           h("div", { class: "row" }, copySnippet)));
         await renderKeys();
+      })),
+    h("section", { class: "card" }, h("h2", {}, "Delete project"),
+      h("p", { class: "muted" }, "Its keys stop at once; its events, errors, requests, metrics and monitors are deleted in the background."),
+      form([field(`Type "${project.name}" to confirm`, "confirm", "text", { autocomplete: "off" })], "Delete project", async (data) => {
+        if (data.get("confirm") !== project.name) throw new Error("The name does not match.");
+        await api("DELETE", `/projects/${projectId}`);
+        go("#/projects");
       })),
   );
   await renderKeys();
@@ -750,6 +761,53 @@ async function confirmEmailPage(params) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Account settings: password, address, deleting the account.
+
+function accountPage() {
+  const ok = (text) => h("p", { class: "notice", role: "status" }, text);
+  const pwDone = h("div"), mailDone = h("div");
+  show(
+    h("h1", {}, "Account"),
+    h("p", { class: "muted" }, `${me.user.name} · ${me.user.email} · ${me.organisation.name} (${me.organisation.tier}, ${me.role})`),
+    h("section", { class: "card" }, h("h2", {}, "Change password"), pwDone,
+      form([field("Current password", "current_password", "password", { autocomplete: "current-password" }),
+        field("New password (10 characters or more)", "new_password", "password", { autocomplete: "new-password", minlength: "10" })],
+      "Change password", async (data) => {
+        const res = await api("POST", "/auth/change-password", {
+          current_password: data.get("current_password"), new_password: data.get("new_password"),
+        });
+        if (res && res.access_token) token = res.access_token;
+        pwDone.replaceChildren(ok("Password changed. Your other sessions are signed out."));
+      })),
+    h("section", { class: "card" }, h("h2", {}, "Change email"), mailDone,
+      form([field("New email", "new_email", "email"), field("Password", "password", "password", { autocomplete: "current-password" })],
+        "Send a confirmation link", async (data) => {
+          await api("POST", "/auth/change-email", { new_email: data.get("new_email"), password: data.get("password") });
+          mailDone.replaceChildren(ok("A link is on its way to the new address; the change happens when you open it."));
+        })),
+    h("section", { class: "card" }, h("h2", {}, "Delete account"),
+      h("p", { class: "muted" }, "Deletes your account and, if you are its only owner, your organisation with all its projects and data. This cannot be undone."),
+      form([field("Password", "password", "password", { autocomplete: "current-password" })], "Delete my account", async (data) => {
+        if (!confirm("Delete your account and its data for good?")) return;
+        await api("POST", "/auth/delete-account", { password: data.get("password") });
+        token = null;
+        me = null;
+        renderNav();
+        go("#/signup");
+      })),
+  );
+}
+
+async function githubOffered() {
+  try {
+    const res = await fetch("/auth/github/login", { redirect: "manual", credentials: "same-origin" });
+    return res.type === "opaqueredirect" || (res.status >= 300 && res.status < 400);
+  } catch (e) {
+    return false;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The router.
 
 async function loadMe() {
@@ -779,6 +837,7 @@ async function route() {
       case "reset-password": return resetPage(params);
       case "confirm-email": return await confirmEmailPage(params);
       case "billing": return await billingPage();
+      case "account": return accountPage();
       case "projects":
         if (parts[1] && parts[2] === "settings") return await settingsPage(parts[1]);
         if (parts[1] && parts[2] === "analytics") return await analyticsPage(parts[1]);
