@@ -266,7 +266,7 @@ fn check_interval(state: &AppState, tier: Tier, spec: &MonitorSpec) -> Result<()
     tag = "monitors",
     security(("bearer" = [])),
     params(ListQuery),
-    responses((status = 200, body = List<MonitorView>), (status = 404, body = crate::error::ErrorBody))
+    responses((status = 200, body = List<MonitorListItem>), (status = 404, body = crate::error::ErrorBody))
 )]
 #[get("/projects/{project_id}/monitors")]
 pub async fn list_monitors(
@@ -274,7 +274,7 @@ pub async fn list_monitors(
     state: web::Data<AppState>,
     path: web::Path<Uuid>,
     query: web::Query<ListQuery>,
-) -> Result<web::Json<List<MonitorView>>, ApiError> {
+) -> Result<web::Json<List<MonitorListItem>>, ApiError> {
     let (limit, after) = query.parse()?;
     let project_id = path.into_inner();
     let client = state.db.get().await?;
@@ -283,10 +283,52 @@ pub async fn list_monitors(
         .ok_or(ApiError::NotFound)?;
     let rows = monitors::list(&client, session.org_id, project_id, limit, after).await?;
     let (rows, next_cursor) = page(rows, limit, Monitor::cursor);
-    Ok(web::Json(List {
-        items: rows.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
+    // The last 24 hours, hour by hour: the current hour and the 23 before it.
+    let now = chrono::Utc::now();
+    let current =
+        chrono::DurationRound::duration_trunc(now, chrono::Duration::hours(1)).unwrap_or(now);
+    let first = current - chrono::Duration::hours(23);
+    let ids: Vec<Uuid> = rows.iter().map(|m| m.config.id).collect();
+    let counts = monitors::hourly_checks(&client, project_id, &ids, first).await?;
+    let items = rows
+        .into_iter()
+        .map(|m| {
+            let id = m.config.id;
+            let last_24h = (0..24)
+                .map(|i| {
+                    let start = first + chrono::Duration::hours(i);
+                    let (checks, ok) = counts
+                        .iter()
+                        .find(|(mid, hour, _, _)| *mid == id && *hour == start)
+                        .map_or((0, 0), |(_, _, n, ok)| (*n, *ok));
+                    HourUptime { start, checks, ok }
+                })
+                .collect();
+            MonitorListItem {
+                monitor: m.into(),
+                last_24h,
+            }
+        })
+        .collect();
+    Ok(web::Json(List { items, next_cursor }))
+}
+
+/// One hour of a monitor's bar.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HourUptime {
+    pub start: DateTime<Utc>,
+    /// Checks made in the hour.
+    pub checks: i64,
+    /// Of which succeeded.
+    pub ok: i64,
+}
+
+/// A monitor of the list, with its last 24 hours (oldest first) for the uptime bar.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MonitorListItem {
+    #[serde(flatten)]
+    pub monitor: MonitorView,
+    pub last_24h: Vec<HourUptime>,
 }
 
 /// Creates a monitor, within the organisation tier's monitor count and minimum interval.

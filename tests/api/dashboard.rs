@@ -453,6 +453,34 @@ async fn a_monitor_made_in_the_ui_shows_its_status_and_pausing_it_pauses_it_in_t
     .await
     .json();
     assert_eq!(monitors["items"][0]["paused"], true, "{monitors}");
+    // The list's 24-hour bar: 24 hours, holding the checks made meanwhile once the
+    // CheckWriter has written them (it writes in batches).
+    let mut listed = monitors.clone();
+    for _ in 0..50 {
+        let hours = listed["items"][0]["last_24h"].as_array().unwrap();
+        assert_eq!(hours.len(), 24);
+        if hours.iter().any(|h| h["checks"].as_i64().unwrap() > 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        listed = call(
+            &app,
+            awc::http::Method::GET,
+            &format!("/projects/{project}/monitors"),
+            Some(token.as_str().unwrap()),
+            None,
+        )
+        .await
+        .json();
+    }
+    let hours = listed["items"][0]["last_24h"].as_array().unwrap();
+    let made: i64 = hours.iter().map(|h| h["checks"].as_i64().unwrap()).sum();
+    assert!(made >= 1, "{listed}");
+    assert_eq!(
+        hours.iter().map(|h| h["ok"].as_i64().unwrap()).sum::<i64>(),
+        made,
+        "every check was up"
+    );
     assert_eq!(monitors["items"][0]["status"], "paused");
 
     b.click("[data-monitor] a").await;

@@ -131,6 +131,32 @@ pub async fn count_in_organisation(
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
+/// Checks and successful checks per monitor and hour since `since` (hours with none are
+/// missing), for the monitors' 24-hour bars: one index range per monitor.
+pub async fn hourly_checks(
+    client: &impl GenericClient,
+    project_id: Uuid,
+    monitor_ids: &[Uuid],
+    since: DateTime<Utc>,
+) -> Result<Vec<(Uuid, DateTime<Utc>, i64, i64)>, StoreError> {
+    if monitor_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(client
+        .query(
+            "SELECT monitor_id, date_trunc('hour', started_at, 'UTC'), count(*),
+                    count(*) FILTER (WHERE ok)
+             FROM monitor_checks
+             WHERE project_id = $1 AND monitor_id = ANY($2) AND started_at >= $3
+             GROUP BY 1, 2",
+            &[&project_id, &monitor_ids, &since],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect())
+}
+
 /// How many of the organisation's monitors run (are not paused), `except` one.
 pub async fn count_running_in_organisation(
     client: &impl GenericClient,

@@ -440,6 +440,15 @@ function statusBadge(status) {
   return h("span", { class: `badge ${status}` }, status);
 }
 
+// The last 24 hours, an hour a segment: all checks up, some down, or none made.
+function uptimeBar(hours) {
+  if (!Array.isArray(hours)) return null;
+  return h("div", { class: "uptime", "aria-label": "last 24 hours, oldest first" }, hours.map((x) => h("span", {
+    class: x.checks === 0 ? "none" : (x.ok === x.checks ? "ok" : "bad"),
+    title: `${new Date(x.start).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}: ${x.checks ? `${x.ok}/${x.checks} checks up` : "no checks"}`,
+  })));
+}
+
 function pct(v) {
   return v === null || v === undefined ? "—" : `${(v * 100).toFixed(2)}%`;
 }
@@ -455,7 +464,7 @@ async function monitorsPage(projectId) {
       ? h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "Monitor"), h("th", {}, "Status"), h("th", {}, "Every"), h("th", {}, "Last check"), h("th", {}, ""))),
         h("tbody", {}, list.items.map((m) => h("tr", { "data-monitor": m.id },
           h("td", {}, h("a", { href: `#/projects/${projectId}/monitors/${m.id}` }, m.name), h("div", { class: "muted" }, m.url)),
-          h("td", {}, statusBadge(m.status)),
+          h("td", {}, statusBadge(m.status), uptimeBar(m.last_24h)),
           h("td", {}, `${m.interval_seconds / 60} min`),
           h("td", { class: "muted" }, m.last_checked_at ? new Date(m.last_checked_at).toLocaleTimeString() : "not yet"),
           h("td", {}, h("div", { class: "row" },
