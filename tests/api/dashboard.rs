@@ -372,6 +372,16 @@ async fn the_snippet_on_a_website_reaches_the_analytics_and_errors_pages() {
     );
     assert!(body.contains("$pageview"), "{body}");
     b.screenshot("analytics").await;
+    // The event explorer's filter: only the custom event.
+    b.fill("#event-filters input[name=name]", "added_to_cart")
+        .await;
+    b.click("#event-filters button").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let latest = b.find("#latest-events").await.text().await.unwrap();
+    assert!(
+        latest.contains("added_to_cart") && !latest.contains("$pageview"),
+        "{latest}"
+    );
     until_shown(
         &b,
         &app,

@@ -339,11 +339,26 @@ function firstEventHelp(projectId) {
 
 async function analyticsPage(projectId) {
   show(projectTabs(projectId, "analytics"), h("p", { class: "loading", role: "status" }, "Loading analytics…"));
+  const filters = JSON.parse(sessionStorage.getItem("observe.events.filters") || "{}");
+  const fq = new URLSearchParams({ limit: "20" });
+  for (const [k, v] of Object.entries(filters)) if (v) fq.set(k, v);
   const [project, stats, recent] = await Promise.all([
     api("GET", `/projects/${projectId}`),
     api("GET", `/projects/${projectId}/stats?${rangeQuery()}`),
-    api("GET", `/projects/${projectId}/events?${rangeQuery()}&limit=20`),
+    api("GET", `/projects/${projectId}/events?${rangeQuery()}&${fq}`),
   ]);
+  // The event explorer's filters: name, visitor, user, URL prefix.
+  const explorer = h("form", { class: "row controls", id: "event-filters" },
+    h("input", { name: "name", placeholder: "event name", value: filters.name || "", "aria-label": "event name" }),
+    h("input", { name: "visitor_id", placeholder: "visitor", value: filters.visitor_id || "", "aria-label": "visitor id" }),
+    h("input", { name: "user_id", placeholder: "user", value: filters.user_id || "", "aria-label": "user id" }),
+    h("input", { name: "url", placeholder: "URL starts with", value: filters.url || "", "aria-label": "URL prefix" }),
+    h("button", { type: "submit" }, "Filter"));
+  explorer.addEventListener("submit", (e) => {
+    e.preventDefault();
+    sessionStorage.setItem("observe.events.filters", JSON.stringify(Object.fromEntries(new FormData(explorer))));
+    analyticsPage(projectId).catch((err) => show(errorBox(err)));
+  });
   const t = stats.totals;
   const figure = (label, value) => h("div", { class: "figure" }, h("div", { class: "value" }, value), h("div", { class: "muted" }, label));
   const s = stats.series;
@@ -359,12 +374,12 @@ async function analyticsPage(projectId) {
         ["Events", s.map((p) => p.events)]], "page views, visitors and events over time")),
     h("div", { class: "grid" }, topList("Top pages", stats.top_pages), topList("Referrers", stats.top_referrers),
       topList("Events", stats.top_events)),
-    h("section", { class: "card" }, h("h2", {}, "Latest events"),
+    h("section", { class: "card" }, h("h2", {}, "Latest events"), explorer,
       recent.items.length
         ? h("table", { id: "latest-events" }, h("thead", {}, h("tr", {}, h("th", {}, "Event"), h("th", {}, "Visitor"), h("th", {}, "Page"), h("th", {}, "When"))),
           h("tbody", {}, recent.items.map((e) => h("tr", {}, h("td", {}, e.name), h("td", {}, e.user_id || e.visitor_id),
             h("td", {}, e.url || ""), h("td", { class: "muted" }, new Date(e.timestamp).toLocaleString())))))
-        : h("p", { class: "muted" }, "No events in this range.")),
+        : h("p", { class: "muted" }, "No event matches in this range.")),
   );
 }
 
