@@ -24,7 +24,7 @@ use crate::support::squad::{Charge, FakeSquad, Signature, Webhook};
 // --- Setup ---
 
 /// Settings pointing observe at `squad`, with its secret key (billing enabled).
-fn towards(squad: &FakeSquad) -> impl FnOnce(&mut Settings) + Clone {
+pub(crate) fn towards(squad: &FakeSquad) -> impl FnOnce(&mut Settings) + Clone {
     let url = squad.url.clone();
     let secret = squad.secret.clone();
     move |s: &mut Settings| {
@@ -133,7 +133,7 @@ async fn deliver(app: &TestApp, webhook: &Webhook) -> Reply {
 }
 
 /// Squad's signed `charge_successful` for `reference`, delivered.
-async fn deliver_webhook(app: &TestApp, squad: &FakeSquad, reference: &str) -> Reply {
+pub(crate) async fn deliver_webhook(app: &TestApp, squad: &FakeSquad, reference: &str) -> Reply {
     deliver(app, &squad.webhook(reference, Signature::Squad)).await
 }
 

@@ -496,6 +496,22 @@ async fn a_monitor_made_in_the_ui_shows_its_status_and_pausing_it_pauses_it_in_t
     b.click("[data-monitor] a").await;
     b.wait_for_text("Uptime 24 h").await;
     b.screenshot("monitor-detail").await;
+    // Editing it: the new name is the API's.
+    let name = b.find("input[name=name]").await;
+    name.clear().await.unwrap();
+    name.send_keys("shop front page").await.unwrap();
+    b.click("form button[type=submit]").await;
+    b.wait_for_text("shop front page").await;
+    let detail = call(
+        &app,
+        awc::http::Method::GET,
+        &format!("/projects/{project}/monitors"),
+        Some(token.as_str().unwrap()),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(detail["items"][0]["name"], "shop front page", "{detail}");
     assert_eq!(b.page_errors().await, Vec::<String>::new());
     b.close().await;
     target_server.stop(false).await;
@@ -647,6 +663,56 @@ async fn a_forgotten_password_is_reset_through_the_emailed_link_to_the_dashboard
     b.click("form button[type=submit]").await;
     b.wait_for_text("Projects").await;
     b.wait_for_text(&account.email).await;
+    assert_eq!(b.page_errors().await, Vec::<String>::new());
+    b.close().await;
+}
+
+#[actix_web::test]
+async fn an_upgrade_goes_to_squads_checkout_and_the_paid_plan_shows() {
+    use crate::support::squad::FakeSquad;
+    let squad = FakeSquad::start().await;
+    let app: TestApp = crate::helpers::spawn_app_with(crate::billing::towards(&squad), None).await;
+    let account = crate::helpers::register(&app).await;
+    let b = Browser::start().await;
+    b.client
+        .goto(&format!("{}/#/signin", app.address))
+        .await
+        .unwrap();
+    b.fill("input[name=email]", &account.email).await;
+    b.fill("input[name=password]", crate::helpers::TEST_PASSWORD)
+        .await;
+    b.click("form button[type=submit]").await;
+    b.wait_for_text("Projects").await;
+    b.client
+        .goto(&format!("{}/#/billing", app.address))
+        .await
+        .unwrap();
+    b.wait_for_text("Plan: hobby").await;
+    b.screenshot("billing-hobby").await;
+    b.click("section button").await;
+    // The browser is sent to Squad's checkout page for the payment just recorded.
+    let mut checkout = None;
+    for _ in 0..50 {
+        let url = b.client.current_url().await.unwrap();
+        if url.as_str().starts_with("https://sandbox-pay.squadco.com/") {
+            checkout = Some(url);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let checkout = checkout.expect("sent to Squad's checkout");
+    let reference = checkout.path().trim_start_matches('/').to_string();
+    squad.pay(&reference, "tok_dashboard");
+    let reply = crate::billing::deliver_webhook(&app, &squad, &reference).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+
+    b.client
+        .goto(&format!("{}/#/billing", app.address))
+        .await
+        .unwrap();
+    b.wait_for_text("Plan: pro").await;
+    b.wait_for_text("payment succeeded").await;
+    b.screenshot("billing-pro").await;
     assert_eq!(b.page_errors().await, Vec::<String>::new());
     b.close().await;
 }

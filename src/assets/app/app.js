@@ -546,6 +546,19 @@ async function monitorPage(projectId, monitorId) {
       h("div", { class: "checks", "aria-label": "recent checks, oldest first" },
         checks.map((c) => h("span", { class: c.ok ? "ok" : "bad", title: `${new Date(c.started_at).toLocaleString()}: ${c.ok ? "up" : (c.error || c.failure || "down")}` }))),
       chart(checks.map((c) => c.started_at), [["Response ms", checks.map((c) => c.response_ms)]], "response times")),
+    h("section", { class: "card" }, h("h2", {}, "Edit"),
+      form([
+        field("Name", "name", "text", { value: m.name }),
+        field("URL", "url", "url", { value: m.url }),
+        h("label", {}, "Check", h("select", { name: "interval_seconds" },
+          [[60, "every minute"], [300, "every 5 minutes"], [900, "every 15 minutes"]]
+            .map(([v, label]) => h("option", { value: String(v), selected: m.interval_seconds === v }, label)))),
+      ], "Save", async (data) => {
+        await api("PATCH", `/projects/${projectId}/monitors/${monitorId}`, {
+          name: data.get("name"), url: data.get("url"), interval_seconds: Number(data.get("interval_seconds")),
+        });
+        await monitorPage(projectId, monitorId);
+      })),
     h("section", { class: "card" }, h("h2", {}, "Incidents"),
       d.incidents.length
         ? h("table", {}, h("tbody", {}, d.incidents.map((i) => h("tr", {},
