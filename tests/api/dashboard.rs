@@ -21,6 +21,11 @@ struct Browser {
 
 impl Browser {
     async fn start() -> Self {
+        Self::start_with(&["--window-size=1280,900"]).await
+    }
+
+    /// A browser with these extra Chromium switches (window size, colour scheme).
+    async fn start_with(extra: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -33,14 +38,21 @@ impl Browser {
             .spawn()
             .expect("chromedriver (make test installs Debian's chromium-driver)");
         let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": "/usr/bin/chromium",
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--window-size=1280,900"],
-            }),
-        );
+        let mut args = vec![
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+        ];
+        args.extend_from_slice(extra);
+        let mut options = json!({ "binary": "/usr/bin/chromium", "args": args });
+        // A phone: chromedriver's device emulation (a headless window is at least 500 px wide).
+        if extra.contains(&"--window-size=390,844") {
+            options["mobileEmulation"] = json!({
+                "deviceMetrics": { "width": 390, "height": 844, "pixelRatio": 2.0 },
+            });
+        }
+        caps.insert("goog:chromeOptions".into(), options);
         let url = format!("http://127.0.0.1:{port}");
         let mut last = None;
         for _ in 0..100 {
@@ -713,6 +725,74 @@ async fn an_upgrade_goes_to_squads_checkout_and_the_paid_plan_shows() {
     b.wait_for_text("Plan: pro").await;
     b.wait_for_text("payment succeeded").await;
     b.screenshot("billing-pro").await;
+    assert_eq!(b.page_errors().await, Vec::<String>::new());
+    b.close().await;
+}
+
+#[actix_web::test]
+async fn pages_fit_a_phone_and_follow_a_dark_system_theme() {
+    let app: TestApp = spawn_app().await;
+    let sdk = crate::helpers::sdk(&app).await;
+    let b = Browser::start_with(&[
+        "--window-size=390,844",
+        "--blink-settings=preferredColorScheme=0",
+    ])
+    .await;
+    b.client
+        .goto(&format!("{}/#/signin", app.address))
+        .await
+        .unwrap();
+    b.fill("input[name=email]", &sdk.account.email).await;
+    b.fill("input[name=password]", crate::helpers::TEST_PASSWORD)
+        .await;
+    b.click("form button[type=submit]").await;
+    b.wait_for_text("Projects").await;
+    for page in [
+        "analytics",
+        "errors",
+        "api",
+        "metrics",
+        "monitors",
+        "settings",
+    ] {
+        b.client
+            .goto(&format!(
+                "{}/#/projects/{}/{page}",
+                app.address, sdk.project
+            ))
+            .await
+            .unwrap();
+        b.find("nav.tabs").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let fit = b
+            .client
+            .execute(
+                "return [matchMedia('(prefers-color-scheme: dark)').matches,
+                         getComputedStyle(document.body).backgroundColor,
+                         document.documentElement.scrollWidth, window.innerWidth]",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(fit[0], json!(true), "{page}: the dark scheme is asked for");
+        assert_eq!(fit[1], json!("rgb(18, 18, 20)"), "{page}: dark background");
+        let wide = b
+            .client
+            .execute(
+                "return [...document.querySelectorAll('body *')]
+                   .filter(e => e.getBoundingClientRect().right > 391)
+                   .slice(0, 5).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(fit[3], json!(390), "{page}: a phone's width; too wide: {wide}");
+        assert!(
+            fit[2].as_i64().unwrap() <= fit[3].as_i64().unwrap(),
+            "{page} is wider than the phone: {fit}"
+        );
+        b.screenshot(&format!("phone-dark-{page}")).await;
+    }
     assert_eq!(b.page_errors().await, Vec::<String>::new());
     b.close().await;
 }
