@@ -786,7 +786,11 @@ async fn pages_fit_a_phone_and_follow_a_dark_system_theme() {
             )
             .await
             .unwrap();
-        assert_eq!(fit[3], json!(390), "{page}: a phone's width; too wide: {wide}");
+        assert_eq!(
+            fit[3],
+            json!(390),
+            "{page}: a phone's width; too wide: {wide}"
+        );
         assert!(
             fit[2].as_i64().unwrap() <= fit[3].as_i64().unwrap(),
             "{page} is wider than the phone: {fit}"
