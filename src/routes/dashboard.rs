@@ -63,68 +63,85 @@ const INDEX: &str = include_str!("../assets/app/index.html");
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
      connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
-/// The ETag of some bytes: the start of their SHA-256, computed once per asset.
-fn etag(body: &str) -> String {
-    let digest = observe_core::auth::hash_secret(body);
-    let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
-    format!("\"{hex}\"")
+/// A file compiled into the binary, with its ETag (the start of its SHA-256) and, when larger
+/// than a few kilobytes, its gzip: computed once per process. The snippet (`sdk.rs`) is served
+/// the same way.
+pub(crate) struct Static {
+    body: &'static str,
+    etag: String,
+    gzip: Option<Vec<u8>>,
 }
 
-fn etags() -> &'static Vec<String> {
-    static ETAGS: OnceLock<Vec<String>> = OnceLock::new();
-    ETAGS.get_or_init(|| {
+impl Static {
+    pub(crate) fn new(body: &'static str) -> Self {
+        let digest = observe_core::auth::hash_secret(body);
+        let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+        let gzip = (body.len() > 4096).then(|| {
+            use std::io::Write;
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            // Writing into a Vec cannot fail; an empty result is never served.
+            gz.write_all(body.as_bytes())
+                .and_then(|()| gz.finish())
+                .unwrap_or_default()
+        });
+        Self {
+            body,
+            etag: format!("\"{hex}\""),
+            gzip: gzip.filter(|g| !g.is_empty()),
+        }
+    }
+
+    /// The answer to `req`: 304 when `If-None-Match` names the ETag, gzip when the client
+    /// takes it, else the text; with `cache_control`.
+    pub(crate) fn answer(
+        &self,
+        req: &HttpRequest,
+        content_type: &str,
+        cache_control: &'static str,
+    ) -> HttpResponse {
+        let header_has = |name: header::HeaderName, wanted: &dyn Fn(&str) -> bool| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(',').any(|t| wanted(t.trim())))
+        };
+        let fresh = header_has(header::IF_NONE_MATCH, &|t| t == self.etag);
+        let mut res = if fresh {
+            HttpResponse::NotModified()
+        } else {
+            HttpResponse::Ok()
+        };
+        res.insert_header((header::ETAG, self.etag.clone()))
+            .insert_header((header::CACHE_CONTROL, cache_control))
+            .insert_header((header::VARY, "Accept-Encoding"))
+            .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"));
+        if fresh {
+            return res.finish();
+        }
+        res.content_type(content_type);
+        match &self.gzip {
+            Some(gz) if header_has(header::ACCEPT_ENCODING, &|e| e.starts_with("gzip")) => res
+                .insert_header((header::CONTENT_ENCODING, "gzip"))
+                .body(gz.clone()),
+            _ => res.body(self.body),
+        }
+    }
+}
+
+/// The shell, then every asset, in the order of [`ASSETS`].
+fn files() -> &'static [Static] {
+    static FILES: OnceLock<Vec<Static>> = OnceLock::new();
+    FILES.get_or_init(|| {
         std::iter::once(INDEX)
             .chain(ASSETS.iter().map(|(_, _, body)| *body))
-            .map(etag)
+            .map(Static::new)
             .collect()
     })
 }
 
-/// Gzip of the assets larger than a few kilobytes, compressed once per process.
-fn gzipped(i: usize) -> Option<&'static [u8]> {
-    static GZ: OnceLock<Vec<Option<Vec<u8>>>> = OnceLock::new();
-    let all = GZ.get_or_init(|| {
-        ASSETS
-            .iter()
-            .map(|(_, _, body)| {
-                (body.len() > 4096).then(|| {
-                    use std::io::Write;
-                    let mut gz =
-                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-                    // Writing into a Vec cannot fail; an empty result is never served.
-                    gz.write_all(body.as_bytes())
-                        .and_then(|()| gz.finish())
-                        .unwrap_or_default()
-                })
-            })
-            .collect()
-    });
-    all.get(i)?.as_deref().filter(|b| !b.is_empty())
-}
-
-fn answer(req: &HttpRequest, content_type: &str, body: &'static str, tag: &str) -> HttpResponse {
-    let fresh = req
-        .headers()
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag));
-    let mut res = if fresh {
-        HttpResponse::NotModified()
-    } else {
-        HttpResponse::Ok()
-    };
-    res.insert_header((header::ETAG, tag.to_string()))
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"));
-    if fresh {
-        return res.finish();
-    }
-    res.content_type(content_type).body(body)
-}
-
 /// `GET /`: the app's shell.
 pub async fn index(req: HttpRequest) -> HttpResponse {
-    let mut res = answer(&req, "text/html; charset=utf-8", INDEX, &etags()[0]);
+    let mut res = files()[0].answer(&req, "text/html; charset=utf-8", "no-cache");
     let headers = res.headers_mut();
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -144,29 +161,7 @@ pub async fn index(req: HttpRequest) -> HttpResponse {
 /// `GET /assets/{name}`: one of the app's files; 404 for anything else.
 pub async fn asset(req: HttpRequest, name: web::Path<String>) -> HttpResponse {
     match ASSETS.iter().position(|(n, _, _)| *n == name.as_str()) {
-        Some(i) => {
-            let (_, content_type, body) = ASSETS[i];
-            let mut res = answer(&req, content_type, body, &etags()[i + 1]);
-            let takes_gzip = req
-                .headers()
-                .get(header::ACCEPT_ENCODING)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
-            res.headers_mut().insert(
-                header::VARY,
-                header::HeaderValue::from_static("Accept-Encoding"),
-            );
-            match gzipped(i) {
-                Some(gz) if takes_gzip && res.status() == actix_web::http::StatusCode::OK => {
-                    res.headers_mut().insert(
-                        header::CONTENT_ENCODING,
-                        header::HeaderValue::from_static("gzip"),
-                    );
-                    res.set_body(actix_web::body::BoxBody::new(gz))
-                }
-                _ => res,
-            }
-        }
+        Some(i) => files()[i + 1].answer(&req, ASSETS[i].1, "no-cache"),
         None => HttpResponse::NotFound().finish(),
     }
 }

@@ -289,7 +289,12 @@ pub async fn list_monitors(
         chrono::DurationRound::duration_trunc(now, chrono::Duration::hours(1)).unwrap_or(now);
     let first = current - chrono::Duration::hours(23);
     let ids: Vec<Uuid> = rows.iter().map(|m| m.config.id).collect();
-    let counts = monitors::hourly_checks(&client, project_id, &ids, first).await?;
+    let counts: std::collections::HashMap<(Uuid, DateTime<Utc>), (i64, i64)> =
+        monitors::hourly_checks(&client, project_id, &ids, first)
+            .await?
+            .into_iter()
+            .map(|(id, hour, n, ok)| ((id, hour), (n, ok)))
+            .collect();
     let items = rows
         .into_iter()
         .map(|m| {
@@ -297,10 +302,7 @@ pub async fn list_monitors(
             let last_24h = (0..24)
                 .map(|i| {
                     let start = first + chrono::Duration::hours(i);
-                    let (checks, ok) = counts
-                        .iter()
-                        .find(|(mid, hour, _, _)| *mid == id && *hour == start)
-                        .map_or((0, 0), |(_, _, n, ok)| (*n, *ok));
+                    let (checks, ok) = counts.get(&(id, start)).copied().unwrap_or((0, 0));
                     HourUptime { start, checks, ok }
                 })
                 .collect();

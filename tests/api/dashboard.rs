@@ -130,6 +130,33 @@ impl Browser {
         serde_json::from_value(v).unwrap_or_default()
     }
 
+    /// Signs up as `name` through the form, creates the project `project` and returns its id
+    /// (from the settings page's address the app goes to).
+    async fn sign_up_with_project(&self, app: &TestApp, name: &str, project: &str) -> String {
+        self.client
+            .goto(&format!("{}/#/signup", app.address))
+            .await
+            .unwrap();
+        self.fill("input[name=name]", name).await;
+        self.fill(
+            "input[name=email]",
+            &format!("{}@example.com", name.to_lowercase()),
+        )
+        .await;
+        self.fill("input[name=password]", "a long enough password")
+            .await;
+        self.click("form button[type=submit]").await;
+        self.wait_for_text("No project yet").await;
+        self.fill("input[name=name]", project).await;
+        self.click("form button[type=submit]").await;
+        self.wait_for_text("No key yet").await;
+        let url = self.client.current_url().await.unwrap();
+        url.fragment()
+            .and_then(|f| f.split('/').nth(2))
+            .unwrap()
+            .to_string()
+    }
+
     async fn close(self) {
         let _ = self.client.close().await;
     }
@@ -330,25 +357,7 @@ async fn until_shown(b: &Browser, app: &TestApp, hash: &str, text: &str) {
 async fn the_snippet_on_a_website_reaches_the_analytics_and_errors_pages() {
     let app: TestApp = spawn_app().await;
     let b = Browser::start().await;
-    b.client
-        .goto(&format!("{}/#/signup", app.address))
-        .await
-        .unwrap();
-    b.fill("input[name=name]", "Grace").await;
-    b.fill("input[name=email]", "grace@example.com").await;
-    b.fill("input[name=password]", "a long enough password")
-        .await;
-    b.click("form button[type=submit]").await;
-    b.wait_for_text("No project yet").await;
-    b.fill("input[name=name]", "Shop").await;
-    b.click("form button[type=submit]").await;
-    b.wait_for_text("No key yet").await;
-    let url = b.client.current_url().await.unwrap();
-    let project = url
-        .fragment()
-        .and_then(|f| f.split('/').nth(2))
-        .unwrap()
-        .to_string();
+    let project = b.sign_up_with_project(&app, "Grace", "Shop").await;
     // An empty project says how to send its first event.
     b.client
         .goto(&format!("{}/#/projects/{project}/analytics", app.address))
@@ -423,25 +432,7 @@ async fn a_monitor_made_in_the_ui_shows_its_status_and_pausing_it_pauses_it_in_t
     .await;
     let (target, target_server) = test_site("http://127.0.0.1:9", "obs_unused").await;
     let b = Browser::start().await;
-    b.client
-        .goto(&format!("{}/#/signup", app.address))
-        .await
-        .unwrap();
-    b.fill("input[name=name]", "Linus").await;
-    b.fill("input[name=email]", "linus@example.com").await;
-    b.fill("input[name=password]", "a long enough password")
-        .await;
-    b.click("form button[type=submit]").await;
-    b.wait_for_text("No project yet").await;
-    b.fill("input[name=name]", "Infra").await;
-    b.click("form button[type=submit]").await;
-    b.wait_for_text("No key yet").await;
-    let url = b.client.current_url().await.unwrap();
-    let project = url
-        .fragment()
-        .and_then(|f| f.split('/').nth(2))
-        .unwrap()
-        .to_string();
+    let project = b.sign_up_with_project(&app, "Linus", "Infra").await;
 
     b.client
         .goto(&format!("{}/#/projects/{project}/monitors", app.address))
