@@ -22,10 +22,14 @@ pub const MAX_FUTURE_SKEW: Duration = Duration::minutes(5);
 pub const MAX_BATCH: usize = 1000;
 /// Longest name (event, metric, label, model) an item may carry.
 pub const MAX_NAME: usize = 200;
-const MAX_TEXT: usize = 2048;
-const MAX_MESSAGE: usize = 8192;
-const MAX_STACK: usize = 64 * 1024;
-const MAX_OBJECT_BYTES: usize = 16 * 1024;
+/// Longest URL, route, referrer or user agent.
+pub const MAX_TEXT: usize = 2048;
+/// Longest error message.
+pub const MAX_MESSAGE: usize = 8192;
+/// Largest stack trace: text, or frames as JSON.
+pub const MAX_STACK: usize = 64 * 1024;
+/// Largest JSON object (properties, traits) an item may carry.
+pub const MAX_OBJECT_BYTES: usize = 16 * 1024;
 /// Most labels (tags) one item may carry.
 pub const MAX_LABELS: usize = 20;
 

@@ -8,7 +8,32 @@
 use std::sync::OnceLock;
 
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{get, web, HttpRequest, HttpResponse};
+use observe_core::github;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::state::AppState;
+
+/// What this server offers that a client may want to know before asking for it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Features {
+    /// "Sign in with GitHub" is configured (`/auth/github/login` works).
+    pub github_sign_in: bool,
+    /// Billing through Squad is configured (the `/billing/*` routes work).
+    pub billing: bool,
+}
+
+/// The features this server has configured, so the dashboard shows only what works (and
+/// asks no route that would answer "not configured").
+#[utoipa::path(tag = "meta", responses((status = 200, body = Features)))]
+#[get("/features")]
+pub async fn features(state: web::Data<AppState>) -> web::Json<Features> {
+    web::Json(Features {
+        github_sign_in: github::configured(&state.settings.github),
+        billing: state.settings.squad.enabled(),
+    })
+}
 
 /// (name, content type, bytes) of every asset.
 const ASSETS: &[(&str, &str, &str)] = &[
@@ -21,6 +46,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "app.css",
         "text/css; charset=utf-8",
         include_str!("../assets/app/app.css"),
+    ),
+    (
+        "favicon.svg",
+        "image/svg+xml",
+        include_str!("../assets/app/favicon.svg"),
     ),
     // uPlot 1.6.32 (MIT, src/assets/vendor/UPLOT-LICENSE): the charts, 50 KB, no CDN.
     (
@@ -49,6 +79,7 @@ pub const DOCS_HTML: &str = r#"<!doctype html>
   <meta charset="utf-8">
   <meta name="viewport" content="width=device-width, initial-scale=1">
   <title>observe API</title>
+  <link rel="icon" href="/assets/favicon.svg" type="image/svg+xml">
 </head>
 <body>
   <script id="api-reference" data-url="/openapi.json"

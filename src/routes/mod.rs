@@ -48,6 +48,7 @@ pub fn register(cfg: &mut ServiceConfig) {
     .service(auth::reset_password)
     .service(auth::change_email)
     .service(auth::confirm_email)
+    .service(dashboard::features)
     .service(github::github_login)
     .service(github::github_callback)
     .service(projects::list_projects)

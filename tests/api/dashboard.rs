@@ -13,9 +13,15 @@ use tokio::process::{Child, Command};
 
 use crate::helpers::{call, spawn_app, TestApp};
 
+/// WebDriver's key codes.
+const TAB: &str = "\u{e004}";
+const ENTER: &str = "\u{e007}";
+
 /// A chromedriver of this test and the browser session it drives.
 struct Browser {
     client: Client,
+    /// chromedriver's address, for its log endpoint (which fantoccini does not wrap).
+    driver_url: String,
     _driver: Child,
 }
 
@@ -53,6 +59,8 @@ impl Browser {
             });
         }
         caps.insert("goog:chromeOptions".into(), options);
+        // The browser console's entries, read back by `console_errors`.
+        caps.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL" }));
         let url = format!("http://127.0.0.1:{port}");
         let mut last = None;
         for _ in 0..100 {
@@ -64,6 +72,7 @@ impl Browser {
                 Ok(client) => {
                     return Browser {
                         client,
+                        driver_url: url,
                         _driver: driver,
                     }
                 }
@@ -110,7 +119,8 @@ impl Browser {
         }
         self.screenshot("failure").await;
         let errors = self.page_errors().await;
-        panic!("the page never showed {text:?} (page errors: {errors:?}; target/screenshots/failure.png)");
+        let console = self.console_errors(&[]).await;
+        panic!("the page never showed {text:?} (page errors: {errors:?}; console: {console:?}; target/screenshots/failure.png)");
     }
 
     async fn screenshot(&self, name: &str) {
@@ -118,6 +128,44 @@ impl Browser {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
+    /// The browser console's errors since the last call (chromedriver hands each entry out
+    /// once): uncaught exceptions, `console.error`, failed loads (a 404 asset, a 4xx/5xx
+    /// answer to `fetch`) and Content-Security-Policy refusals, on every page this browser
+    /// opened, except entries holding one of `expected` (what a test did on purpose).
+    async fn console_errors(&self, expected: &[&str]) -> Vec<String> {
+        let session = self.client.session_id().await.unwrap().unwrap();
+        let mut res = awc::Client::default()
+            .post(format!("{}/session/{session}/se/log", self.driver_url))
+            .send_json(&json!({ "type": "browser" }))
+            .await
+            .unwrap();
+        let body: serde_json::Value = res.json().limit(1 << 24).await.unwrap();
+        let entries = body["value"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no browser log: {body}"));
+        entries
+            .iter()
+            .filter(|e| e["level"] == "SEVERE")
+            .filter_map(|e| e["message"].as_str())
+            .filter(|m| !expected.iter().any(|x| m.contains(x)))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Neither the page nor the console reported an error (beyond `expected` ones).
+    async fn assert_no_errors(&self, expected: &[&str]) {
+        assert_eq!(
+            self.page_errors().await,
+            Vec::<String>::new(),
+            "page errors"
+        );
+        assert_eq!(
+            self.console_errors(expected).await,
+            Vec::<String>::new(),
+            "browser console errors"
+        );
     }
 
     /// Errors the page itself raised (the app collects them in `window.__observeErrors`).
@@ -155,6 +203,43 @@ impl Browser {
             .and_then(|f| f.split('/').nth(2))
             .unwrap()
             .to_string()
+    }
+
+    /// Presses `key` (a WebDriver key code such as [`TAB`]) in the focused element.
+    async fn press(&self, key: &str) {
+        self.client
+            .active_element()
+            .await
+            .unwrap()
+            .send_keys(key)
+            .await
+            .unwrap();
+    }
+
+    /// Presses Tab until the focused element matches `css`, as a keyboard user would; fails
+    /// when it is not reached within 40 presses, or when the focus is not visibly outlined.
+    async fn tab_to(&self, css: &str) {
+        for _ in 0..40 {
+            self.press(TAB).await;
+            let focused = self
+                .client
+                .execute(
+                    "const e = document.activeElement;
+                     return [e.matches(arguments[0]), getComputedStyle(e).outlineStyle];",
+                    vec![json!(css)],
+                )
+                .await
+                .unwrap();
+            if focused[0] == true {
+                assert_ne!(
+                    focused[1], "none",
+                    "{css} is focused without a visible outline"
+                );
+                return;
+            }
+        }
+        self.screenshot("failure").await;
+        panic!("Tab never reached {css} (target/screenshots/failure.png)");
     }
 
     async fn close(self) {
@@ -291,7 +376,7 @@ async fn sign_up_create_a_project_and_a_key_then_sign_out() {
             .is_ok(),
         "back on the sign-in page after a reload"
     );
-    assert_eq!(b.page_errors().await, Vec::<String>::new());
+    b.assert_no_errors(&[]).await;
     b.close().await;
 }
 
@@ -411,10 +496,27 @@ async fn the_snippet_on_a_website_reaches_the_analytics_and_errors_pages() {
     )
     .await;
     b.screenshot("errors").await;
+    // Sorted by frequency, the group is still listed and the choice is kept.
+    b.find("#error-sort")
+        .await
+        .select_by_value("count")
+        .await
+        .unwrap();
+    b.wait_for_text("boom at checkout").await;
+    let sort = b
+        .client
+        .execute("return document.querySelector('#error-sort').value", vec![])
+        .await
+        .unwrap();
+    assert_eq!(sort, json!("count"));
     b.click("#error-groups a").await;
     b.wait_for_text("Latest stack trace").await;
+    // Who was affected: the occurrence names the visitor and the page.
+    let occurrences = b.find("#occurrences").await.text().await.unwrap();
+    assert!(occurrences.contains("/checkout"), "{occurrences}");
     b.screenshot("error-detail").await;
-    assert_eq!(b.page_errors().await, Vec::<String>::new());
+    // The test site threw on purpose.
+    b.assert_no_errors(&["boom at checkout"]).await;
     b.close().await;
     site_server.stop(false).await;
 }
@@ -515,7 +617,7 @@ async fn a_monitor_made_in_the_ui_shows_its_status_and_pausing_it_pauses_it_in_t
     .await
     .json();
     assert_eq!(detail["items"][0]["name"], "shop front page", "{detail}");
-    assert_eq!(b.page_errors().await, Vec::<String>::new());
+    b.assert_no_errors(&[]).await;
     b.close().await;
     target_server.stop(false).await;
 }
@@ -585,7 +687,7 @@ async fn api_monitoring_metrics_and_billing_pages_show_their_data() {
         .unwrap();
     b.wait_for_text("Billing is not configured").await;
     b.screenshot("billing").await;
-    assert_eq!(b.page_errors().await, Vec::<String>::new());
+    b.assert_no_errors(&[]).await;
     b.close().await;
 }
 
@@ -618,6 +720,7 @@ async fn the_api_docs_render_from_the_binary_and_ask_no_other_site() {
             "the docs fetched {r} from another site"
         );
     }
+    b.assert_no_errors(&[]).await;
     b.close().await;
 }
 
@@ -666,7 +769,7 @@ async fn a_forgotten_password_is_reset_through_the_emailed_link_to_the_dashboard
     b.click("form button[type=submit]").await;
     b.wait_for_text("Projects").await;
     b.wait_for_text(&account.email).await;
-    assert_eq!(b.page_errors().await, Vec::<String>::new());
+    b.assert_no_errors(&[]).await;
     b.close().await;
 }
 
@@ -675,6 +778,8 @@ async fn an_upgrade_goes_to_squads_checkout_and_the_paid_plan_shows() {
     use crate::support::squad::FakeSquad;
     let squad = FakeSquad::start().await;
     let app: TestApp = crate::helpers::spawn_app_with(crate::billing::towards(&squad), None).await;
+    let (_, features) = app.get_json("/features").await;
+    assert_eq!(features["billing"], true, "{features}");
     let account = crate::helpers::register(&app).await;
     let b = Browser::start().await;
     b.client
@@ -716,7 +821,7 @@ async fn an_upgrade_goes_to_squads_checkout_and_the_paid_plan_shows() {
     b.wait_for_text("Plan: pro").await;
     b.wait_for_text("payment succeeded").await;
     b.screenshot("billing-pro").await;
-    assert_eq!(b.page_errors().await, Vec::<String>::new());
+    b.assert_no_errors(&[]).await;
     b.close().await;
 }
 
@@ -788,7 +893,7 @@ async fn pages_fit_a_phone_and_follow_a_dark_system_theme() {
         );
         b.screenshot(&format!("phone-dark-{page}")).await;
     }
-    assert_eq!(b.page_errors().await, Vec::<String>::new());
+    b.assert_no_errors(&[]).await;
     b.close().await;
 }
 
@@ -808,6 +913,10 @@ async fn the_shell_and_its_files_come_from_the_binary_with_a_strict_policy() {
         "{csp}"
     );
     assert!(reply.text.contains("/assets/app.js"));
+    // Nothing optional is configured here: the dashboard is told so and offers neither.
+    let (status, features) = app.get_json("/features").await;
+    assert_eq!(status, 200);
+    assert_eq!(features, json!({"github_sign_in": false, "billing": false}));
     for (path, kind) in [
         ("/assets/app.js", "javascript"),
         ("/assets/app.css", "text/css"),
@@ -828,4 +937,62 @@ async fn the_shell_and_its_files_come_from_the_binary_with_a_strict_policy() {
     let missing =
         crate::helpers::send(app.req(awc::http::Method::GET, "/assets/nope.js"), None).await;
     assert_eq!(missing.status, 404);
+}
+
+#[actix_web::test]
+async fn the_dashboard_is_used_with_the_keyboard_alone() {
+    let app: TestApp = spawn_app().await;
+    let account = crate::helpers::register(&app).await;
+    let b = Browser::start().await;
+    b.client
+        .goto(&format!("{}/#/signin", app.address))
+        .await
+        .unwrap();
+    b.wait_for_text("Forgot your password?").await;
+
+    // Sign in: Tab to each field, type, Enter submits.
+    b.tab_to("input[name=email]").await;
+    b.press(&account.email).await;
+    b.tab_to("input[name=password]").await;
+    b.press(crate::helpers::TEST_PASSWORD).await;
+    b.press(ENTER).await;
+    b.wait_for_text("No project yet").await;
+
+    // A project, then a key from its settings, by Tab and Enter.
+    b.tab_to("input[name=name]").await;
+    b.press("Keyboard shop").await;
+    b.press(ENTER).await;
+    b.wait_for_text("No key yet").await;
+    b.tab_to("form button[type=submit]").await;
+    b.press(ENTER).await;
+    b.find("#new-key-value").await;
+    b.tab_to("#new-key button").await;
+
+    // The project's tabs are links: Analytics opens with the first-event help.
+    b.tab_to("nav.tabs a[href$='/analytics']").await;
+    b.press(ENTER).await;
+    b.wait_for_text("No events yet").await;
+    // The range picker: a custom range of whole days is chosen and applied from the keyboard.
+    b.tab_to("select[name=from]").await;
+    // Typing a letter picks the first option that starts with it: "Custom days…".
+    b.press("C").await;
+    b.tab_to("#range-apply").await;
+    b.press(ENTER).await;
+    b.wait_for_text("No events yet").await;
+    let custom = b
+        .client
+        .execute(
+            "return document.querySelector('select[name=from]').value",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(custom, json!("custom"), "the page kept the custom range");
+
+    // Signing out from the keyboard returns to sign-in.
+    b.tab_to("#nav button").await;
+    b.press(ENTER).await;
+    b.wait_for_text("Forgot your password?").await;
+    b.assert_no_errors(&[]).await;
+    b.close().await;
 }

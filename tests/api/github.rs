@@ -173,6 +173,9 @@ async fn me_after(app: &TestApp, reply: &Reply) -> serde_json::Value {
 async fn a_new_github_user_gets_an_account_and_a_session_and_comes_back_to_it() {
     let fake = FakeGithub::start("octo@example.com", true).await;
     let app = app_for(&fake).await;
+    // The dashboard learns that the GitHub button works.
+    let (_, features) = app.get_json("/features").await;
+    assert_eq!(features["github_sign_in"], true, "{features}");
     let (state, cookie) = begin(&app, &fake).await;
     assert_eq!(state, cookie);
 

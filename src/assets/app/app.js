@@ -18,6 +18,23 @@ window.addEventListener("unhandledrejection", (e) => window.__observeErrors.push
 let token = null;
 let me = null;
 
+// Whether this browser may hold a refresh cookie (it is HttpOnly, so the page cannot see it):
+// set on sign-in, cleared on sign-out and on a refused refresh. Without it the app does not ask
+// `/auth/refresh` at load, which would only answer 401 (a red line in every visitor's console).
+const HINT = "observe.session";
+const hinted = () => localStorage.getItem(HINT) === "1";
+const hint = (on) => (on ? localStorage.setItem(HINT, "1") : localStorage.removeItem(HINT));
+
+// A new access token, renewed a little before it expires so that an idle page's next call
+// does not meet a 401 first.
+let renewal = null;
+function setToken(res) {
+  token = res.access_token;
+  hint(true);
+  clearTimeout(renewal);
+  if (res.expires_in > 0) renewal = setTimeout(() => refresh().catch(() => {}), res.expires_in * 800);
+}
+
 class ApiError extends Error {
   constructor(status, body) {
     const err = (body && body.error) || {};
@@ -30,8 +47,11 @@ class ApiError extends Error {
 
 async function refresh() {
   const res = await fetch("/auth/refresh", { method: "POST", credentials: "same-origin" });
-  if (!res.ok) return false;
-  token = (await res.json()).access_token;
+  if (!res.ok) {
+    hint(false);
+    return false;
+  }
+  setToken(await res.json());
   return true;
 }
 
@@ -130,6 +150,8 @@ function renderNav() {
 
 async function signOut() {
   try { await api("POST", "/auth/logout"); } catch (e) { /* signed out either way */ }
+  clearTimeout(renewal);
+  hint(false);
   token = null;
   me = null;
   renderNav();
@@ -142,7 +164,8 @@ async function signOut() {
 function signInPage() {
   const github = h("div");
   githubOffered().then((offered) => {
-    if (offered) github.replaceChildren(h("a", { class: "button", href: "/auth/github/login" }, "Sign in with GitHub"));
+    // GitHub's way back lands on `/` with the refresh cookie set: the hint lets the app use it.
+    if (offered) github.replaceChildren(h("a", { class: "button", href: "/auth/github/login", onclick: () => hint(true) }, "Sign in with GitHub"));
   });
   show(h("section", { class: "card" }, github,
     h("h1", {}, "Sign in"),
@@ -150,7 +173,7 @@ function signInPage() {
       field("Password", "password", "password", { autocomplete: "current-password" })],
     "Sign in", async (data) => {
       const res = await api("POST", "/auth/login", { email: data.get("email"), password: data.get("password") });
-      token = res.access_token;
+      setToken(res);
       await loadMe();
       go("#/projects");
     }),
@@ -168,7 +191,7 @@ function signUpPage() {
       const res = await api("POST", "/auth/register", {
         name: data.get("name"), email: data.get("email"), password: data.get("password"),
       });
-      token = res.access_token;
+      setToken(res);
       await loadMe();
       go("#/projects");
     }),
@@ -281,27 +304,58 @@ function projectTabs(projectId, current) {
     tab("metrics", "Metrics & costs"), tab("monitors", "Monitors"), tab("settings", "Settings"));
 }
 
-// The range picker's state, shared by the pages that read a range.
+// The range picker's state, shared by the pages that read a range: a relative range
+// (`24h`…`90d`) or `custom` with whole days `day_from`..`day_to` (inclusive) in the zone.
 const range = {
   from: "24h",
+  day_from: "",
+  day_to: "",
   tz: (Intl.DateTimeFormat().resolvedOptions().timeZone) || "UTC",
 };
 
 function rangeControls(onChange) {
   const from = h("select", { name: "from", "aria-label": "range" },
-    ...[["24h", "Last 24 hours"], ["7d", "Last 7 days"], ["30d", "Last 30 days"], ["90d", "Last 90 days"]]
+    ...[["24h", "Last 24 hours"], ["7d", "Last 7 days"], ["30d", "Last 30 days"], ["90d", "Last 90 days"], ["custom", "Custom days…"]]
       .map(([v, label]) => h("option", { value: v, selected: range.from === v }, label)));
   const zones = Array.from(new Set([range.tz, "UTC", "Africa/Lagos", "Europe/London", "America/New_York"]));
   const tz = h("select", { name: "tz", "aria-label": "time zone" },
     ...zones.map((z) => h("option", { value: z, selected: range.tz === z }, z)));
-  const changed = () => { range.from = from.value; range.tz = tz.value; onChange(); };
-  from.addEventListener("change", changed);
+  // Today in the chosen zone, as `YYYY-MM-DD` (the Canadian English format is ISO's).
+  const today = new Intl.DateTimeFormat("en-CA", { timeZone: range.tz }).format(new Date());
+  const dayFrom = h("input", { type: "date", name: "day_from", "aria-label": "first day", value: range.day_from || today, max: today });
+  const dayTo = h("input", { type: "date", name: "day_to", "aria-label": "last day", value: range.day_to || today, max: today });
+  const apply = h("button", { type: "button", class: "quiet", id: "range-apply" }, "Apply");
+  const custom = h("span", { class: "row", hidden: range.from !== "custom" }, dayFrom, "to", dayTo, apply);
+  const changed = () => {
+    range.from = from.value;
+    range.tz = tz.value;
+    custom.hidden = range.from !== "custom";
+    if (range.from === "custom") {
+      range.day_from = dayFrom.value;
+      range.day_to = dayTo.value;
+      if (!range.day_from || !range.day_to) return;
+    }
+    onChange();
+  };
+  from.addEventListener("change", () => (from.value === "custom" ? (custom.hidden = false, dayFrom.focus()) : changed()));
   tz.addEventListener("change", changed);
-  return h("div", { class: "row controls" }, from, tz);
+  apply.addEventListener("click", changed);
+  return h("div", { class: "row controls" }, from, custom, tz);
+}
+
+// The day after an ISO date (`2026-03-08` → `2026-03-09`): a custom range's exclusive end.
+function nextDay(day) {
+  const d = new Date(`${day}T00:00:00Z`);
+  d.setUTCDate(d.getUTCDate() + 1);
+  return d.toISOString().slice(0, 10);
 }
 
 function rangeQuery() {
-  return `from=${encodeURIComponent(range.from)}&tz=${encodeURIComponent(range.tz)}`;
+  const tz = `tz=${encodeURIComponent(range.tz)}`;
+  if (range.from === "custom" && range.day_from && range.day_to) {
+    return `from=${range.day_from}&to=${nextDay(range.day_to)}&${tz}`;
+  }
+  return `from=${encodeURIComponent(range.from === "custom" ? "24h" : range.from)}&${tz}`;
 }
 
 // A time-series chart (uPlot, bundled): one line per named series over the buckets' starts.
@@ -386,17 +440,22 @@ async function analyticsPage(projectId) {
 async function errorsPage(projectId) {
   show(projectTabs(projectId, "errors"), h("p", { class: "loading", role: "status" }, "Loading errors…"));
   const status = sessionStorage.getItem("observe.errors.status") || "unresolved";
+  const sort = sessionStorage.getItem("observe.errors.sort") || "last_seen";
   const [project, groups] = await Promise.all([
     api("GET", `/projects/${projectId}`),
-    api("GET", `/projects/${projectId}/errors?status=${status}&sort=last_seen&${rangeQuery()}`),
+    api("GET", `/projects/${projectId}/errors?status=${status}&sort=${sort}&${rangeQuery()}`),
   ]);
   const filter = h("select", { "aria-label": "status" },
     ...["unresolved", "resolved", "all"].map((v) => h("option", { value: v, selected: v === status }, v)));
   filter.addEventListener("change", () => { sessionStorage.setItem("observe.errors.status", filter.value); errorsPage(projectId); });
+  const order = h("select", { "aria-label": "sort", id: "error-sort" },
+    ...[["last_seen", "Last seen"], ["first_seen", "First seen"], ["count", "Most frequent"]]
+      .map(([v, label]) => h("option", { value: v, selected: v === sort }, label)));
+  order.addEventListener("change", () => { sessionStorage.setItem("observe.errors.sort", order.value); errorsPage(projectId); });
   show(
     h("h1", {}, project.name),
     projectTabs(projectId, "errors"),
-    h("div", { class: "row controls" }, filter, rangeControls(() => errorsPage(projectId))),
+    h("div", { class: "row controls" }, filter, order, rangeControls(() => errorsPage(projectId))),
     groups.items.length
       ? h("table", { id: "error-groups" }, h("thead", {}, h("tr", {}, h("th", {}, "Error"), h("th", {}, "In range"), h("th", {}, "People"), h("th", {}, "Last seen"))),
         h("tbody", {}, groups.items.map((g) => h("tr", {},
@@ -406,6 +465,8 @@ async function errorsPage(projectId) {
       : h("p", { class: "muted" }, status === "unresolved" ? "No unresolved errors in this range." : "No errors here."),
   );
 }
+
+const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
 
 function frames(stack) {
   if (typeof stack === "string") return h("pre", {}, stack);
@@ -429,10 +490,18 @@ async function errorPage(projectId, groupId) {
   show(
     h("h1", {}, `${g.type}: ${g.message}`),
     projectTabs(projectId, "errors"),
-    h("div", { class: "row" }, h("span", { class: "muted" }, `${g.status} · ${g.occurrences} occurrences · ${g.affected_users} people · first seen ${new Date(g.first_seen).toLocaleString()} · last seen ${new Date(g.last_seen).toLocaleString()}`), toggle),
+    h("div", { class: "row" }, h("span", { class: "muted" }, `${g.status} · ${plural(g.occurrences, "occurrence", "occurrences")} · ${plural(g.affected_users, "person", "people")} · first seen ${new Date(g.first_seen).toLocaleString()} · last seen ${new Date(g.last_seen).toLocaleString()}`), toggle),
     h("section", { class: "card" }, h("h2", {}, "Trend"),
       chart(g.trend.map((b) => b.start), [["Occurrences", g.trend.map((b) => b.count)]], "occurrences over time")),
     h("section", { class: "card" }, h("h2", {}, "Latest stack trace"), frames(latest.stack_trace)),
+    h("section", { class: "card" }, h("h2", {}, `Affected people (${g.range.affected_users} in range)`),
+      g.recent_occurrences.length
+        ? h("table", { id: "occurrences" }, h("thead", {}, h("tr", {}, h("th", {}, "Who"), h("th", {}, "When"), h("th", {}, "Page"), h("th", {}, "Release"))),
+          h("tbody", {}, g.recent_occurrences.map((o) => h("tr", {},
+            h("td", {}, o.user_id || o.visitor_id || "anonymous"),
+            h("td", { class: "muted" }, new Date(o.timestamp).toLocaleString()),
+            h("td", {}, o.url || ""), h("td", {}, o.release || "")))))
+        : h("p", { class: "muted" }, "No occurrence in this range.")),
     h("section", { class: "card" }, h("h2", {}, "Tags"),
       g.tags.length
         ? h("table", {}, h("tbody", {}, g.tags.map((t) => h("tr", {}, h("td", {}, t.key), h("td", {}, (t.top || []).map((v) => `${v.value} (${v.count})`).join(", "))))))
@@ -708,16 +777,15 @@ async function metricsPage(projectId) {
 
 async function billingPage() {
   show(h("p", { class: "loading", role: "status" }, "Loading billing…"));
+  const notConfigured = () => show(h("h1", {}, "Billing"), h("section", { class: "card" },
+    h("p", {}, "Billing is not configured on this server: every organisation is on its tier as set by the operator."),
+    h("p", { class: "muted" }, `Your organisation is on the ${me.organisation.tier} tier.`)));
+  if ((await features()).billing === false) return notConfigured();
   let sub;
   try {
     sub = await api("GET", "/billing/subscription");
   } catch (err) {
-    if (err.code === "billing_disabled") {
-      show(h("h1", {}, "Billing"), h("section", { class: "card" },
-        h("p", {}, "Billing is not configured on this server: every organisation is on its tier as set by the operator."),
-        h("p", { class: "muted" }, err.message)));
-      return;
-    }
+    if (err.code === "billing_disabled") return notConfigured();
     throw err;
   }
   const events = await api("GET", "/billing/events?limit=20");
@@ -813,7 +881,7 @@ function accountPage() {
         const res = await api("POST", "/auth/change-password", {
           current_password: data.get("current_password"), new_password: data.get("new_password"),
         });
-        if (res && res.access_token) token = res.access_token;
+        if (res && res.access_token) setToken(res);
         pwDone.replaceChildren(ok("Password changed. Your other sessions are signed out."));
       })),
     h("section", { class: "card" }, h("h2", {}, "Change email"), mailDone,
@@ -827,6 +895,8 @@ function accountPage() {
       form([field("Password", "password", "password", { autocomplete: "current-password" })], "Delete my account", async (data) => {
         if (!confirm("Delete your account and its data for good?")) return;
         await api("POST", "/auth/delete-account", { password: data.get("password") });
+        clearTimeout(renewal);
+        hint(false);
         token = null;
         me = null;
         renderNav();
@@ -835,13 +905,15 @@ function accountPage() {
   );
 }
 
+// What the server has configured (GitHub sign-in, billing): asked once per page load.
+let featuresOnce = null;
+function features() {
+  if (featuresOnce === null) featuresOnce = api("GET", "/features").catch(() => ({}));
+  return featuresOnce;
+}
+
 async function githubOffered() {
-  try {
-    const res = await fetch("/auth/github/login", { redirect: "manual", credentials: "same-origin" });
-    return res.type === "opaqueredirect" || (res.status >= 300 && res.status < 400);
-  } catch (e) {
-    return false;
-  }
+  return (await features()).github_sign_in === true;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -895,7 +967,7 @@ async function route() {
 
 async function start() {
   try {
-    if (await refresh()) await loadMe();
+    if (hinted() && (await refresh())) await loadMe();
   } catch (e) {
     token = null;
     me = null;
