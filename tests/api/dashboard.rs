@@ -950,12 +950,43 @@ async fn the_dashboard_is_used_with_the_keyboard_alone() {
         .unwrap();
     b.wait_for_text("Forgot your password?").await;
 
-    // Sign in: Tab to each field, type, Enter submits.
+    // Sign in: Tab to each field, type, Enter submits. A wrong password first: the form
+    // shows the API's own message.
     b.tab_to("input[name=email]").await;
     b.press(&account.email).await;
     b.tab_to("input[name=password]").await;
+    b.press("not the password").await;
+    b.press(ENTER).await;
+    b.wait_for_text("email or password is incorrect").await;
+    let shown = b
+        .find("form .error[role=alert]")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(shown, "email or password is incorrect");
+    b.tab_to("input[name=password]").await;
+    b.client
+        .execute("document.activeElement.value = ''", vec![])
+        .await
+        .unwrap();
     b.press(crate::helpers::TEST_PASSWORD).await;
     b.press(ENTER).await;
+    b.wait_for_text("No project yet").await;
+
+    // A slow API: the page says it is loading until the answer comes.
+    b.client
+        .execute(
+            "const real = window.fetch;
+             window.fetch = (url, opts) => String(url).startsWith('/projects?')
+               ? new Promise((done) => setTimeout(() => done(real(url, opts)), 1500))
+               : real(url, opts);
+             location.hash = '#/account'; setTimeout(() => { location.hash = '#/projects'; }, 50);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    b.wait_for_text("Loading projects").await;
     b.wait_for_text("No project yet").await;
 
     // A project, then a key from its settings, by Tab and Enter.
@@ -993,6 +1024,10 @@ async fn the_dashboard_is_used_with_the_keyboard_alone() {
     b.tab_to("#nav button").await;
     b.press(ENTER).await;
     b.wait_for_text("Forgot your password?").await;
-    b.assert_no_errors(&[]).await;
+    // The wrong password's answer is in the console as a failed load, by design.
+    b.assert_no_errors(&[
+        "/auth/login - Failed to load resource: the server responded with a status of 401",
+    ])
+    .await;
     b.close().await;
 }
