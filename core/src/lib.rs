@@ -14,7 +14,8 @@
 //!   [`gcra`] (the one rate limiter, Redis with a per-instance fallback), [`github`] (OAuth),
 //!   [`tiers`] (tier questions).
 //! - Ingestion: [`ingest`] (payloads and validation), [`fingerprint`] (error grouping),
-//!   [`batch`] (the batching policy buffering actors share, the process-wide byte budget).
+//!   [`batch`] (the batching policy buffering actors share, the process-wide byte budget),
+//!   [`sentry`] (Sentry envelopes and events turned into observe's items).
 //! - Monitors: [`monitor`] (configuration and the streak rules), [`check`] (one HTTP check and
 //!   the SSRF guard), [`check_slots`] (per-organisation concurrency).
 //! - Background jobs: [`jobs`] (cron schedules, catch-up at start).
@@ -57,6 +58,7 @@ pub mod range;
 pub mod ratelimit;
 pub mod redis;
 pub mod retention;
+pub mod sentry;
 pub mod series;
 pub mod sessions;
 pub mod sketch;
