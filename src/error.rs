@@ -68,7 +68,9 @@ pub enum ApiError {
     /// Ingest items that failed validation: every problem, by item index and field.
     #[error("{} invalid item field(s); nothing from this request was stored", .0.len())]
     InvalidItems(Vec<observe_core::ingest::ItemError>),
-    #[error("Content-Encoding {0:?} is not supported; send gzip, deflate or no encoding")]
+    #[error(
+        "Content-Encoding {0:?} is not supported; send gzip, deflate, br, zstd or no encoding"
+    )]
     UnsupportedEncoding(String),
     /// The organisation's monthly cap for a category is reached (SPEC §5).
     #[error("the monthly {category} quota of this organisation's tier is used up; it renews on the 1st (UTC) or with an upgrade")]

@@ -157,6 +157,38 @@ impl FromRequest for ApiKey {
     }
 }
 
+/// The key behind `credential` (an `obs_` key or a DSN key), with the same cache, lookup
+/// budget and refusals as the [`ApiKey`] extractor: `None` for an unknown or revoked key
+/// (or one not of an issued shape, refused unlooked). For routes that find the credential in
+/// the request themselves (the Sentry endpoints).
+pub async fn authenticate_credential(
+    state: &AppState,
+    req: &HttpRequest,
+    credential: observe_core::keys::Credential<'_>,
+) -> Result<Option<observe_core::store::api_keys::KeyOwner>, ApiError> {
+    if !credential.well_formed() {
+        return Ok(None);
+    }
+    if let Some(answer) = state.keys.cached_credential(credential) {
+        return Ok(answer);
+    }
+    let client = client_key(req, &state.settings.server.client_ip_header);
+    let budget = ClientLookups {
+        limits: &state.auth_limits,
+        client: &client,
+    };
+    match state
+        .keys
+        .authenticate_credential(&state.db, credential, &budget)
+        .await?
+        .0
+    {
+        KeyLookup::Owner(owner) => Ok(Some(owner)),
+        KeyLookup::Unknown => Ok(None),
+        KeyLookup::Refused(decision) => Err(rate_limited(decision)),
+    }
+}
+
 /// A client's budget of key lookups: paid before a lookup runs, paid back when it finds a key.
 struct ClientLookups<'a> {
     limits: &'a AuthLimits,

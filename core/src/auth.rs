@@ -307,6 +307,20 @@ pub fn new_api_key() -> (Token, String) {
     (Token { secret, hash }, shown)
 }
 
+/// A new key's public DSN key: 32 lowercase hex digits (128 random bits). It fits every Sentry
+/// SDK's DSN parser (the JavaScript one takes only letters, digits and `_` before the `@`).
+pub fn new_dsn_key() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// Whether `key` has the shape of a DSN key [`new_dsn_key`] makes (the migration's keys of
+/// older API keys have it too). Anything else is refused before any lookup.
+pub fn dsn_key_shaped(key: &str) -> bool {
+    key.len() == 32 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// When a token made now with a lifetime of `ttl` expires.
 pub fn expires_in(ttl: Duration) -> DateTime<Utc> {
     Utc::now() + ttl
@@ -488,5 +502,17 @@ mod tests {
         assert!(key.secret.starts_with(&shown));
         assert_eq!(key.hash, hash_secret(&key.secret));
         assert_ne!(new_api_key().0.secret, key.secret);
+    }
+
+    #[test]
+    fn dsn_keys_are_32_hex_digits_and_fit_the_javascript_sdks_dsn_pattern() {
+        let key = new_dsn_key();
+        assert!(dsn_key_shaped(&key), "{key}");
+        assert_ne!(new_dsn_key(), key);
+        // The JavaScript SDK's DSN pattern takes `\w+` (letters, digits, `_`) as the key.
+        assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        assert!(!dsn_key_shaped("obs_0123456789abcdef0123456789"));
+        assert!(!dsn_key_shaped(&key.to_uppercase()));
+        assert!(!dsn_key_shaped(&key[1..]));
     }
 }

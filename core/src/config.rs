@@ -436,6 +436,15 @@ impl Settings {
             (true, false) => format!("{own}/#{path}"),
         }
     }
+
+    /// A key's Sentry DSN: `{scheme}://{dsn_key}@{host}[:{port}][/{path}]/{numeric_id}` from
+    /// `server.public_url` (a path there is kept: SDKs put `/api/{id}/…` after it, as behind a
+    /// proxy that serves observe under a prefix). A URL without a scheme is taken as `http`.
+    pub fn dsn(&self, dsn_key: &str, numeric_id: i64) -> String {
+        let url = self.server.public_url.trim().trim_end_matches('/');
+        let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+        format!("{scheme}://{dsn_key}@{rest}/{numeric_id}")
+    }
 }
 
 impl SquadSettings {
@@ -954,6 +963,33 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Settings::load_from(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn dsns_are_built_from_the_public_url() {
+        let mut s = load(&[]).unwrap();
+        let key = "0123456789abcdef0123456789abcdef";
+        for (public, dsn) in [
+            (
+                "http://127.0.0.1:8000",
+                format!("http://{key}@127.0.0.1:8000/42"),
+            ),
+            (
+                "https://observe.example/",
+                format!("https://{key}@observe.example/42"),
+            ),
+            (
+                "https://example.com/observe",
+                format!("https://{key}@example.com/observe/42"),
+            ),
+            (
+                "observe.example:9000",
+                format!("http://{key}@observe.example:9000/42"),
+            ),
+        ] {
+            s.server.public_url = public.into();
+            assert_eq!(s.dsn(key, 42), dsn, "{public}");
+        }
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub const MAX_MESSAGE: usize = 8192;
 pub const MAX_STACK: usize = 64 * 1024;
 /// Largest JSON object (properties, traits) an item may carry.
 pub const MAX_OBJECT_BYTES: usize = 16 * 1024;
+/// Largest `context` of an error (breadcrumbs, contexts, request, the rest of an exception
+/// chain: what Sentry SDKs send beyond observe's fields), as JSON.
+pub const MAX_CONTEXT: usize = 64 * 1024;
 /// Most labels (tags) one item may carry.
 pub const MAX_LABELS: usize = 20;
 
@@ -97,6 +100,14 @@ impl JsonObject {
         self.0.as_deref().map_or("{}", RawValue::get)
     }
 
+    /// Whether it holds no key (absent, or sent as `{}`).
+    pub fn is_empty(&self) -> bool {
+        self.as_str()
+            .trim_start_matches('{')
+            .trim_start()
+            .starts_with('}')
+    }
+
     /// The object again (tests and rare readers; the write path never needs it).
     pub fn to_map(&self) -> Map<String, Value> {
         serde_json::from_str(self.as_str()).unwrap_or_default()
@@ -158,6 +169,8 @@ pub struct ErrorItem {
     pub visitor_id: Option<String>,
     pub tags: BTreeMap<String, String>,
     pub fingerprint: String,
+    /// What else the occurrence carries (breadcrumbs, contexts, request, …), kept as sent.
+    pub context: JsonObject,
     pub timestamp: DateTime<Utc>,
 }
 
@@ -434,18 +447,20 @@ impl Fields<'_> {
         }
     }
 
-    /// An optional JSON object, bounded in size, as JSON text.
+    /// An optional JSON object of at most [`MAX_OBJECT_BYTES`], as JSON text.
     fn object_json(&mut self, field: &str) -> JsonObject {
+        self.object_json_within(field, MAX_OBJECT_BYTES)
+    }
+
+    /// An optional JSON object of at most `max` bytes, as JSON text.
+    fn object_json_within(&mut self, field: &str, max: usize) -> JsonObject {
         match self.object.get(field) {
             None | Some(Value::Null) => JsonObject::empty(),
             Some(value @ Value::Object(_)) if self.refuse_nul(field, value) => JsonObject::empty(),
             Some(value @ Value::Object(_)) => match serde_json::value::to_raw_value(value) {
-                Ok(raw) if raw.get().len() <= MAX_OBJECT_BYTES => JsonObject(Some(raw)),
+                Ok(raw) if raw.get().len() <= max => JsonObject(Some(raw)),
                 _ => {
-                    self.problem(
-                        field,
-                        format!("must be at most {MAX_OBJECT_BYTES} bytes of JSON"),
-                    );
+                    self.problem(field, format!("must be at most {max} bytes of JSON"));
                     JsonObject::empty()
                 }
             },
@@ -641,6 +656,7 @@ pub fn errors(items: &[Value], ctx: &Context) -> Result<Vec<ErrorItem>, Vec<Item
             visitor_id: f.string("visitor_id", MAX_NAME),
             tags: f.string_map("tags"),
             fingerprint,
+            context: f.object_json_within("context", MAX_CONTEXT),
             timestamp: f.timestamp(ctx),
         }
     })

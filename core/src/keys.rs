@@ -100,6 +100,30 @@ pub fn well_formed(secret: &str) -> bool {
         .is_some_and(crate::auth::token_shaped)
 }
 
+/// What a client presents to speak for a project: an `obs_` key (its secret), or a key's
+/// public DSN key (Sentry SDKs). Both are cached by their SHA-256; their shapes never overlap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential<'a> {
+    Secret(&'a str),
+    DsnKey(&'a str),
+}
+
+impl Credential<'_> {
+    fn text(&self) -> &str {
+        match self {
+            Credential::Secret(s) | Credential::DsnKey(s) => s,
+        }
+    }
+
+    /// Whether it has the shape observe issues (anything else is refused unlooked).
+    pub fn well_formed(&self) -> bool {
+        match self {
+            Credential::Secret(s) => well_formed(s),
+            Credential::DsnKey(k) => crate::auth::dsn_key_shaped(k),
+        }
+    }
+}
+
 /// What looking a key up found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyLookup {
@@ -157,9 +181,14 @@ impl KeyCache {
 
     /// The cached answer for `secret`, if there is one (a use of a valid key is noted).
     pub fn cached(&self, secret: &str) -> Option<Option<KeyOwner>> {
+        self.cached_credential(Credential::Secret(secret))
+    }
+
+    /// The cached answer for a credential, if there is one (a use of a valid key is noted).
+    pub fn cached_credential(&self, credential: Credential<'_>) -> Option<Option<KeyOwner>> {
         let answer = match self
             .entries
-            .get(&hash_secret(secret), std::time::Instant::now())?
+            .get(&hash_secret(credential.text()), std::time::Instant::now())?
         {
             KeyLookup::Owner(owner) => Some(owner),
             KeyLookup::Unknown => None,
@@ -179,11 +208,22 @@ impl KeyCache {
         secret: &str,
         budget: &impl LookupBudget,
     ) -> Result<(KeyLookup, Source), StoreError> {
+        self.authenticate_credential(pool, Credential::Secret(secret), budget)
+            .await
+    }
+
+    /// [`Self::authenticate`] for either credential.
+    pub async fn authenticate_credential(
+        &self,
+        pool: &crate::db::PgPool,
+        credential: Credential<'_>,
+        budget: &impl LookupBudget,
+    ) -> Result<(KeyLookup, Source), StoreError> {
         let (ttl, unknown_ttl) = (self.ttl, self.unknown_ttl);
         let lookups = self.lookups.clone();
         let (answer, source) = self
             .entries
-            .get_or_load(hash_secret(secret), || async move {
+            .get_or_load(hash_secret(credential.text()), || async move {
                 if let Err(refused) = budget.spend().await {
                     // Shared with the callers of this flight, kept by nobody.
                     return Ok((KeyLookup::Refused(refused), Duration::ZERO));
@@ -194,8 +234,13 @@ impl KeyCache {
                     _ => return Err(StoreError::Unavailable("API key lookups busy".into())),
                 };
                 let client = pool.get().await?;
-                let hash = hash_secret(secret);
-                match api_keys::owner_by_hash(&client, &hash).await? {
+                let owner = match credential {
+                    Credential::Secret(secret) => {
+                        api_keys::owner_by_hash(&client, &hash_secret(secret)).await?
+                    }
+                    Credential::DsnKey(key) => api_keys::owner_by_dsn_key(&client, key).await?,
+                };
+                match owner {
                     Some(owner) => {
                         budget.refund().await;
                         Ok((KeyLookup::Owner(owner), ttl))
@@ -389,6 +434,7 @@ mod tests {
         KeyOwner {
             key_id: Uuid::new_v4(),
             project_id: Uuid::new_v4(),
+            project_number: 1,
             organisation_id: Uuid::new_v4(),
             tier: Tier::Hobby,
         }

@@ -203,6 +203,9 @@ pub struct IngestMetrics {
     /// Flushes whose COMMIT answer was lost, by what they turned out to be.
     pub uncertain_commits: IntCounterVec,
     pub actors: prometheus::IntGauge,
+    /// Items of Sentry envelopes by item type and outcome (`accepted`: became observe items;
+    /// `dropped`: sessions, client reports, attachments, non-HTTP transactions, unknown types).
+    pub sentry_items: IntCounterVec,
 }
 
 impl IngestMetrics {
@@ -255,6 +258,14 @@ impl IngestMetrics {
             "observe_ingest_actors",
             "IngestActors running on this instance (one per active project)",
         )?;
+        let sentry_items = IntCounterVec::new(
+            Opts::new(
+                "observe_sentry_items_total",
+                "Items of Sentry envelopes, by item type and outcome (accepted, dropped)",
+            ),
+            &["type", "outcome"],
+        )?;
+        registry.register(Box::new(sentry_items.clone()))?;
         registry.register(Box::new(items.clone()))?;
         registry.register(Box::new(batch_items.clone()))?;
         registry.register(Box::new(flush_seconds.clone()))?;
@@ -272,6 +283,7 @@ impl IngestMetrics {
             inflight_bytes,
             uncertain_commits,
             actors,
+            sentry_items,
         })
     }
 

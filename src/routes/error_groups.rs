@@ -143,6 +143,11 @@ pub struct OccurrenceView {
     pub visitor_id: Option<String>,
     #[schema(value_type = Object)]
     pub tags: serde_json::Value,
+    /// What else the occurrence carried: `breadcrumbs`, `contexts`, `request`, `exceptions`
+    /// (the rest of a chain), `sdk`, … (Sentry SDKs send these); absent when nothing was sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub context: Option<serde_json::Value>,
 }
 
 impl From<Occurrence> for OccurrenceView {
@@ -159,6 +164,7 @@ impl From<Occurrence> for OccurrenceView {
             user_id: o.user_id,
             visitor_id: o.visitor_id,
             tags: o.tags,
+            context: o.context,
         }
     }
 }

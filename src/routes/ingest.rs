@@ -172,7 +172,7 @@ async fn ingest(
 }
 
 /// A rejection: the error, its reason label in `/metrics`, and how many items it covers.
-type Rejection = (ApiError, &'static str, usize);
+pub(crate) type Rejection = (ApiError, &'static str, usize);
 
 async fn handle(
     kind: Kind,
@@ -224,6 +224,23 @@ async fn handle(
     let items = Items::validate(kind, &values, &ctx, &settings.llm_prices)
         .map_err(|problems| (ApiError::InvalidItems(problems), "invalid", values.len()))?;
     drop(values);
+    submit(state, owner, items, received_at, reservation, decision).await
+}
+
+/// Sends validated items to the project's IngestActor, once the key's per-minute budget for
+/// their category and the organisation's monthly cap allow them, and waits for the commit:
+/// the number stored, or why not. `decision` receives the rate limit taken (the headers'
+/// figures). Shared by `/ingest/*` and the Sentry endpoints.
+pub(crate) async fn submit(
+    state: &AppState,
+    owner: KeyOwner,
+    items: Items,
+    received_at: DateTime<Utc>,
+    reservation: Reservation,
+    decision: &mut Option<Decision>,
+) -> Result<usize, Rejection> {
+    let settings = &state.settings.ingest;
+    let category = items.kind().category();
     let n = items.len();
 
     let taken = rate_check(state, owner, category, n).await;
@@ -349,7 +366,7 @@ fn answer_timeout(settings: &observe_core::config::IngestSettings) -> Duration {
 }
 
 /// Takes `cost` items from the key's per-minute budget for `category` (0: only looks).
-async fn rate_check(
+pub(crate) async fn rate_check(
     state: &AppState,
     owner: KeyOwner,
     category: Category,
@@ -395,7 +412,7 @@ fn secs_to_next_month(now: DateTime<Utc>) -> u64 {
 /// Reads the body, at most `ingest.max_body_bytes` on the wire and after decompression,
 /// within `ingest.body_timeout_ms`, taking its bytes from the process-wide budget as they
 /// arrive (503 when it is spent).
-async fn read_body(
+pub(crate) async fn read_body(
     req: &HttpRequest,
     payload: web::Payload,
     settings: &observe_core::config::IngestSettings,
@@ -433,7 +450,7 @@ async fn read_body_untimed(
     if let Some(encoding) = &encoding {
         if !matches!(
             encoding.as_str(),
-            "gzip" | "x-gzip" | "deflate" | "identity"
+            "gzip" | "x-gzip" | "deflate" | "br" | "zstd" | "identity"
         ) {
             return Err((
                 ApiError::UnsupportedEncoding(encoding.clone()),
@@ -470,6 +487,21 @@ async fn read_body_untimed(
     let inflated = match encoding.as_deref() {
         Some("gzip" | "x-gzip") => inflate(flate2::read::GzDecoder::new(&raw[..]), limit)?,
         Some("deflate") => inflate(flate2::read::ZlibDecoder::new(&raw[..]), limit)?,
+        // Brotli and zstd: what some Sentry SDKs send (Python's with `transport_compression`).
+        Some("br") => inflate(
+            brotli_decompressor::Decompressor::new(&raw[..], 4096),
+            limit,
+        )?,
+        Some("zstd") => {
+            let decoder = ruzstd::decoding::StreamingDecoder::new(&raw[..]).map_err(|e| {
+                (
+                    ApiError::BadRequest(format!("the body is not zstd: {e}")),
+                    "malformed",
+                    1,
+                )
+            })?;
+            inflate(decoder, limit)?
+        }
         _ => return Ok(raw),
     };
     // The decompressed body is what is held from here on.

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod monitors;
 pub mod projects;
 pub mod sdk;
+pub mod sentry;
 pub mod series;
 pub mod stats;
 
@@ -31,6 +32,13 @@ pub fn register(cfg: &mut ServiceConfig) {
             .service(ingest::errors)
             .service(ingest::requests)
             .service(ingest::metrics),
+    )
+    // Sentry SDKs (`SENTRY_DSN`): their envelopes into the same ingestion.
+    .service(
+        utoipa_actix_web::scope("/api")
+            .wrap(sentry::cors())
+            .service(sentry::envelope)
+            .service(sentry::store),
     )
     .service(sdk::snippet)
     .service(health::live)

@@ -3,7 +3,8 @@
 
 use actix_web::{delete, get, post, web, HttpResponse};
 use chrono::{DateTime, Utc};
-use observe_core::auth::new_api_key;
+use observe_core::auth::{new_api_key, new_dsn_key};
+use observe_core::config::Settings;
 use observe_core::keys::{self, Scope};
 use observe_core::store::api_keys::{self, ApiKey};
 use observe_core::store::projects::{self, CreateError, Project};
@@ -63,16 +64,25 @@ pub struct CreateProject {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProjectView {
     pub id: Uuid,
+    /// The numeric id Sentry SDKs need in a DSN (`/api/{numeric_id}/envelope/`).
+    #[schema(example = 42)]
+    pub numeric_id: i64,
     pub name: String,
     pub created_at: DateTime<Utc>,
+    /// The Sentry DSN of the project's newest key that is not revoked (project detail only;
+    /// null when it has none). Every key's DSN is in the key list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dsn: Option<String>,
 }
 
 impl From<Project> for ProjectView {
     fn from(p: Project) -> Self {
         Self {
             id: p.id,
+            numeric_id: p.numeric_id,
             name: p.name,
             created_at: p.created_at,
+            dsn: None,
         }
     }
 }
@@ -93,11 +103,16 @@ pub struct ApiKeyView {
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The key's DSN for Sentry SDKs (`SENTRY_DSN`): not a secret, like Sentry's own DSNs;
+    /// it only sends into this project, and revoking the key ends it.
+    #[schema(example = "http://3f2a9c0d1e4b5a6978c8d7e6f5a4b3c2@127.0.0.1:8000/42")]
+    pub dsn: String,
 }
 
-impl From<ApiKey> for ApiKeyView {
-    fn from(k: ApiKey) -> Self {
+impl ApiKeyView {
+    fn new(k: ApiKey, settings: &Settings, numeric_id: i64) -> Self {
         Self {
+            dsn: settings.dsn(&k.dsn_key, numeric_id),
             id: k.id,
             name: k.name,
             prefix: k.prefix,
@@ -116,6 +131,8 @@ pub struct CreatedApiKey {
     /// The secret: shown only in this response. Send it as `Authorization: Bearer <key>` or
     /// `X-API-Key: <key>`.
     pub key: String,
+    /// The key's DSN for Sentry SDKs (also in the key list).
+    pub dsn: String,
     pub created_at: DateTime<Utc>,
 }
 
@@ -191,7 +208,12 @@ pub async fn get_project(
     let project = projects::get(&client, session.org_id, path.into_inner())
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok(web::Json(project.into()))
+    let newest = api_keys::newest_active(&client, project.id).await?;
+    let dsn = newest.map(|k| state.settings.dsn(&k.dsn_key, project.numeric_id));
+    Ok(web::Json(ProjectView {
+        dsn,
+        ..project.into()
+    }))
 }
 
 /// Deletes a project with its keys, monitors and data. Answers once the project is gone: its
@@ -257,7 +279,10 @@ pub async fn list_api_keys(
     let rows = api_keys::list(&client, session.org_id, project.id, limit, after).await?;
     let (rows, next_cursor) = page(rows, limit, ApiKey::cursor);
     Ok(web::Json(List {
-        items: rows.into_iter().map(Into::into).collect(),
+        items: rows
+            .into_iter()
+            .map(|k| ApiKeyView::new(k, &state.settings, project.numeric_id))
+            .collect(),
         next_cursor,
     }))
 }
@@ -290,9 +315,11 @@ pub async fn create_api_key(
         .await?
         .ok_or(ApiError::NotFound)?;
     let (key, shown) = new_api_key();
-    let created = api_keys::create(&tx, project.id, &name, &shown, &key.hash).await?;
+    let created =
+        api_keys::create(&tx, project.id, &name, &shown, &key.hash, &new_dsn_key()).await?;
     tx.commit().await?;
     Ok(HttpResponse::Created().json(CreatedApiKey {
+        dsn: state.settings.dsn(&created.dsn_key, project.numeric_id),
         id: created.id,
         name: created.name,
         prefix: created.prefix,

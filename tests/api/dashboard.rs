@@ -275,6 +275,14 @@ async fn sign_up_create_a_project_and_a_key_then_sign_out() {
         snippet.contains("/sdk/observe.js") && snippet.contains(&key),
         "{snippet}"
     );
+    // The DSN for Sentry SDKs, with the project's numeric id, shown too.
+    let dsn = b.find("#new-key-dsn").await.text().await.unwrap();
+    assert!(
+        dsn.starts_with("http://")
+            && dsn.contains('@')
+            && dsn.rsplit('/').next().unwrap().parse::<i64>().is_ok(),
+        "{dsn}"
+    );
     b.screenshot("project-keys").await;
 
     // What the browser made is what the API has.

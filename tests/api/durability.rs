@@ -63,8 +63,19 @@ struct Sent {
 
 impl Sent {
     fn acked(&self) -> bool {
-        matches!(self.outcome, Ok((202, _)))
+        matches!(self.outcome, Ok((202 | 200, _)))
     }
+}
+
+/// What a load sends.
+#[derive(Clone)]
+enum Target {
+    /// `POST /ingest/events` with the key in `X-API-Key`: 1 to 5 events a request, each
+    /// known by its visitor id.
+    Events { key: String },
+    /// `POST /api/{number}/envelope/` as a Sentry SDK: one error event a request, known by its
+    /// user id (observe answers 200 with the event id).
+    Sentry { number: String, dsn_key: String },
 }
 
 /// Concurrent senders of events, each request a single event or a small batch, all recorded.
@@ -72,7 +83,7 @@ impl Sent {
 struct Load {
     client: awc::Client,
     base: String,
-    key: String,
+    target: Target,
     tag: String,
     /// Senders finish the request in hand, then stop.
     stop: Cell<bool>,
@@ -82,12 +93,21 @@ struct Load {
 
 impl Load {
     fn new(base: &str, key: &str) -> Self {
+        Self::to(
+            base,
+            Target::Events {
+                key: key.to_string(),
+            },
+        )
+    }
+
+    fn to(base: &str, target: Target) -> Self {
         Self {
             client: awc::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .finish(),
             base: base.to_string(),
-            key: key.to_string(),
+            target,
             tag: unique_tag(),
             stop: Cell::new(false),
             in_flight: Cell::new(0),
@@ -110,7 +130,10 @@ impl Load {
 
     /// Sends request `seq` of `sender` and records it; false if the connection broke.
     async fn send_one(&self, sender: usize, seq: usize) -> bool {
-        let (body, ids) = events_body(&self.tag, sender, seq);
+        let (body, ids) = match self.target {
+            Target::Events { .. } => events_body(&self.tag, sender, seq),
+            Target::Sentry { .. } => sentry_body(&self.tag, sender, seq),
+        };
         let started = Instant::now();
         self.in_flight.set(self.in_flight.get() + 1);
         let outcome = self
@@ -133,11 +156,21 @@ impl Load {
         body: Vec<u8>,
         items: usize,
     ) -> Result<(u16, String), String> {
-        let mut res = self
-            .client
-            .post(format!("{}/ingest/events", self.base))
-            .insert_header(("X-API-Key", self.key.as_str()))
-            .insert_header(("content-type", "application/json"))
+        let req = match &self.target {
+            Target::Events { key } => self
+                .client
+                .post(format!("{}/ingest/events", self.base))
+                .insert_header(("X-API-Key", key.as_str()))
+                .insert_header(("content-type", "application/json")),
+            Target::Sentry { number, dsn_key } => self
+                .client
+                .post(format!("{}/api/{number}/envelope/", self.base))
+                .insert_header((
+                    "X-Sentry-Auth",
+                    format!("Sentry sentry_key={dsn_key}, sentry_version=7"),
+                )),
+        };
+        let mut res = req
             // Tags the request's log lines, so the test finds its own in a shared capture.
             .insert_header(("X-Request-Id", request_id))
             .send_body(body)
@@ -146,12 +179,13 @@ impl Load {
         let body = res.body().await.map_err(|e| e.to_string())?;
         let status = res.status().as_u16();
         let text = String::from_utf8_lossy(&body).into_owned();
-        if status == 202 {
-            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            assert_eq!(v["accepted"], items, "a 202 counts every item sent: {text}");
-            return Ok((status, String::new()));
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        match status {
+            202 => assert_eq!(v["accepted"], items, "a 202 counts every item sent: {text}"),
+            200 => assert!(v["id"].is_string(), "a 200 names the event: {text}"),
+            _ => return Ok((status, text)),
         }
-        Ok((status, text))
+        Ok((status, String::new()))
     }
 
     /// Polls `done` every 10 ms while the senders run, for at most `secs` seconds.
@@ -234,6 +268,34 @@ fn events_body(tag: &str, sender: usize, seq: usize) -> (Vec<u8>, Vec<String>) {
     (body.to_string().into_bytes(), ids)
 }
 
+/// Request `seq` of `sender` as a Sentry SDK sends an error: an envelope of one event, its
+/// user id the item's id.
+fn sentry_body(tag: &str, sender: usize, seq: usize) -> (Vec<u8>, Vec<String>) {
+    let id = format!("{tag}-{sender}-{seq}");
+    let event_id = uuid::Uuid::new_v4().simple().to_string();
+    let event = json!({
+        "event_id": event_id,
+        "timestamp": chrono::Utc::now().timestamp_millis() as f64 / 1000.0,
+        "platform": "python",
+        "level": "error",
+        "exception": {"values": [{
+            "type": "KillError",
+            "value": format!("request {seq} of sender {sender}"),
+            "stacktrace": {"frames": [
+                {"function": "handle", "module": "shop.views", "lineno": 10 + seq % 7, "in_app": true}
+            ]}
+        }]},
+        "user": {"id": id},
+    })
+    .to_string();
+    let body = format!(
+        "{}\n{}\n{event}\n",
+        json!({"event_id": event_id, "sent_at": chrono::Utc::now().to_rfc3339()}),
+        json!({"type": "event", "length": event.len()})
+    );
+    (body.into_bytes(), vec![id])
+}
+
 /// A connection of the test's own to `db_url`, outside observe's pool.
 async fn connect(db_url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(db_url, NoTls)
@@ -247,24 +309,68 @@ async fn connect(db_url: &str) -> tokio_postgres::Client {
 
 /// Rows per visitor id in the project's `events`.
 async fn stored_visitors(db: &tokio_postgres::Client, project: &str) -> HashMap<String, i64> {
+    stored_ids(db, project, Stored::Events).await
+}
+
+/// Where a load's items land, and the usage category they count in.
+#[derive(Clone, Copy)]
+enum Stored {
+    /// `events`, by visitor id.
+    Events,
+    /// `errors`, by user id.
+    Errors,
+}
+
+impl Stored {
+    fn query(self) -> &'static str {
+        match self {
+            Stored::Events => {
+                "SELECT visitor_id, count(*) FROM events WHERE project_id = $1 GROUP BY visitor_id"
+            }
+            Stored::Errors => {
+                "SELECT user_id, count(*) FROM errors WHERE project_id = $1 GROUP BY user_id"
+            }
+        }
+    }
+
+    fn category(self) -> &'static str {
+        match self {
+            Stored::Events => "events",
+            Stored::Errors => "errors",
+        }
+    }
+}
+
+/// Rows per item id in the project's table for `what`.
+async fn stored_ids(
+    db: &tokio_postgres::Client,
+    project: &str,
+    what: Stored,
+) -> HashMap<String, i64> {
     let project: uuid::Uuid = project.parse().expect("project id");
-    db.query(
-        "SELECT visitor_id, count(*) FROM events WHERE project_id = $1 GROUP BY visitor_id",
-        &[&project],
-    )
-    .await
-    .expect("read events")
-    .into_iter()
-    .map(|row| (row.get(0), row.get(1)))
-    .collect()
+    db.query(what.query(), &[&project])
+        .await
+        .expect("read events")
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
 }
 
 /// Checks, over a direct connection, that every acknowledged item is in `events`, and that the
 /// organisation's usage counts exactly the rows written (counted in the same commit, so a
 /// crash or a cut cannot leave one without the other). Returns what is stored.
 async fn assert_all_stored(db_url: &str, project: &str, acked: &[String]) -> HashMap<String, i64> {
+    assert_all_stored_in(db_url, project, acked, Stored::Events).await
+}
+
+async fn assert_all_stored_in(
+    db_url: &str,
+    project: &str,
+    acked: &[String],
+    what: Stored,
+) -> HashMap<String, i64> {
     let db = connect(db_url).await;
-    let stored = stored_visitors(&db, project).await;
+    let stored = stored_ids(&db, project, what).await;
     let missing: Vec<&String> = acked
         .iter()
         .filter(|id| !stored.contains_key(*id))
@@ -281,19 +387,19 @@ async fn assert_all_stored(db_url: &str, project: &str, acked: &[String]) -> Has
     let usage: i64 = db
         .query_one(
             "SELECT coalesce(sum(count), 0)::bigint FROM usage
-             WHERE category = 'events'
+             WHERE category = $2
                AND organisation_id = (SELECT organisation_id FROM projects WHERE id = $1)",
-            &[&project_id],
+            &[&project_id, &what.category()],
         )
         .await
         .expect("read usage")
         .get(0);
-    assert_eq!(usage, rows, "events usage counts exactly the rows written");
+    assert_eq!(usage, rows, "usage counts exactly the rows written");
     let duplicated = stored.values().filter(|n| **n > 1).count();
     if duplicated > 0 {
         // Not a loss: a flush whose commit went through but whose answer was cut off is
         // retried (at least once). Reported, since SDKs cannot tell.
-        eprintln!("{duplicated} visitor ids were stored more than once");
+        eprintln!("{duplicated} item ids were stored more than once");
     }
     stored
 }
@@ -348,6 +454,8 @@ impl Observe {
             .env("OBSERVE__INGEST__ACK", "commit")
             .env("OBSERVE__TIERS__HOBBY__EVENTS_PER_MINUTE", "1000000")
             .env("OBSERVE__TIERS__HOBBY__EVENTS_PER_MONTH", "unlimited")
+            .env("OBSERVE__TIERS__HOBBY__ERRORS_PER_MINUTE", "1000000")
+            .env("OBSERVE__TIERS__HOBBY__ERRORS_PER_MONTH", "unlimited")
             .env("OBSERVE__AUTH__RATE_LIMIT_ATTEMPTS", "1000")
             .env("OBSERVE__AUTH__ARGON2_MEMORY_KIB", "1024")
             .env("OBSERVE__AUTH__ARGON2_ITERATIONS", "1")
@@ -413,8 +521,8 @@ async fn post_json(
 }
 
 /// What [`crate::helpers::sdk`] does, against any base URL: an account, a project and an API
-/// key for it. Returns the project id and the key.
-async fn sdk_at(client: &awc::Client, base: &str) -> (String, String) {
+/// key for it. Returns the project id, the key and its DSN.
+async fn sdk_with_dsn_at(client: &awc::Client, base: &str) -> (String, String, String) {
     let email = format!("kill-{}@example.com", uuid::Uuid::new_v4().simple());
     let (status, body) = post_json(
         client,
@@ -442,17 +550,43 @@ async fn sdk_at(client: &awc::Client, base: &str) -> (String, String) {
     )
     .await;
     assert_eq!(status, 201, "{body}");
-    (project, body["key"].as_str().expect("key").to_string())
+    (
+        project,
+        body["key"].as_str().expect("key").to_string(),
+        body["dsn"].as_str().expect("dsn").to_string(),
+    )
 }
 
 #[actix_web::test]
 async fn kill_9_during_load_loses_no_acknowledged_item() {
+    kill_9_during_load(Stored::Events).await;
+}
+
+/// The same with Sentry SDKs' envelopes: every event answered 200 is stored.
+#[actix_web::test]
+async fn kill_9_during_sentry_load_loses_no_acknowledged_event() {
+    kill_9_during_load(Stored::Errors).await;
+}
+
+async fn kill_9_during_load(what: Stored) {
     let db_url = fresh_database(&test_settings().database).await;
     let mut observe = Observe::start(&db_url).await;
     let base = format!("http://127.0.0.1:{}", observe.port);
-    let (project, key) = sdk_at(&awc::Client::default(), &base).await;
+    let (project, key, dsn) = sdk_with_dsn_at(&awc::Client::default(), &base).await;
+    let target = match what {
+        Stored::Events => Target::Events { key },
+        Stored::Errors => {
+            let (_, rest) = dsn.split_once("://").expect("dsn scheme");
+            let (dsn_key, host) = rest.split_once('@').expect("dsn key");
+            let number = host.rsplit('/').next().expect("dsn project").to_string();
+            Target::Sentry {
+                number,
+                dsn_key: dsn_key.to_string(),
+            }
+        }
+    };
 
-    let load = Load::new(&base, &key);
+    let load = Load::to(&base, target);
     let kill = async {
         // At least 1.5 s of load, and enough acknowledged to make the test meaningful however
         // slow the machine is; and the kill lands while requests are in flight.
@@ -483,15 +617,17 @@ async fn kill_9_during_load_loses_no_acknowledged_item() {
     assert_eq!(status.signal(), Some(9), "observe died of SIGKILL");
     assert!(in_flight > 0, "requests were in flight at the kill");
 
-    // Before the kill every answer was a 202; the kill cut off the requests in flight.
-    let answered_otherwise = load.count(|s| matches!(s.outcome, Ok((code, _)) if code != 202));
+    // Before the kill every answer was a 202 (a 200 to Sentry SDKs); the kill cut off the
+    // requests in flight.
+    let answered_otherwise =
+        load.count(|s| matches!(s.outcome, Ok((code, _)) if code != 202 && code != 200));
     assert_eq!(answered_otherwise, 0, "{:?}", load.not_acked());
     let cut_off = load.count(|s| s.outcome.is_err());
     assert!(cut_off >= 1, "no request was cut off by the kill");
 
     let acked = load.acked_ids();
     assert!(acked.len() >= 300, "{} items acknowledged", acked.len());
-    let stored = assert_all_stored(&db_url, &project, &acked).await;
+    let stored = assert_all_stored_in(&db_url, &project, &acked, what).await;
     // Items whose answer never came may or may not be there; stored rows are exactly the
     // acknowledged ones plus some of those.
     let rows: i64 = stored.values().sum();

@@ -438,6 +438,8 @@ pub struct Sdk {
     pub project: String,
     pub key_id: String,
     pub key: String,
+    /// The key's DSN for Sentry SDKs.
+    pub dsn: String,
 }
 
 /// Registers an account, creates a project and an API key.
@@ -459,6 +461,7 @@ pub async fn sdk(app: &TestApp) -> Sdk {
         project,
         key_id: body["id"].as_str().expect("key id").to_string(),
         key: body["key"].as_str().expect("key").to_string(),
+        dsn: body["dsn"].as_str().expect("dsn").to_string(),
     }
 }
 

@@ -219,7 +219,7 @@ async fn bad_bodies_get_400_413_415_and_invalid_items_422_with_nothing_stored() 
         &app,
         key,
         "events",
-        &[("content-encoding", "br")],
+        &[("content-encoding", "compress")],
         b"{}".to_vec(),
     )
     .await;

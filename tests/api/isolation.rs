@@ -336,6 +336,70 @@ async fn an_api_key_writes_only_into_its_own_project() {
     assert_eq!(count(&app, usage, &bob.project).await, 0);
 }
 
+/// The Sentry endpoints carry a project number in the path, and the key must be of that
+/// project: a key of one organisation sent to another's project is refused (403), whichever
+/// way it is sent, and nothing reaches either project.
+#[actix_web::test]
+async fn a_sentry_dsn_key_writes_only_into_its_own_project() {
+    let app = spawn_app().await;
+    let alice = sdk(&app).await;
+    let bob = sdk(&app).await;
+    let key_and_number = |dsn: &str| {
+        let (_, rest) = dsn.split_once("://").unwrap();
+        let (key, host) = rest.split_once('@').unwrap();
+        (
+            key.to_string(),
+            host.rsplit('/').next().unwrap().to_string(),
+        )
+    };
+    let (alice_key, _) = key_and_number(&alice.dsn);
+    let (_, bob_number) = key_and_number(&bob.dsn);
+    let event = r#"{"event_id":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","message":"hello"}"#;
+    let envelope = format!(
+        "{{\"dsn\":\"{}\"}}\n{{\"type\":\"event\"}}\n{event}\n",
+        alice.dsn
+    );
+    for (path, auth, body) in [
+        (
+            format!("/api/{bob_number}/envelope/"),
+            Some(&alice_key),
+            envelope.clone(),
+        ),
+        (
+            format!("/api/{bob_number}/envelope/?sentry_key={alice_key}"),
+            None,
+            envelope.clone(),
+        ),
+        // The DSN in the envelope names alice's project, the path bob's.
+        (
+            format!("/api/{bob_number}/envelope/"),
+            None,
+            envelope.clone(),
+        ),
+        (
+            format!("/api/{bob_number}/store/"),
+            Some(&alice_key),
+            event.to_string(),
+        ),
+        (
+            format!("/api/{bob_number}/store/"),
+            Some(&alice.key),
+            event.to_string(),
+        ),
+    ] {
+        let mut req = app.req(awc::http::Method::POST, &path);
+        if let Some(key) = auth {
+            req = req.insert_header(("X-Sentry-Auth", format!("Sentry sentry_key={key}")));
+        }
+        let reply = crate::helpers::send(req, Some(body.into_bytes())).await;
+        assert_eq!(reply.status, 403, "{path}: {}", reply.text);
+    }
+    for project in [&alice.project, &bob.project] {
+        let sql = "SELECT count(*) FROM errors WHERE project_id = $1";
+        assert_eq!(count(&app, sql, project).await, 0);
+    }
+}
+
 /// The billing routes are the caller's organisation's, with no id in the path: (method, path,
 /// body). Another organisation's subscription and history never show, and are never changed.
 const BILLING_ROUTES: &[(&str, &str, Option<&str>)] = &[

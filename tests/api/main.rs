@@ -36,6 +36,7 @@ mod request_log;
 mod retention;
 mod rollups;
 mod sdk;
+mod sentry;
 mod series;
 mod sessions;
 mod shutdown;

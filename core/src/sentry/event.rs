@@ -24,8 +24,8 @@ use sha2::{Digest, Sha256};
 use crate::fingerprint::{self, Frame, StackTrace};
 use crate::ingest::{MAX_LABELS, MAX_MESSAGE, MAX_NAME, MAX_OBJECT_BYTES, MAX_STACK, MAX_TEXT};
 
-/// Largest `context` object, as JSON bytes.
-pub const MAX_CONTEXT: usize = 64 * 1024;
+/// Largest `context` object, as JSON bytes: what validation allows.
+pub use crate::ingest::MAX_CONTEXT;
 /// Most breadcrumbs kept: the SDKs' own default `max_breadcrumbs`.
 const MAX_BREADCRUMBS: usize = 100;
 /// Longest IP address text `/ingest/requests` takes.

@@ -17,6 +17,8 @@ pub struct ApiKey {
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The public part of the key's Sentry DSN (not a secret: see migration 0015).
+    pub dsn_key: String,
 }
 
 impl ApiKey {
@@ -33,12 +35,14 @@ impl ApiKey {
 pub struct KeyOwner {
     pub key_id: Uuid,
     pub project_id: Uuid,
+    /// The project's numeric id (`projects.numeric_id`): the one Sentry DSNs carry.
+    pub project_number: i64,
     pub organisation_id: Uuid,
     pub tier: Tier,
 }
 
 const COLUMNS: &str =
-    "k.id, k.project_id, k.name, k.prefix, k.created_at, k.last_used_at, k.revoked_at";
+    "k.id, k.project_id, k.name, k.prefix, k.created_at, k.last_used_at, k.revoked_at, k.dsn_key";
 
 fn api_key(row: &Row) -> ApiKey {
     ApiKey {
@@ -49,6 +53,7 @@ fn api_key(row: &Row) -> ApiKey {
         created_at: row.get(4),
         last_used_at: row.get(5),
         revoked_at: row.get(6),
+        dsn_key: row.get(7),
     }
 }
 
@@ -59,14 +64,22 @@ pub async fn create(
     name: &str,
     prefix: &str,
     hash: &[u8],
+    dsn_key: &str,
 ) -> Result<ApiKey, StoreError> {
     let row = client
         .query_one(
             &format!(
-                "INSERT INTO api_keys AS k (id, project_id, name, prefix, key_hash)
-                 VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
+                "INSERT INTO api_keys AS k (id, project_id, name, prefix, key_hash, dsn_key)
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
             ),
-            &[&Uuid::now_v7(), &project_id, &name, &prefix, &hash],
+            &[
+                &Uuid::now_v7(),
+                &project_id,
+                &name,
+                &prefix,
+                &hash,
+                &dsn_key,
+            ],
         )
         .await?;
     Ok(api_key(&row))
@@ -97,6 +110,24 @@ pub async fn list(
     Ok(rows.iter().map(api_key).collect())
 }
 
+/// The project's newest key that is not revoked (the project detail shows its DSN).
+pub async fn newest_active(
+    client: &impl GenericClient,
+    project_id: Uuid,
+) -> Result<Option<ApiKey>, StoreError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {COLUMNS} FROM api_keys k
+                 WHERE k.project_id = $1 AND k.revoked_at IS NULL
+                 ORDER BY k.created_at DESC, k.id DESC LIMIT 1"
+            ),
+            &[&project_id],
+        )
+        .await?;
+    Ok(row.as_ref().map(api_key))
+}
+
 /// Revokes a key of a project of the organisation; false when there is no such key.
 pub async fn revoke(
     client: &impl GenericClient,
@@ -120,13 +151,31 @@ pub async fn owner_by_hash(
     client: &impl GenericClient,
     hash: &[u8],
 ) -> Result<Option<KeyOwner>, StoreError> {
+    owner_where(client, "k.key_hash = $1", &hash).await
+}
+
+/// The owner of an unrevoked key, by its public DSN key.
+pub async fn owner_by_dsn_key(
+    client: &impl GenericClient,
+    dsn_key: &str,
+) -> Result<Option<KeyOwner>, StoreError> {
+    owner_where(client, "k.dsn_key = $1", &dsn_key).await
+}
+
+async fn owner_where(
+    client: &impl GenericClient,
+    condition: &str,
+    value: &(dyn tokio_postgres::types::ToSql + Sync),
+) -> Result<Option<KeyOwner>, StoreError> {
     let row = client
         .query_opt(
-            "SELECT k.id, k.project_id, p.organisation_id, o.tier
-             FROM api_keys k JOIN projects p ON p.id = k.project_id
-             JOIN organisations o ON o.id = p.organisation_id
-             WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
-            &[&hash],
+            &format!(
+                "SELECT k.id, k.project_id, p.organisation_id, o.tier, p.numeric_id
+                 FROM api_keys k JOIN projects p ON p.id = k.project_id
+                 JOIN organisations o ON o.id = p.organisation_id
+                 WHERE {condition} AND k.revoked_at IS NULL"
+            ),
+            &[value],
         )
         .await?;
     Ok(row.map(|r| KeyOwner {
@@ -134,5 +183,6 @@ pub async fn owner_by_hash(
         project_id: r.get(1),
         organisation_id: r.get(2),
         tier: r.get::<_, &str>(3).parse().unwrap_or(Tier::Hobby),
+        project_number: r.get(4),
     }))
 }

@@ -406,6 +406,9 @@ pub struct Occurrence {
     pub user_id: Option<String>,
     pub visitor_id: Option<String>,
     pub tags: serde_json::Value,
+    /// Breadcrumbs, contexts, request, the rest of an exception chain (Sentry SDKs); None when
+    /// nothing was sent.
+    pub context: Option<serde_json::Value>,
 }
 
 /// The group's `limit` newest occurrences within `[from, to)`, newest first.
@@ -419,7 +422,7 @@ pub async fn recent(
     let rows = client
         .query(
             "SELECT e.ts, e.type, e.message, e.stack_trace, e.level, e.environment, e.release,
-                    e.url, e.user_id, e.visitor_id, e.tags
+                    e.url, e.user_id, e.visitor_id, e.tags, e.context
              FROM errors e
              WHERE e.project_id = $1 AND e.fingerprint = $2 AND e.ts >= $3 AND e.ts < $4
              ORDER BY e.ts DESC
@@ -441,6 +444,7 @@ pub async fn recent(
             user_id: r.get(8),
             visitor_id: r.get(9),
             tags: r.get(10),
+            context: r.get(11),
         })
         .collect())
 }

@@ -658,7 +658,7 @@ async fn copy_errors(
     }
     let sink = tx
         .copy_in(
-            "COPY errors (project_id, ts, received_at, fingerprint, type, message, stack_trace, level, environment, release, url, user_id, visitor_id, tags) FROM STDIN BINARY",
+            "COPY errors (project_id, ts, received_at, fingerprint, type, message, stack_trace, level, environment, release, url, user_id, visitor_id, tags, context) FROM STDIN BINARY",
         )
         .await?;
     let mut writer = pin!(BinaryCopyInWriter::new(
@@ -678,10 +678,12 @@ async fn copy_errors(
             Type::TEXT,
             Type::TEXT,
             Type::JSONB,
+            Type::JSONB,
         ],
     ));
     for (received_at, e) in rows {
         let stack = e.stack_trace.as_ref().map(Json);
+        let context = (!e.context.is_empty()).then_some(Json(&e.context));
         writer
             .as_mut()
             .write(&[
@@ -699,6 +701,7 @@ async fn copy_errors(
                 &e.user_id,
                 &e.visitor_id,
                 &Json(&e.tags),
+                &context,
             ])
             .await?;
     }
@@ -839,6 +842,7 @@ fn occurrence(e: &ErrorItem) -> Value {
         "user_id": e.user_id,
         "visitor_id": e.visitor_id,
         "tags": e.tags,
+        "context": (!e.context.is_empty()).then_some(&e.context),
     })
 }
 

@@ -14,6 +14,8 @@ pub struct Project {
     pub organisation_id: Uuid,
     pub name: String,
     pub created_at: DateTime<Utc>,
+    /// The numeric id Sentry DSNs carry (`/api/{numeric_id}/envelope/`).
+    pub numeric_id: i64,
 }
 
 impl Project {
@@ -42,6 +44,7 @@ fn project(row: &Row) -> Project {
         organisation_id: row.get(1),
         name: row.get(2),
         created_at: row.get(3),
+        numeric_id: row.get(4),
     }
 }
 
@@ -74,7 +77,7 @@ pub async fn create_within_limit(
     let row = client
         .query_one(
             "INSERT INTO projects (id, organisation_id, name) VALUES ($1, $2, $3)
-             RETURNING id, organisation_id, name, created_at",
+             RETURNING id, organisation_id, name, created_at, numeric_id",
             &[&Uuid::now_v7(), &org_id, &name],
         )
         .await
@@ -94,7 +97,7 @@ pub async fn list(
         .unwrap_or((None, None));
     let rows = client
         .query(
-            "SELECT id, organisation_id, name, created_at FROM projects
+            "SELECT id, organisation_id, name, created_at, numeric_id FROM projects
              WHERE organisation_id = $1
                AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3::uuid))
              ORDER BY created_at, id LIMIT $4",
@@ -112,7 +115,7 @@ pub async fn get_locked(
 ) -> Result<Option<Project>, StoreError> {
     let row = client
         .query_opt(
-            "SELECT id, organisation_id, name, created_at FROM projects
+            "SELECT id, organisation_id, name, created_at, numeric_id FROM projects
              WHERE id = $1 AND organisation_id = $2 FOR SHARE",
             &[&id, &org_id],
         )
@@ -127,7 +130,7 @@ pub async fn get(
 ) -> Result<Option<Project>, StoreError> {
     let row = client
         .query_opt(
-            "SELECT id, organisation_id, name, created_at FROM projects
+            "SELECT id, organisation_id, name, created_at, numeric_id FROM projects
              WHERE id = $1 AND organisation_id = $2",
             &[&id, &org_id],
         )
@@ -143,14 +146,14 @@ pub async fn get_with_tier(
 ) -> Result<Option<(Project, Tier)>, StoreError> {
     let row = client
         .query_opt(
-            "SELECT p.id, p.organisation_id, p.name, p.created_at, o.tier FROM projects p
+            "SELECT p.id, p.organisation_id, p.name, p.created_at, p.numeric_id, o.tier FROM projects p
              JOIN organisations o ON o.id = p.organisation_id
              WHERE p.id = $1 AND p.organisation_id = $2",
             &[&id, &org_id],
         )
         .await?;
     Ok(row.map(|r| {
-        let tier = r.get::<_, &str>(4).parse().unwrap_or(Tier::Hobby);
+        let tier = r.get::<_, &str>(5).parse().unwrap_or(Tier::Hobby);
         (project(&r), tier)
     }))
 }

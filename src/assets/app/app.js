@@ -241,7 +241,7 @@ async function settingsPage(projectId) {
     const keys = await api("GET", `/projects/${projectId}/api-keys?limit=200`);
     list.replaceChildren(keys.items.length
       ? h("table", {}, h("tbody", {}, keys.items.map((k) => h("tr", {},
-        h("td", {}, k.name),
+        h("td", {}, k.name, k.revoked_at ? null : h("div", { class: "muted dsn" }, "DSN ", h("code", {}, k.dsn))),
         h("td", {}, h("code", {}, `${k.prefix}…`)),
         h("td", { class: "muted" }, k.revoked_at ? "revoked" : (k.last_used_at ? `used ${new Date(k.last_used_at).toLocaleString()}` : "never used")),
         h("td", {}, k.revoked_at ? "" : h("button", {
@@ -277,7 +277,10 @@ async function settingsPage(projectId) {
           h("div", { class: "row" }, copyKey),
           h("p", {}, "Paste this into every page of your site, before </body>:"),
           h("pre", { id: "new-key-snippet" }, snippet),
-          h("div", { class: "row" }, copySnippet)));
+          h("div", { class: "row" }, copySnippet),
+          h("p", {}, "Or point any Sentry SDK at observe: set ", h("code", {}, "SENTRY_DSN"), " (or ", h("code", {}, "dsn="), ") to"),
+          h("pre", { id: "new-key-dsn" }, k.dsn),
+          h("div", { class: "row" }, h("button", { type: "button", class: "quiet", onclick: (e) => copy(k.dsn, e.target) }, "Copy DSN"))));
         await renderKeys();
       })),
     h("section", { class: "card" }, h("h2", {}, "Delete project"),
