@@ -1039,3 +1039,28 @@ async fn the_dashboard_is_used_with_the_keyboard_alone() {
     .await;
     b.close().await;
 }
+
+#[actix_web::test]
+async fn an_error_from_a_sentry_sdk_shows_its_breadcrumbs_and_context() {
+    let app: TestApp = spawn_app().await;
+    let b = Browser::start().await;
+    let project = b.sign_up_with_project(&app, "Linus", "Backend").await;
+    b.click("form button[type=submit]").await;
+    let dsn = b.find("#new-key-dsn").await.text().await.unwrap();
+    let body = crate::sentry::envelope("python_chained.envelope", &dsn);
+    let reply = crate::sentry::post_envelope(&app, &dsn, body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+
+    b.client
+        .goto(&format!("{}/#/projects/{project}/errors", app.address))
+        .await
+        .unwrap();
+    b.wait_for_text("KeyError").await;
+    b.click("#error-groups a").await;
+    b.wait_for_text("Context of the latest occurrence").await;
+    let context = b.find("#occurrence-context").await.text().await.unwrap();
+    assert!(context.contains("creating order for sku-42"), "{context}");
+    b.screenshot("error-detail-sentry").await;
+    b.assert_no_errors(&[]).await;
+    b.close().await;
+}

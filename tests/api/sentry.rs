@@ -117,7 +117,7 @@ fn envelope_with(name: &str, dsn: &str, edit: impl Fn(&mut Value)) -> Vec<u8> {
     out
 }
 
-fn envelope(name: &str, dsn: &str) -> Vec<u8> {
+pub(crate) fn envelope(name: &str, dsn: &str) -> Vec<u8> {
     envelope_with(name, dsn, |_| {})
 }
 
@@ -135,7 +135,7 @@ fn sentry_auth(key: &str) -> String {
 }
 
 /// POSTs an envelope as the Python SDK does: the key in `X-Sentry-Auth`.
-async fn post_envelope(app: &TestApp, dsn: &str, body: Vec<u8>) -> Reply {
+pub(crate) async fn post_envelope(app: &TestApp, dsn: &str, body: Vec<u8>) -> Reply {
     let (key, number) = dsn_parts(dsn);
     send(
         app.req(Method::POST, &format!("/api/{number}/envelope/"))

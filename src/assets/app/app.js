@@ -471,6 +471,24 @@ async function errorsPage(projectId) {
 
 const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
 
+// What the newest occurrence carried beyond observe's fields (Sentry SDKs send breadcrumbs,
+// the request, contexts, the rest of an exception chain): breadcrumbs as a list, the rest as JSON.
+function occurrenceContext(o) {
+  const context = o && o.context;
+  if (!context) return null;
+  const { breadcrumbs, ...rest } = context;
+  const crumbs = Array.isArray(breadcrumbs) ? breadcrumbs : [];
+  const when = (t) => (typeof t === "number" ? new Date(t * 1000) : new Date(t)).toLocaleTimeString();
+  return h("section", { class: "card", id: "occurrence-context" }, h("h2", {}, "Context of the latest occurrence"),
+    crumbs.length
+      ? h("table", {}, h("tbody", {}, crumbs.slice(-30).map((c) => h("tr", {},
+        h("td", { class: "muted" }, c.timestamp ? when(c.timestamp) : ""),
+        h("td", {}, c.category || c.type || ""),
+        h("td", {}, c.message || (c.data ? JSON.stringify(c.data) : ""))))))
+      : null,
+    h("details", {}, h("summary", {}, "Everything else it carried"), h("pre", {}, JSON.stringify(rest, null, 2))));
+}
+
 function frames(stack) {
   if (typeof stack === "string") return h("pre", {}, stack);
   if (!Array.isArray(stack) || !stack.length) return h("p", { class: "muted" }, "No stack trace was sent.");
@@ -497,6 +515,7 @@ async function errorPage(projectId, groupId) {
     h("section", { class: "card" }, h("h2", {}, "Trend"),
       chart(g.trend.map((b) => b.start), [["Occurrences", g.trend.map((b) => b.count)]], "occurrences over time")),
     h("section", { class: "card" }, h("h2", {}, "Latest stack trace"), frames(latest.stack_trace)),
+    occurrenceContext(g.recent_occurrences[0]),
     h("section", { class: "card" }, h("h2", {}, `Affected people (${g.range.affected_users} in range)`),
       g.recent_occurrences.length
         ? h("table", { id: "occurrences" }, h("thead", {}, h("tr", {}, h("th", {}, "Who"), h("th", {}, "When"), h("th", {}, "Page"), h("th", {}, "Release"))),
