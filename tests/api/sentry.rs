@@ -728,3 +728,33 @@ async fn a_malformed_envelope_is_refused_and_nothing_is_stored() {
     assert_eq!(reply.status, 400, "{}", reply.text);
     assert!(groups(&app, &sdk).await.is_empty());
 }
+
+#[actix_web::test]
+async fn an_organisation_over_its_monthly_quota_is_told_so_per_category() {
+    let app = crate::helpers::spawn_app_with(
+        |s| s.tiers.hobby.errors_per_month = observe_core::config::Limit::Max(1),
+        None,
+    )
+    .await;
+    let sdk = sdk(&app).await;
+    let reply = post_envelope(
+        &app,
+        &sdk.dsn,
+        envelope("python_message.envelope", &sdk.dsn),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let reply = post_envelope(
+        &app,
+        &sdk.dsn,
+        envelope("python_message.envelope", &sdk.dsn),
+    )
+    .await;
+    assert_error(&reply, 429, "quota_exceeded");
+    let retry = reply.header("retry-after").expect("Retry-After");
+    assert_eq!(
+        reply.header("x-sentry-rate-limits"),
+        Some(format!("{retry}:error:organization:quota_exceeded"))
+    );
+    assert_eq!(groups(&app, &sdk).await[0]["occurrences"], 1);
+}
