@@ -22,7 +22,12 @@
 //!   chunks of `BENCH_COPY_CHUNK` (default 10,000) rows per COPY + commit, under a project id of
 //!   its own, deleted afterwards. It runs twice: before the HTTP phases, on the empty table,
 //!   and right after `(b)`, on the table `(b)` wrote into; `(b)` is compared with the mean of
-//!   the two (on this machine either alone varied by half from run to run).
+//!   the two (on this machine either alone varied by half from run to run);
+//! - `(e)`   single-error requests to `/ingest/errors`, closed loop, and
+//! - `(s)`   the same error as a Sentry SDK sends it: an envelope of one event to
+//!   `/api/{numeric_id}/envelope/` with `X-Sentry-Auth`, closed loop — `(s) ÷ (e)` is what the
+//!   Sentry path (envelope parsing and mapping) costs next to observe's own (`BENCH_SENTRY=0`
+//!   skips both).
 //!
 //! How to read the table: `req/s` counts 202 answers per second and `items/s` the items they
 //! accepted, over the measured window only (closed loop: requests completed in the window; open
@@ -77,6 +82,8 @@ struct Knobs {
     batch: usize,
     copy_rows: usize,
     copy_chunk: usize,
+    /// Whether to run the `(e)` and `(s)` phases.
+    sentry: bool,
 }
 
 impl Knobs {
@@ -89,6 +96,7 @@ impl Knobs {
             batch: env_num("BENCH_BATCH", 100)?,
             copy_rows: env_num("BENCH_COPY_ROWS", 500_000)?,
             copy_chunk: env_num("BENCH_COPY_CHUNK", 10_000)?,
+            sentry: env_num("BENCH_SENTRY", 1)? != 0,
         };
         if knobs.concurrency == 0
             || knobs.threads == 0
@@ -141,7 +149,7 @@ async fn run() -> anyhow::Result<()> {
     server.wait_ready(&client, &base).await?;
 
     let db = connect(&bench_url).await?;
-    let (project_id, api_key) = make_project(&client, &base, &db).await?;
+    let (project_id, api_key, dsn) = make_project(&client, &base, &db).await?;
     let ingest_url = format!("{base}/ingest/events");
 
     // The first use of the key (after the tier change). A 404 here: no ingest route yet.
@@ -171,10 +179,7 @@ async fn run() -> anyhow::Result<()> {
     let mut copy_db = connect(&bench_url).await?;
     let copy = copy_rate(&mut copy_db, knobs.copy_rows, knobs.copy_chunk).await?;
 
-    let target = Arc::new(Target {
-        url: ingest_url,
-        key: api_key,
-    });
+    let target = Arc::new(Target::new(&base, api_key, &dsn)?);
     let pid = server.pid;
 
     let a = run_phase(&knobs, &target, pid, Load::Single, None).await?;
@@ -191,6 +196,24 @@ async fn run() -> anyhow::Result<()> {
     accepted_total += b.total_items;
     // Raw COPY again, into the table as (b) left it.
     let copy_after = copy_rate(&mut copy_db, knobs.copy_rows, knobs.copy_chunk).await?;
+
+    // One error a request: observe's own endpoint, then a Sentry SDK's envelope.
+    let (mut errors, mut sentry) = (None, None);
+    if knobs.sentry {
+        errors = Some(run_phase(&knobs, &target, pid, Load::SingleError, None).await?);
+        sentry = Some(run_phase(&knobs, &target, pid, Load::SentryError, None).await?);
+    }
+    let errors_accepted: u64 = [&errors, &sentry]
+        .into_iter()
+        .flatten()
+        .map(|p| p.total_items)
+        .sum();
+    let mut error_rows = count_error_rows(&db, project_id).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while error_rows != errors_accepted && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        error_rows = count_error_rows(&db, project_id).await?;
+    }
 
     // Every 202 is committed (ack = commit); with ack = enqueue the rows may trail a moment.
     let mut rows = count_rows(&db, project_id).await?;
@@ -212,6 +235,10 @@ async fn run() -> anyhow::Result<()> {
         copy_after: &copy_after,
         rows,
         accepted_total,
+        errors: errors.as_ref(),
+        sentry: sentry.as_ref(),
+        error_rows,
+        errors_accepted,
     });
     match stopped {
         Ok(status) if status.success() => {}
@@ -224,6 +251,9 @@ async fn run() -> anyhow::Result<()> {
     if rows != accepted_total {
         bail!("PostgreSQL holds {rows} rows of the bench project, but {accepted_total} items were answered 202");
     }
+    if error_rows != errors_accepted {
+        bail!("PostgreSQL holds {error_rows} errors of the bench project, but {errors_accepted} were answered 202 or 200");
+    }
     Ok(())
 }
 
@@ -231,12 +261,12 @@ async fn run() -> anyhow::Result<()> {
 // Account, project, key.
 
 /// Registers an account, creates a project, makes its organisation `team` (unlimited here) and
-/// creates an API key. Returns the project id and the key.
+/// creates an API key. Returns the project id, the key and its DSN.
 async fn make_project(
     client: &awc::Client,
     base: &str,
     db: &tokio_postgres::Client,
-) -> anyhow::Result<(Uuid, String)> {
+) -> anyhow::Result<(Uuid, String, String)> {
     let Account { token, project_id } = make_account(client, base, db).await?;
 
     let (status, body) = post_json(
@@ -253,17 +283,33 @@ async fn make_project(
         .as_str()
         .context("create api key: no key")?
         .to_string();
-    Ok((project_id, key))
+    let dsn = body["dsn"]
+        .as_str()
+        .context("create api key: no dsn")?
+        .to_string();
+    Ok((project_id, key, dsn))
 }
 
 async fn count_rows(db: &tokio_postgres::Client, project_id: Uuid) -> anyhow::Result<u64> {
+    count_in(db, "events", project_id).await
+}
+
+async fn count_error_rows(db: &tokio_postgres::Client, project_id: Uuid) -> anyhow::Result<u64> {
+    count_in(db, "errors", project_id).await
+}
+
+async fn count_in(
+    db: &tokio_postgres::Client,
+    table: &str,
+    project_id: Uuid,
+) -> anyhow::Result<u64> {
     let row = db
         .query_one(
-            "SELECT count(*) FROM events WHERE project_id = $1",
+            &format!("SELECT count(*) FROM {table} WHERE project_id = $1"),
             &[&project_id],
         )
         .await
-        .context("count the bench rows")?;
+        .with_context(|| format!("count the bench rows in {table}"))?;
     let n: i64 = row.get(0);
     Ok(u64::try_from(n).unwrap_or(0))
 }
@@ -356,15 +402,40 @@ async fn copy_rate(
 // ---------------------------------------------------------------------------------------------
 // Load.
 
+/// Where the phases send: observe's own endpoints with the key, and the Sentry endpoint with
+/// the key's DSN.
 struct Target {
-    url: String,
+    events_url: String,
+    errors_url: String,
     key: String,
+    sentry_url: String,
+    sentry_auth: String,
+}
+
+impl Target {
+    fn new(base: &str, key: String, dsn: &str) -> anyhow::Result<Self> {
+        // `{scheme}://{dsn_key}@{host}/{numeric_id}`
+        let (_, rest) = dsn.split_once("://").context("DSN without a scheme")?;
+        let (dsn_key, host) = rest.split_once('@').context("DSN without a key")?;
+        let number = host.rsplit('/').next().context("DSN without a project")?;
+        Ok(Self {
+            events_url: format!("{base}/ingest/events"),
+            errors_url: format!("{base}/ingest/errors"),
+            key,
+            sentry_url: format!("{base}/api/{number}/envelope/"),
+            sentry_auth: format!("Sentry sentry_key={dsn_key}, sentry_version=7"),
+        })
+    }
 }
 
 #[derive(Clone, Copy)]
 enum Load {
     Single,
     Batch(usize),
+    /// One error to `/ingest/errors`.
+    SingleError,
+    /// The same error in a Sentry envelope.
+    SentryError,
 }
 
 fn event(visitor: &str) -> serde_json::Value {
@@ -378,6 +449,52 @@ fn event(visitor: &str) -> serde_json::Value {
 
 fn single_body(conn: usize) -> Bytes {
     Bytes::from(event(&format!("v-{conn}")).to_string())
+}
+
+/// One error as observe's SDKs send it: a few in-app frames, a user, tags.
+fn error_body(conn: usize) -> Bytes {
+    Bytes::from(
+        json!({
+            "type": "KeyError",
+            "message": format!("sku-{conn} is not in stock"),
+            "stack_trace": error_frames(),
+            "user_id": format!("u-{conn}"),
+            "environment": "production",
+            "release": "shop@1.4.2",
+            "tags": {"region": "eu-west-1"},
+        })
+        .to_string(),
+    )
+}
+
+/// The same error as the Python SDK sends it: an envelope of one event.
+fn sentry_body(conn: usize) -> Bytes {
+    let event = json!({
+        "event_id": Uuid::new_v4().simple().to_string(),
+        "platform": "python",
+        "level": "error",
+        "environment": "production",
+        "release": "shop@1.4.2",
+        "tags": {"region": "eu-west-1"},
+        "user": {"id": format!("u-{conn}")},
+        "exception": {"values": [{
+            "type": "KeyError",
+            "value": format!("sku-{conn} is not in stock"),
+            "stacktrace": {"frames": error_frames()},
+        }]},
+    })
+    .to_string();
+    let header = json!({"event_id": Uuid::new_v4().simple().to_string()});
+    let item = json!({"type": "event", "content_type": "application/json", "length": event.len()});
+    Bytes::from(format!("{header}\n{item}\n{event}\n"))
+}
+
+fn error_frames() -> serde_json::Value {
+    json!([
+        {"function": "app", "module": "starlette.routing", "filename": "starlette/routing.py", "lineno": 73, "in_app": false},
+        {"function": "create_order", "module": "shop.api", "filename": "shop/api.py", "lineno": 41, "in_app": true},
+        {"function": "reserve", "module": "shop.inventory", "filename": "shop/inventory.py", "lineno": 27, "in_app": true},
+    ])
 }
 
 fn batch_body(conn: usize, n: usize) -> Bytes {
@@ -478,6 +595,8 @@ async fn run_phase(
         (Load::Single, None) => "(a)   single events".to_string(),
         (Load::Single, Some(r)) => format!("(a/2) single, {} req/s", thousands(r)),
         (Load::Batch(n), _) => format!("(b)   {n}-event batches"),
+        (Load::SingleError, _) => "(e)   single errors".to_string(),
+        (Load::SentryError, _) => "(s)   Sentry envelopes".to_string(),
     };
     eprintln!("bench: running {label} ...");
     let hwm_reset = std::fs::write(format!("/proc/{server_pid}/clear_refs"), "5").is_ok();
@@ -570,6 +689,8 @@ async fn request_loop(
     let body = match plan.load {
         Load::Single => single_body(conn),
         Load::Batch(n) => batch_body(conn, n),
+        Load::SingleError => error_body(conn),
+        Load::SentryError => sentry_body(conn),
     };
     // Open loop: this connection sends every `interval`, staggered across connections.
     let schedule = plan.rate.map(|rate| {
@@ -595,7 +716,7 @@ async fn request_loop(
         }
         k = k.saturating_add(1);
 
-        let outcome = send(client, target, body.clone()).await;
+        let outcome = send(client, target, plan.load, body.clone()).await;
         let done = Instant::now();
         let in_window = match schedule {
             None => done >= plan.window_start && done < plan.end,
@@ -603,8 +724,8 @@ async fn request_loop(
         };
         let mut t = tally.borrow_mut();
         match outcome {
-            Ok((202, items)) => {
-                *t.answers.entry("202".into()).or_default() += 1;
+            Ok((status @ (202 | 200), items)) => {
+                *t.answers.entry(status.to_string()).or_default() += 1;
                 t.total_items += items;
                 if in_window {
                     t.window_accepted_reqs += 1;
@@ -619,24 +740,42 @@ async fn request_loop(
     }
 }
 
-/// Sends one request; the status and, for a 202, the items it accepted.
-async fn send(client: &awc::Client, target: &Target, body: Bytes) -> Result<(u16, u64), String> {
-    let mut res = client
-        .post(&target.url)
-        .insert_header(("x-api-key", target.key.as_str()))
-        .insert_header(("content-type", "application/json"))
+/// Sends one request; the status and, for a 202 (200 from the Sentry endpoint), the items it
+/// accepted.
+async fn send(
+    client: &awc::Client,
+    target: &Target,
+    load: Load,
+    body: Bytes,
+) -> Result<(u16, u64), String> {
+    let req = match load {
+        Load::SentryError => client
+            .post(&target.sentry_url)
+            .insert_header(("x-sentry-auth", target.sentry_auth.as_str()))
+            .insert_header(("content-type", "application/x-sentry-envelope")),
+        Load::SingleError => client
+            .post(&target.errors_url)
+            .insert_header(("x-api-key", target.key.as_str()))
+            .insert_header(("content-type", "application/json")),
+        Load::Single | Load::Batch(_) => client
+            .post(&target.events_url)
+            .insert_header(("x-api-key", target.key.as_str()))
+            .insert_header(("content-type", "application/json")),
+    };
+    let mut res = req
         .send_body(body)
         .await
         .map_err(|e| short(&e.to_string()))?;
     let status = res.status().as_u16();
     let bytes = res.body().await.map_err(|e| short(&e.to_string()))?;
-    if status == 202 {
-        match accepted_of(&bytes) {
+    match status {
+        202 => match accepted_of(&bytes) {
             Some(n) => Ok((202, n)),
             None => Err("202 without {\"accepted\": N}".into()),
-        }
-    } else {
-        Ok((status, 0))
+        },
+        // A Sentry envelope of one event, committed.
+        200 => Ok((200, 1)),
+        _ => Ok((status, 0)),
     }
 }
 
@@ -657,6 +796,10 @@ struct Report<'a> {
     copy_after: &'a CopyResult,
     rows: u64,
     accepted_total: u64,
+    errors: Option<&'a PhaseResult>,
+    sentry: Option<&'a PhaseResult>,
+    error_rows: u64,
+    errors_accepted: u64,
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -712,7 +855,10 @@ fn print_report(r: &Report<'_>) {
     );
     let mut peak_rss: Option<u64> = None;
     let mut rss_is_per_phase = true;
-    for p in [Some(r.a), r.half, Some(r.b)].into_iter().flatten() {
+    for p in [Some(r.a), r.half, Some(r.b), r.errors, r.sentry]
+        .into_iter()
+        .flatten()
+    {
         let rss = match p.server_hwm {
             Some((bytes, own)) => {
                 peak_rss = Some(peak_rss.map_or(bytes, |m| m.max(bytes)));
@@ -831,6 +977,41 @@ fn print_report(r: &Report<'_>) {
         format!("< {}", mib(TARGET_RSS_BYTES)),
         verdict(peak_rss.is_some_and(|b| b < TARGET_RSS_BYTES))
     );
+    if let (Some(e), Some(s)) = (r.errors, r.sentry) {
+        let ratio = if e.req_per_s() > 0.0 {
+            s.req_per_s() / e.req_per_s()
+        } else {
+            0.0
+        };
+        let _ = writeln!(
+            out,
+            "{:<44} {:>24}  {:<18} -",
+            "(s) Sentry envelopes/s ÷ (e) errors/s",
+            format!(
+                "{:.0}% ({} / {})",
+                ratio * 100.0,
+                thousands(s.req_per_s()),
+                thousands(e.req_per_s())
+            ),
+            "for comparison"
+        );
+        let _ = writeln!(
+            out,
+            "{:<44} {:>24}  {:<18} {}",
+            "rows in errors = errors answered 202 or 200",
+            format!(
+                "{} = {}",
+                thousands(r.error_rows as f64),
+                thousands(r.errors_accepted as f64)
+            ),
+            "equal",
+            if r.error_rows == r.errors_accepted {
+                "PASS"
+            } else {
+                "FAIL (not equal)"
+            }
+        );
+    }
     let equal = r.rows == r.accepted_total;
     let _ = writeln!(
         out,

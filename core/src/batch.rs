@@ -366,6 +366,12 @@ impl Reservation {
         }
     }
 
+    /// An empty reservation from the same budget: for memory a request holds only for a while
+    /// (a decompressor's window), given back when it is dropped.
+    pub fn another(&self) -> Reservation {
+        self.budget.reserve()
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.permit

@@ -484,31 +484,107 @@ async fn read_body_untimed(
         }
         raw.extend_from_slice(&chunk);
     }
+    let malformed = |message: String| (ApiError::BadRequest(message), "malformed", 1);
+    // Brotli and zstd decoders set aside the window the body declares before they produce a
+    // byte, beyond what `inflate` counts: that memory is taken from the budget too, for as
+    // long as the decoding lasts, and a window larger than a decoder needs is refused.
+    let mut window = reservation.another();
     let inflated = match encoding.as_deref() {
         Some("gzip" | "x-gzip") => inflate(flate2::read::GzDecoder::new(&raw[..]), limit)?,
         Some("deflate") => inflate(flate2::read::ZlibDecoder::new(&raw[..]), limit)?,
         // Brotli and zstd: what some Sentry SDKs send (Python's with `transport_compression`).
-        Some("br") => inflate(
-            brotli_decompressor::Decompressor::new(&raw[..], 4096),
-            limit,
-        )?,
-        Some("zstd") => {
-            let decoder = ruzstd::decoding::StreamingDecoder::new(&raw[..]).map_err(|e| {
-                (
-                    ApiError::BadRequest(format!("the body is not zstd: {e}")),
-                    "malformed",
-                    1,
-                )
+        Some("br") => {
+            let size = brotli_window(&raw).ok_or_else(|| {
+                malformed("the body is not brotli (or asks for a large window)".into())
             })?;
+            if !window.grow(size) {
+                return Err(spent());
+            }
+            inflate(
+                brotli_decompressor::Decompressor::new(&raw[..], 4096),
+                limit,
+            )?
+        }
+        Some("zstd") => {
+            let size = zstd_window(&raw)
+                .ok_or_else(|| malformed("the body is not a zstd frame".into()))?;
+            if size > MAX_ZSTD_WINDOW {
+                return Err(malformed(format!(
+                    "the zstd frame asks for a window of {size} bytes; at most {MAX_ZSTD_WINDOW} are decoded"
+                )));
+            }
+            // The decoder rounds its buffer up to a power of two.
+            let size = usize::try_from(size.next_power_of_two()).unwrap_or(usize::MAX);
+            if !window.grow(size) {
+                return Err(spent());
+            }
+            let decoder = ruzstd::decoding::StreamingDecoder::new(&raw[..])
+                .map_err(|e| malformed(format!("the body is not zstd: {e}")))?;
             inflate(decoder, limit)?
         }
         _ => return Ok(raw),
     };
+    drop(window);
     // The decompressed body is what is held from here on.
     if !reservation.grow(inflated.len().saturating_sub(raw.len())) {
         return Err(spent());
     }
     Ok(inflated)
+}
+
+/// The largest zstd window decoded: 8 MiB, what the zstd format asks every decoder to support
+/// (RFC 8878 §3.1.1.1.2); compressors stay within it unless told otherwise.
+const MAX_ZSTD_WINDOW: u64 = 8 * 1024 * 1024;
+
+/// The window a zstd frame declares in its header (RFC 8878 §3.1.1.1), in bytes: the
+/// Window_Descriptor, or for a single-segment frame its content size. None when the body does
+/// not start with a zstd frame header. (The decoder, ruzstd, does not say it before it sets
+/// the window aside.)
+fn zstd_window(raw: &[u8]) -> Option<u64> {
+    const MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+    let (magic, rest) = raw.split_at_checked(4)?;
+    if magic != MAGIC {
+        return None;
+    }
+    let (&descriptor, rest) = rest.split_first()?;
+    let single_segment = descriptor & 0x20 != 0;
+    if !single_segment {
+        let &window = rest.first()?;
+        let log = 10 + u32::from(window >> 3);
+        let base = 1u64 << log;
+        return Some(base + (base / 8) * u64::from(window & 7));
+    }
+    let dictionary_id_len = [0, 1, 2, 4][usize::from(descriptor & 3)];
+    let content_size_len = [1, 2, 4, 8][usize::from(descriptor >> 6)];
+    let field = rest.get(dictionary_id_len..dictionary_id_len + content_size_len)?;
+    let mut bytes = [0u8; 8];
+    bytes[..field.len()].copy_from_slice(field);
+    let size = u64::from_le_bytes(bytes);
+    // A two-byte field counts from 256 (RFC 8878 §3.1.1.1.4).
+    Some(if content_size_len == 2 {
+        size + 256
+    } else {
+        size
+    })
+}
+
+/// The window a brotli stream declares in its first bits (RFC 7932 §9.1), in bytes; None for
+/// an empty body or the large-window extension.
+fn brotli_window(raw: &[u8]) -> Option<usize> {
+    let first = *raw.first()?;
+    let bits = if first & 1 == 0 {
+        16
+    } else {
+        match (first >> 1) & 7 {
+            0 => match (first >> 4) & 7 {
+                0 => 17,
+                1 => return None,
+                m => 8 + u32::from(m),
+            },
+            n => 17 + u32::from(n),
+        }
+    };
+    Some((1usize << bits) - 16)
 }
 
 /// Decompresses, stopping one byte past `limit`: a gzip bomb costs `limit` bytes, not more.
@@ -543,6 +619,41 @@ mod tests {
         assert_eq!(secs_to_next_month(at), 60);
         let at = Utc.with_ymd_and_hms(2026, 2, 28, 0, 0, 0).single().unwrap();
         assert_eq!(secs_to_next_month(at), 86_400);
+    }
+
+    #[test]
+    fn zstd_windows_are_read_from_the_frame_header() {
+        // What a compressor writes: single-segment frames of small inputs, declaring their size.
+        let small = ruzstd::encoding::compress_to_vec(
+            &[7u8; 5000][..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        let declared = zstd_window(&small).unwrap();
+        assert!(declared <= MAX_ZSTD_WINDOW, "{declared}");
+        // A Window_Descriptor of 0x83: 2^26 + 3/8 of it (88 MiB), as a bomb would declare.
+        let bomb = [0x28, 0xB5, 0x2F, 0xFD, 0x00, 0x83, 0, 0, 0];
+        assert_eq!(zstd_window(&bomb), Some((1 << 26) + (1 << 23) * 3));
+        // Single segment with a 2-byte content size (+256) after a 1-byte dictionary id.
+        let single = [0x28, 0xB5, 0x2F, 0xFD, 0b0110_0001, 9, 0x10, 0x00];
+        assert_eq!(zstd_window(&single), Some(0x10 + 256));
+        // Not zstd, a skippable frame, or cut short.
+        assert_eq!(zstd_window(b"{\"a\":1}"), None);
+        assert_eq!(zstd_window(&[0x50, 0x2A, 0x4D, 0x18, 0, 0, 0, 0]), None);
+        assert_eq!(zstd_window(&[0x28, 0xB5, 0x2F, 0xFD, 0x00]), None);
+        assert_eq!(zstd_window(&[0x28, 0xB5, 0x2F, 0xFD, 0xE0, 1, 2]), None);
+    }
+
+    #[test]
+    fn brotli_windows_are_read_from_the_stream_header() {
+        // WBITS 16 (first bit 0), 22 (n = 5), 24 (n = 7), 10 (m = 2), 17 (n = m = 0).
+        assert_eq!(brotli_window(&[0b0000_0000]), Some((1 << 16) - 16));
+        assert_eq!(brotli_window(&[0b0000_1011]), Some((1 << 22) - 16));
+        assert_eq!(brotli_window(&[0b0000_1111]), Some((1 << 24) - 16));
+        assert_eq!(brotli_window(&[0b0010_0001]), Some((1 << 10) - 16));
+        assert_eq!(brotli_window(&[0b0000_0001]), Some((1 << 17) - 16));
+        // The large-window extension, and nothing at all.
+        assert_eq!(brotli_window(&[0b0001_0001]), None);
+        assert_eq!(brotli_window(&[]), None);
     }
 
     #[test]

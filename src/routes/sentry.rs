@@ -28,7 +28,7 @@ use actix_cors::Cors;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{post, web, HttpRequest, HttpResponse};
 use chrono::Utc;
-use observe_core::ingest::{Context, Items, Kind};
+use observe_core::ingest::{Category, Context, Items, Kind};
 use observe_core::keys::Credential;
 use observe_core::sentry::envelope::{self as parser, EnvelopeHeader, ItemType, Limits};
 use observe_core::sentry::event::{self, EventContext};
@@ -37,7 +37,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::ingest::{read_body, submit, Rejection};
+use super::ingest::{rate_check, read_body, submit, Rejection};
 use crate::error::ApiError;
 use crate::session::{authenticate_credential, client_ip};
 use crate::state::AppState;
@@ -217,7 +217,16 @@ async fn handle(
     let received_at = Utc::now();
     // Sentry's DSN parsers accept only digits here; anything else names no project.
     let number: i64 = project.parse().map_err(|_| ApiError::NotFound)?;
-    let given = credential_in_request(req);
+
+    // A key sent with the request is checked before the body is read, as `/ingest/*` does: an
+    // unknown key costs no body, and a key whose budgets are both spent is refused at once.
+    let given = credential_in_request(req)?;
+    let mut owner = None;
+    if let Some(key) = &given {
+        let known = authenticate(state, req, key, number).await?;
+        refuse_if_both_spent(state, known).await?;
+        owner = Some(known);
+    }
 
     let mut reservation = state.ingest.budget.reserve();
     let body = read_body(req, payload, &state.settings.ingest, &mut reservation).await?;
@@ -245,18 +254,21 @@ async fn handle(
         ),
     };
 
-    let credential = match &given {
-        Some(key) => key.clone(),
-        None => header
-            .dsn
-            .as_deref()
-            .and_then(dsn_public_key)
-            .ok_or(ApiError::Unauthorized {
-                code: "invalid_api_key",
-                message: "send the DSN's key as `X-Sentry-Auth: Sentry sentry_key=<key>`, as `?sentry_key=<key>`, or in the envelope's `dsn`",
-            })?,
+    // Else the DSN in the envelope's header (what a tunnel forwards).
+    let owner = match owner {
+        Some(owner) => owner,
+        None => {
+            let key = header
+                .dsn
+                .as_deref()
+                .and_then(dsn_public_key)
+                .ok_or(ApiError::Unauthorized {
+                    code: "invalid_api_key",
+                    message: "send the DSN's key as `X-Sentry-Auth: Sentry sentry_key=<key>`, as `?sentry_key=<key>`, or in the envelope's `dsn`",
+                })?;
+            authenticate(state, req, &key, number).await?
+        }
     };
-    let owner = authenticate(state, req, &credential, number).await?;
 
     // Translate: events into errors, HTTP server transactions into requests; the rest dropped.
     let client_ip = client_ip(req, &state.settings.server.client_ip_header);
@@ -268,18 +280,19 @@ async fn handle(
         client_ip: Some(client_ip.as_str()),
         user_agent,
     };
-    let counted = |item: &ItemType, outcome: &str| {
+    let dropped = |item: &ItemType| {
         state
             .metrics
             .ingest
             .sentry_items
-            .with_label_values(&[item.as_str(), outcome])
+            .with_label_values(&[item.as_str(), "dropped"])
             .inc();
     };
     let mut errors = Vec::new();
     let mut requests = Vec::new();
     let mut event_id = header.event_id.clone();
-    for (n, (item_type, payload)) in items.iter().enumerate() {
+    // Items are numbered from 1, as the envelope parser names them.
+    for (n, (item_type, payload)) in (1..).zip(items.iter()) {
         match item_type {
             ItemType::Event | ItemType::Transaction => {
                 let doc: Value = serde_json::from_slice(payload).map_err(|e| {
@@ -295,50 +308,55 @@ async fn handle(
                     let item = event::error_item(&doc, &ctx)
                         .map_err(|e| ApiError::BadRequest(format!("item {n} (event): {e}")))?;
                     errors.push(item);
-                    counted(item_type, "accepted");
                 } else if let Some(item) = event::request_item(&doc, &ctx) {
                     requests.push(item);
-                    counted(item_type, "accepted");
                 } else {
-                    counted(item_type, "dropped");
+                    dropped(item_type);
                 }
             }
-            other => counted(other, "dropped"),
+            other => dropped(other),
         }
     }
     drop(body);
+    // One envelope, one commit: the SDKs send events and transactions in envelopes of their
+    // own, and two categories would be two commits, one of which could fail after the other.
+    if !errors.is_empty() && !requests.is_empty() {
+        return Err(ApiError::BadRequest(
+            "an envelope holds events or transactions, not both (as the Sentry SDKs send them); send them in separate envelopes".into(),
+        )
+        .into());
+    }
+    let (kind, values, item_type) = if requests.is_empty() {
+        (Kind::Errors, errors, ItemType::Event)
+    } else {
+        (Kind::Requests, requests, ItemType::Transaction)
+    };
+    if values.is_empty() {
+        return Ok(event_id.map(|id| id.replace('-', "").to_ascii_lowercase()));
+    }
 
     let ctx = Context {
         received_at,
         retention_days: state.tiers.retention_days(owner.tier),
     };
-    let mut batches = Vec::new();
-    for (kind, values) in [(Kind::Errors, errors), (Kind::Requests, requests)] {
-        if values.is_empty() {
-            continue;
-        }
-        let items = Items::validate(kind, &values, &ctx, &state.settings.ingest.llm_prices)
-            .map_err(|problems| {
-                Refusal::from((ApiError::InvalidItems(problems), "invalid", values.len()))
-            })?;
-        batches.push((kind, items));
-    }
-
-    // Each category through the same limits, caps and group commit as `/ingest/*`; the body's
-    // bytes stay reserved with the first.
-    let mut reservation = Some(reservation);
-    for (kind, items) in batches {
-        let held = reservation
-            .take()
-            .unwrap_or_else(|| state.ingest.budget.reserve());
-        let mut decision = None;
-        submit(state, owner, items, received_at, held, &mut decision)
-            .await
-            .map_err(|rejection| Refusal {
-                rejection,
-                category: Some(sentry_category(kind)),
-            })?;
-    }
+    let n = values.len();
+    let items = Items::validate(kind, &values, &ctx, &state.settings.ingest.llm_prices)
+        .map_err(|problems| Refusal::from((ApiError::InvalidItems(problems), "invalid", n)))?;
+    drop(values);
+    // Through the same limits, caps and group commit as `/ingest/*`, with the body's bytes.
+    let mut decision = None;
+    submit(state, owner, items, received_at, reservation, &mut decision)
+        .await
+        .map_err(|rejection| Refusal {
+            rejection,
+            category: Some(sentry_category(kind)),
+        })?;
+    state
+        .metrics
+        .ingest
+        .sentry_items
+        .with_label_values(&[item_type.as_str(), "accepted"])
+        .inc_by(n as u64);
     Ok(event_id.map(|id| id.replace('-', "").to_ascii_lowercase()))
 }
 
@@ -366,9 +384,10 @@ async fn authenticate(
     Ok(owner)
 }
 
-/// The key an SDK sent with the request itself: `X-Sentry-Auth` (or `Authorization`) of the
-/// form `Sentry sentry_key=<key>, …`, else the `sentry_key` query parameter.
-fn credential_in_request(req: &HttpRequest) -> Option<String> {
+/// The key sent with the request itself: `X-Sentry-Auth` (or `Authorization`) of the form
+/// `Sentry sentry_key=<key>, …`, else the `sentry_key` query parameter — where only a DSN key
+/// is taken: an `obs_` key in a URL would land in every proxy's access log.
+fn credential_in_request(req: &HttpRequest) -> Result<Option<String>, Refusal> {
     let from_header = [
         HeaderName::from_static("x-sentry-auth"),
         header::AUTHORIZATION,
@@ -376,13 +395,48 @@ fn credential_in_request(req: &HttpRequest) -> Option<String> {
     .iter()
     .filter_map(|name| req.headers().get(name)?.to_str().ok())
     .find_map(sentry_key_in_auth);
-    from_header.or_else(|| {
-        req.query_string()
-            .split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(name, _)| *name == "sentry_key")
-            .map(|(_, value)| value.trim().to_string())
-            .filter(|v| !v.is_empty())
+    if from_header.is_some() {
+        return Ok(from_header);
+    }
+    let from_query = req
+        .query_string()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(name, _)| *name == "sentry_key")
+        .map(|(_, value)| value.trim().to_string())
+        .filter(|v| !v.is_empty());
+    if from_query
+        .as_deref()
+        .is_some_and(|k| k.starts_with(observe_core::auth::API_KEY_PREFIX))
+    {
+        return Err(ApiError::Unauthorized {
+            code: "invalid_api_key",
+            message: "an `obs_` key is never taken from the URL; send the DSN's key there, or the `obs_` key in `X-Sentry-Auth`",
+        }
+        .into());
+    }
+    Ok(from_query)
+}
+
+/// 429 before the body is read when the key has no room left in either category an envelope
+/// may hold (errors and transactions); `X-Sentry-Rate-Limits` names both.
+async fn refuse_if_both_spent(state: &AppState, owner: KeyOwner) -> Result<(), Refusal> {
+    let errors = rate_check(state, owner, Category::Errors, 0).await;
+    let requests = rate_check(state, owner, Category::ApiRequests, 0).await;
+    if errors.remaining > 0 || requests.remaining > 0 {
+        return Ok(());
+    }
+    let wait = errors.retry_after.min(requests.retry_after);
+    Err(Refusal {
+        rejection: (
+            ApiError::RateLimited {
+                retry_after_secs: (wait.as_millis().div_ceil(1000) as u64).max(1),
+                limit: errors.limit,
+            },
+            "rate_limited",
+            1,
+        ),
+        category: Some("error;transaction"),
     })
 }
 

@@ -644,10 +644,10 @@ async fn keys_are_taken_from_header_query_or_envelope_and_must_be_the_projects()
 
 #[actix_web::test]
 async fn a_rate_limited_sdk_is_told_the_category_to_back_off() {
-    // Hobby: 50 errors per key per minute.
-    let app = spawn_app().await;
+    // 3 errors per key per minute: a budget refills one every 20 s, far slower than the test.
+    let app = crate::helpers::spawn_app_with(|s| s.tiers.hobby.errors_per_minute = 3, None).await;
     let sdk = sdk(&app).await;
-    for n in 0..50 {
+    for n in 0..3 {
         let reply = post_envelope(
             &app,
             &sdk.dsn,
@@ -677,7 +677,7 @@ async fn a_rate_limited_sdk_is_told_the_category_to_back_off() {
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
-    assert_eq!(groups(&app, &sdk).await[0]["occurrences"], 50);
+    assert_eq!(groups(&app, &sdk).await[0]["occurrences"], 3);
 }
 
 #[actix_web::test]
@@ -757,4 +757,125 @@ async fn an_organisation_over_its_monthly_quota_is_told_so_per_category() {
         Some(format!("{retry}:error:organization:quota_exceeded"))
     );
     assert_eq!(groups(&app, &sdk).await[0]["occurrences"], 1);
+}
+
+#[actix_web::test]
+async fn hostile_bodies_cost_no_memory_they_did_not_declare() {
+    let app = spawn_app().await;
+    let sdk = sdk(&app).await;
+    let (key, number) = dsn_parts(&sdk.dsn);
+    // A zstd frame that declares an 88 MiB window (a decompression bomb's first bytes): refused
+    // from its header, before a decoder sets any window aside.
+    let mut bomb = vec![0x28, 0xB5, 0x2F, 0xFD, 0x00, 0x83];
+    bomb.extend(std::iter::repeat_n(0u8, 3000));
+    let reply = send(
+        app.req(Method::POST, &format!("/api/{number}/envelope/"))
+            .insert_header(("X-Sentry-Auth", sentry_auth(&key)))
+            .insert_header(("content-encoding", "zstd")),
+        Some(bomb.clone()),
+    )
+    .await;
+    assert_error(&reply, 400, "bad_request");
+    assert!(reply.text.contains("window"), "{}", reply.text);
+    // Without a valid key the body is not even read: 401, whatever it holds.
+    let reply = send(
+        app.req(Method::POST, &format!("/api/{number}/envelope/"))
+            .insert_header((
+                "X-Sentry-Auth",
+                sentry_auth("0123456789abcdef0123456789abcdef"),
+            ))
+            .insert_header(("content-encoding", "zstd")),
+        Some(bomb),
+    )
+    .await;
+    assert_error(&reply, 401, "invalid_api_key");
+    // A long exception chain whose links all name one thread stack.
+    let frames: Vec<Value> = (0..500)
+        .map(|n| json!({"function": format!("f{n}"), "module": "m", "lineno": n, "in_app": true}))
+        .collect();
+    let chain: Vec<Value> = (0..2_000)
+        .map(|n| json!({"type": format!("E{n}"), "value": "v", "thread_id": 1}))
+        .collect();
+    let event = json!({
+        "exception": {"values": chain},
+        "threads": {"values": [{"id": 1, "stacktrace": {"frames": frames}}]},
+    })
+    .to_string();
+    let body = format!(
+        "{{}}\n{{\"type\":\"event\",\"length\":{}}}\n{event}\n",
+        event.len()
+    );
+    let reply = post_envelope(&app, &sdk.dsn, body.into_bytes()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let groups = groups(&app, &sdk).await;
+    let detail = group_detail(&app, &sdk, &groups[0]).await;
+    let others = detail["recent_occurrences"][0]["context"]["exceptions"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(others < 10, "{others} exceptions of the chain kept");
+}
+
+#[actix_web::test]
+async fn an_envelope_of_events_and_transactions_is_refused_whole() {
+    let app = spawn_app().await;
+    let sdk = sdk(&app).await;
+    let mut body = envelope("python_message.envelope", &sdk.dsn);
+    let transaction = envelope("transaction_node.envelope", &sdk.dsn);
+    // The transaction's items, after its envelope header line.
+    let items = transaction.splitn(2, |b| *b == b'\n').nth(1).unwrap();
+    body.extend_from_slice(items);
+    let reply = post_envelope(&app, &sdk.dsn, body).await;
+    assert_error(&reply, 400, "bad_request");
+    assert!(groups(&app, &sdk).await.is_empty());
+    let log = get(
+        &app,
+        &sdk,
+        &format!("/projects/{}/api-requests?from=24h", sdk.project),
+    )
+    .await;
+    assert_eq!(log["items"], json!([]));
+}
+
+#[actix_web::test]
+async fn an_obs_key_is_never_taken_from_the_url() {
+    let app = spawn_app().await;
+    let sdk = sdk(&app).await;
+    let (_, number) = dsn_parts(&sdk.dsn);
+    let reply = send(
+        app.req(
+            Method::POST,
+            &format!("/api/{number}/envelope/?sentry_key={}", sdk.key),
+        ),
+        Some(envelope("python_message.envelope", &sdk.dsn)),
+    )
+    .await;
+    assert_error(&reply, 401, "invalid_api_key");
+    assert!(reply.text.contains("URL"), "{}", reply.text);
+    assert!(groups(&app, &sdk).await.is_empty());
+}
+
+#[actix_web::test]
+async fn a_key_with_both_budgets_spent_is_refused_before_its_body() {
+    let app = crate::helpers::spawn_app_with(
+        |s| {
+            s.tiers.hobby.errors_per_minute = 1;
+            s.tiers.hobby.api_requests_per_minute = 1;
+        },
+        None,
+    )
+    .await;
+    let sdk = sdk(&app).await;
+    for name in ["python_message.envelope", "transaction_node.envelope"] {
+        let reply = post_envelope(&app, &sdk.dsn, envelope(name, &sdk.dsn)).await;
+        assert_eq!(reply.status, 200, "{name}: {}", reply.text);
+    }
+    // Not even an envelope: refused for the limits before the body is looked at.
+    let reply = post_envelope(&app, &sdk.dsn, b"not an envelope".to_vec()).await;
+    assert_error(&reply, 429, "rate_limited");
+    let retry = reply.header("retry-after").unwrap();
+    assert_eq!(
+        reply.header("x-sentry-rate-limits"),
+        Some(format!("{retry}:error;transaction:key"))
+    );
 }

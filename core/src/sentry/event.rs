@@ -28,6 +28,11 @@ use crate::ingest::{MAX_LABELS, MAX_MESSAGE, MAX_NAME, MAX_OBJECT_BYTES, MAX_STA
 pub use crate::ingest::MAX_CONTEXT;
 /// Most breadcrumbs kept: the SDKs' own default `max_breadcrumbs`.
 const MAX_BREADCRUMBS: usize = 100;
+/// Most exceptions of a chain read, the raising end kept: SDKs send at most 10 or so (Python's
+/// and JavaScript's linked-errors limit is 5 to 10), and each one costs a stack to trim.
+const MAX_CHAIN: usize = 10;
+/// What a secret's value is replaced with in what is kept (Relay's marker).
+const FILTERED: &str = "[Filtered]";
 /// Longest IP address text `/ingest/requests` takes.
 const MAX_IP: usize = 64;
 /// Longest HTTP method `/ingest/requests` takes.
@@ -105,7 +110,7 @@ pub fn error_item(event: &Value, ctx: &EventContext<'_>) -> Result<Value, EventE
     }
     let request = event.get("request").and_then(Value::as_object);
     if let Some(url) = non_blank(request.and_then(|r| text(r.get("url")))) {
-        item.insert("url".into(), clip(&url, MAX_TEXT).into());
+        item.insert("url".into(), clip(&scrub_url(&url), MAX_TEXT).into());
     }
     if let Some(user_id) = user.and_then(|u| user_id(u, ctx)) {
         item.insert("user_id".into(), user_id.into());
@@ -237,7 +242,8 @@ fn exception_chain(event: &Object) -> Vec<&Object> {
         },
         _ => &[],
     };
-    values.iter().filter_map(Value::as_object).collect()
+    let chain: Vec<&Object> = values.iter().filter_map(Value::as_object).collect();
+    chain[chain.len().saturating_sub(MAX_CHAIN)..].to_vec()
 }
 
 /// The frames of an exception: its own stack trace, else that of the thread it names.
@@ -724,7 +730,9 @@ fn context(event: &Object, chain: &[&Object], ctx: &EventContext<'_>) -> Object 
             };
         }
         if !user.is_empty() {
-            out.insert("user".into(), Value::Object(user));
+            let mut user = Value::Object(user);
+            scrub(&mut user);
+            out.insert("user".into(), user);
         }
     }
     if let Some(request) = event.get("request").and_then(Value::as_object) {
@@ -734,11 +742,15 @@ fn context(event: &Object, chain: &[&Object], ctx: &EventContext<'_>) -> Object 
         }
     }
     if let Some(contexts) = event.get("contexts").filter(|c| non_empty(c)) {
-        out.insert("contexts".into(), contexts.clone());
+        let mut contexts = contexts.clone();
+        scrub(&mut contexts);
+        out.insert("contexts".into(), contexts);
     }
     let breadcrumbs = breadcrumbs(event);
     if !breadcrumbs.is_empty() {
-        out.insert("breadcrumbs".into(), Value::Array(breadcrumbs));
+        let mut breadcrumbs = Value::Array(breadcrumbs);
+        scrub(&mut breadcrumbs);
+        out.insert("breadcrumbs".into(), breadcrumbs);
     }
     if let Some((primary, others)) = chain.split_last() {
         // Whether the error was handled, and how it was caught, tells how bad it is.
@@ -747,14 +759,23 @@ fn context(event: &Object, chain: &[&Object], ctx: &EventContext<'_>) -> Object 
         }
         let others: Vec<Value> = others
             .iter()
-            .map(|exception| Value::Object(chained_exception(exception, event)))
+            .map(|exception| Value::Object(chained_exception(exception)))
             .collect();
         if !others.is_empty() {
             out.insert("exceptions".into(), Value::Array(others));
         }
+        // `logger.exception("charge %s failed", id)`: the log line beside the exception.
+        if let Some(logged) = log_message(event) {
+            out.insert(
+                "log_message".into(),
+                clip(&logged.formatted, MAX_MESSAGE).into(),
+            );
+        }
     }
     if let Some(extra) = event.get("extra").filter(|e| non_empty(e)) {
-        out.insert("extra".into(), extra.clone());
+        let mut extra = extra.clone();
+        scrub(&mut extra);
+        out.insert("extra".into(), extra);
     }
     fit_context(&mut out);
     for value in out.values_mut() {
@@ -768,17 +789,23 @@ fn context(event: &Object, chain: &[&Object], ctx: &EventContext<'_>) -> Object 
 /// anything that explains an error.
 fn request_context(request: &Object) -> Object {
     let mut out = Object::new();
-    for (key, max) in [("url", MAX_TEXT), ("method", MAX_METHOD)] {
-        if let Some(value) = non_blank(text(request.get(key))) {
-            out.insert(key.into(), clip(&value, max).into());
-        }
+    if let Some(url) = non_blank(text(request.get("url"))) {
+        out.insert("url".into(), clip(&scrub_url(&url), MAX_TEXT).into());
+    }
+    if let Some(method) = non_blank(text(request.get("method"))) {
+        out.insert("method".into(), clip(&method, MAX_METHOD).into());
     }
     match request.get("query_string") {
         Some(Value::String(q)) if !q.is_empty() => {
-            out.insert("query_string".into(), clip(q, MAX_TEXT).into());
+            out.insert(
+                "query_string".into(),
+                clip(&scrub_query(q), MAX_TEXT).into(),
+            );
         }
         Some(q @ (Value::Array(_) | Value::Object(_))) if non_empty(q) => {
-            out.insert("query_string".into(), q.clone());
+            let mut q = q.clone();
+            scrub(&mut q);
+            out.insert("query_string".into(), q);
         }
         _ => {}
     }
@@ -811,7 +838,7 @@ fn breadcrumbs(event: &Object) -> Vec<Value> {
 }
 
 /// An exception of the chain other than the primary one.
-fn chained_exception(exception: &Object, event: &Object) -> Object {
+fn chained_exception(exception: &Object) -> Object {
     let mut out = Object::new();
     for (key, max) in [
         ("type", MAX_NAME),
@@ -825,11 +852,89 @@ fn chained_exception(exception: &Object, event: &Object) -> Object {
     if let Some(mechanism) = exception.get("mechanism").filter(|m| m.is_object()) {
         out.insert("mechanism".into(), mechanism.clone());
     }
-    let stack = fit_frames(exception_frames(exception, event), MAX_STACK);
+    // Its own frames only (a thread's stack is the primary's business), each exception a share
+    // of the context: a chain cannot multiply one big thread stack.
+    let stack = fit_frames(
+        frames_in(exception.get("stacktrace")),
+        MAX_CONTEXT / MAX_CHAIN,
+    );
     if !stack.is_empty() {
         out.insert("stack_trace".into(), Value::Array(stack));
     }
     out
+}
+
+/// Whether a key names a secret: a credential, a session, a signature (Relay's default
+/// scrubbing words).
+fn is_secret_key(name: &str) -> bool {
+    is_secret_header(name)
+}
+
+/// Replaces, at any depth, the value of every key that names a secret, and the secret
+/// parameters of every URL-like string, with [`FILTERED`].
+fn scrub(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if is_secret_key(key) && !v.is_null() {
+                    *v = FILTERED.into();
+                } else {
+                    scrub(v);
+                }
+            }
+        }
+        Value::Array(items) => {
+            // `[["token", "x"], …]`: pairs, as query strings and headers come.
+            if let [Value::String(name), second] = items.as_mut_slice() {
+                if is_secret_key(name) {
+                    *second = FILTERED.into();
+                    return;
+                }
+            }
+            items.iter_mut().for_each(scrub);
+        }
+        Value::String(text) if text.contains('?') || text.contains('#') => {
+            let scrubbed = scrub_url(text);
+            if scrubbed != *text {
+                *text = scrubbed;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A URL with the values of its secret query and fragment parameters filtered
+/// (`?token=…`, `#access_token=…`).
+fn scrub_url(url: &str) -> String {
+    let (before_fragment, fragment) = match url.split_once('#') {
+        Some((b, f)) => (b, Some(f)),
+        None => (url, None),
+    };
+    let mut out = match before_fragment.split_once('?') {
+        Some((path, query)) => format!("{path}?{}", scrub_query(query)),
+        None => before_fragment.to_string(),
+    };
+    if let Some(fragment) = fragment {
+        out.push('#');
+        out.push_str(&if fragment.contains('=') {
+            scrub_query(fragment)
+        } else {
+            fragment.to_string()
+        });
+    }
+    out
+}
+
+/// A query string with the values of its secret parameters filtered.
+fn scrub_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if is_secret_key(name) => format!("{name}={FILTERED}"),
+            _ => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// Shrinks the context to [`MAX_CONTEXT`], least useful first: `extra`, then the older half
@@ -1640,8 +1745,73 @@ mod tests {
         let item = item(&event);
         let context = item["context"].as_object().unwrap();
         assert!(json_len(context) <= MAX_CONTEXT);
-        assert_eq!(keys(context), vec!["server_name"]);
+        // The log line beside the exception is kept; the huge user and mechanism went.
+        assert_eq!(keys(context), vec!["log_message", "server_name"]);
         assert_eq!(item["user_id"], "u");
+    }
+
+    #[test]
+    fn a_long_chain_costs_no_more_than_ten_exceptions() {
+        // Every exception names one big thread stack: read once, for the primary only.
+        let frames: Vec<Value> = (0..2_000)
+            .map(|n| json!({"function": format!("f{n}"), "module": "m", "lineno": n, "in_app": true}))
+            .collect();
+        let chain: Vec<Value> = (0..5_000)
+            .map(|n| json!({"type": format!("E{n}"), "value": "v", "thread_id": 1}))
+            .collect();
+        let event = json!({
+            "exception": {"values": chain},
+            "threads": {"values": [{"id": 1, "stacktrace": {"frames": frames}}]},
+        });
+        let item = item(&event);
+        assert_eq!(item["type"], "E4999");
+        assert!(item["stack_trace"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty()));
+        let others = item["context"]["exceptions"].as_array().unwrap();
+        assert_eq!(others.len(), MAX_CHAIN - 1);
+        assert_eq!(others[0]["type"], "E4990");
+        assert!(others.iter().all(|e| e.get("stack_trace").is_none()));
+    }
+
+    #[test]
+    fn secrets_in_urls_and_objects_are_filtered() {
+        let event = json!({
+            "message": "m",
+            "request": {
+                "url": "https://shop.example/cb?code=1&access_token=abc&page=2#id_token=zz&state=s",
+                "query_string": "token=a&page=2",
+            },
+            "extra": {"password": "p", "nested": {"api_key": "k", "ok": "fine"}},
+            "contexts": {"app": {"session_id": "s1", "name": "shop"}},
+            "breadcrumbs": {"values": [
+                {"category": "fetch", "data": {"url": "https://api.example/x?auth=zz&q=1"}}
+            ]},
+            "user": {"id": "7", "auth_token": "t"},
+        });
+        let item = item(&event);
+        assert_eq!(
+            item["url"],
+            "https://shop.example/cb?code=1&access_token=[Filtered]&page=2#id_token=[Filtered]&state=s"
+        );
+        let context = &item["context"];
+        assert_eq!(context["request"]["url"], item["url"]);
+        assert_eq!(
+            context["request"]["query_string"],
+            "token=[Filtered]&page=2"
+        );
+        assert_eq!(context["extra"]["password"], "[Filtered]");
+        assert_eq!(context["extra"]["nested"]["api_key"], "[Filtered]");
+        assert_eq!(context["extra"]["nested"]["ok"], "fine");
+        assert_eq!(context["contexts"]["app"]["session_id"], "[Filtered]");
+        assert_eq!(context["contexts"]["app"]["name"], "shop");
+        assert_eq!(
+            context["breadcrumbs"][0]["data"]["url"],
+            "https://api.example/x?auth=[Filtered]&q=1"
+        );
+        assert_eq!(context["user"]["auth_token"], "[Filtered]");
+        assert_eq!(context["user"]["id"], "7");
+        assert_eq!(item["user_id"], "7");
     }
 
     #[test]
