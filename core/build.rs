@@ -4,6 +4,7 @@ use std::fmt::Write;
 use std::path::PathBuf;
 
 fn main() {
+    commit();
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default())
         .join("..")
         .join("migrations");
@@ -32,4 +33,33 @@ fn main() {
     if let Err(e) = std::fs::write(&dest, out) {
         panic!("cannot write {}: {e}", dest.display());
     }
+}
+
+/// The commit observe is built from, for `observe_build_info`: `OBSERVE_COMMIT` when the
+/// builder sets it (a release from a tarball), else `git rev-parse`, else `unknown`.
+fn commit() {
+    println!("cargo:rerun-if-env-changed=OBSERVE_COMMIT");
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default()).join("..");
+    // A new commit moves HEAD or the branch it names.
+    for file in [".git/HEAD", ".git/refs/heads"] {
+        let path = root.join(file);
+        if path.exists() {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
+    }
+    let commit = std::env::var("OBSERVE_COMMIT")
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+        .or_else(|| {
+            let out = std::process::Command::new("git")
+                .args(["rev-parse", "--short=12", "HEAD"])
+                .current_dir(&root)
+                .output()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rustc-env=OBSERVE_COMMIT={commit}");
 }

@@ -27,6 +27,10 @@ else
   echo "test.sh: Node.js is not installed: skipping the browser snippet's unit tests (src/assets/sdk/observe.test.js)" >&2
 fi
 
+# The Prometheus scrape config, alert rules and their unit tests (promtool, installed above by
+# `scripts/services.sh tools`; skipped with a message when it is missing).
+scripts/check-prometheus.sh
+
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
 else

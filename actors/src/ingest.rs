@@ -413,6 +413,7 @@ impl IngestActor {
                     "ingest flush failed; retrying while requests can wait"
                 );
             }
+            self.metrics.ingest.flush_retries.inc();
             self.batcher.failed(unwritten, now);
         }
     }

@@ -133,8 +133,24 @@ pub async fn migrate(settings: &DatabaseSettings) -> Result<Vec<String>, DbError
     Ok(result?)
 }
 
-/// Size figures of the pool for `/metrics`: (open connections, idle connections, maximum).
-pub fn pool_status(pool: &Pool) -> (i64, i64, i64) {
+/// Figures of the pool for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolFigures {
+    /// Connections open.
+    pub size: i64,
+    /// Connections open and idle.
+    pub available: i64,
+    pub max: i64,
+    /// Requests waiting for a connection now.
+    pub waiting: i64,
+}
+
+pub fn pool_status(pool: &Pool) -> PoolFigures {
     let s = pool.status();
-    (s.size as i64, s.available as i64, s.max_size as i64)
+    PoolFigures {
+        size: s.size as i64,
+        available: s.available as i64,
+        max: s.max_size as i64,
+        waiting: s.waiting as i64,
+    }
 }

@@ -203,6 +203,8 @@ pub struct IngestMetrics {
     /// Flushes whose COMMIT answer was lost, by what they turned out to be.
     pub uncertain_commits: IntCounterVec,
     pub actors: prometheus::IntGauge,
+    /// Flush attempts that failed and whose requests went back to be written again.
+    pub flush_retries: prometheus::IntCounter,
     /// Items of Sentry envelopes by item type and outcome (`accepted`: became observe items;
     /// `dropped`: sessions, client reports, attachments, non-HTTP transactions, unknown types).
     pub sentry_items: IntCounterVec,
@@ -266,6 +268,11 @@ impl IngestMetrics {
             &["type", "outcome"],
         )?;
         registry.register(Box::new(sentry_items.clone()))?;
+        let flush_retries = prometheus::IntCounter::new(
+            "observe_ingest_flush_retries_total",
+            "Ingest flush attempts that failed (PostgreSQL away or slow) and were retried",
+        )?;
+        registry.register(Box::new(flush_retries.clone()))?;
         registry.register(Box::new(items.clone()))?;
         registry.register(Box::new(batch_items.clone()))?;
         registry.register(Box::new(flush_seconds.clone()))?;
@@ -284,6 +291,7 @@ impl IngestMetrics {
             uncertain_commits,
             actors,
             sentry_items,
+            flush_retries,
         })
     }
 
@@ -328,7 +336,7 @@ impl Metrics {
         let db_pool = IntGaugeVec::new(
             Opts::new(
                 "observe_db_pool_connections",
-                "PostgreSQL pool connections: state=size (open), available (idle), max",
+                "PostgreSQL pool connections: state=size (open), available (idle), max, and waiting (requests waiting for one)",
             ),
             &["state"],
         )?;
@@ -347,6 +355,22 @@ impl Metrics {
             &["source"],
         )?;
         registry.register(Box::new(api_key_lookups.clone()))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "observe_build_info",
+                "1, labelled with the version and the commit observe was built from",
+            ),
+            &["version", "commit"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("OBSERVE_COMMIT")])
+            .set(1);
+        registry.register(Box::new(build_info))?;
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, …
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         let ratelimit_degraded = prometheus::IntGauge::new(
             "observe_ratelimit_degraded",
             "1 while Redis is unavailable and rate limits are enforced per instance",

@@ -12,14 +12,19 @@ use crate::state::AppState;
 )]
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let (size, available, max) = observe_core::db::pool_status(&state.db);
-    state.metrics.db_pool.with_label_values(&["size"]).set(size);
-    state
-        .metrics
-        .db_pool
-        .with_label_values(&["available"])
-        .set(available);
-    state.metrics.db_pool.with_label_values(&["max"]).set(max);
+    let pool = observe_core::db::pool_status(&state.db);
+    for (state_label, value) in [
+        ("size", pool.size),
+        ("available", pool.available),
+        ("max", pool.max),
+        ("waiting", pool.waiting),
+    ] {
+        state
+            .metrics
+            .db_pool
+            .with_label_values(&[state_label])
+            .set(value);
+    }
     let text = state
         .metrics
         .render()

@@ -65,3 +65,34 @@ async fn requests_are_counted_by_route_template_method_and_status_class() {
         Some("# TYPE observe_http_requests_total counter")
     );
 }
+
+/// What an operator needs beyond requests (issue 15): the build, the process, the pool's
+/// waiters and the ingest flush retries.
+#[actix_web::test]
+async fn the_build_the_process_and_the_pools_waiters_are_exported() {
+    let app = spawn_app_with(|_| {}, None).await;
+    let (status, text) = app.get_text("/metrics").await;
+    assert_eq!(status, 200);
+    let build = text
+        .lines()
+        .find(|l| l.starts_with("observe_build_info{"))
+        .unwrap_or_else(|| panic!("no observe_build_info: {text}"));
+    assert!(build.ends_with(" 1"), "{build}");
+    assert!(
+        build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))),
+        "{build}"
+    );
+    assert!(build.contains("commit=\""), "{build}");
+    // The standard process series (Linux), with values a live process has.
+    assert!(line_value(&text, "process_resident_memory_bytes").unwrap() > 1_000_000.0);
+    assert!(line_value(&text, "process_open_fds").unwrap() >= 3.0);
+    assert!(line_value(&text, "process_cpu_seconds_total").unwrap() >= 0.0);
+    assert!(line_value(&text, "process_start_time_seconds").unwrap() > 1.7e9);
+    // Requests waiting for a connection at this moment (a new pool's first users wait for
+    // its connections to open): a count, never negative.
+    assert!(line_value(&text, r#"observe_db_pool_connections{state="waiting"}"#).unwrap() >= 0.0);
+    assert_eq!(
+        line_value(&text, "observe_ingest_flush_retries_total"),
+        Some(0.0)
+    );
+}
