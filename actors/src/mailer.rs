@@ -36,7 +36,8 @@ use actix::prelude::*;
 use observe_core::config::Settings;
 use observe_core::db::PgPool;
 use observe_core::mail::{self, HttpClient, Provider};
-use observe_core::outbox::Uuid;
+use observe_core::metrics::MailMetrics;
+use observe_core::outbox::{self, OutboxError, Uuid};
 use tokio::sync::watch;
 
 use crate::supervisor::{Drain, Lifeline, Supervised, SupervisedActor, Supervisor};
@@ -79,13 +80,20 @@ pub struct Mailer {
     outbox_down: bool,
     /// How many deliveries and passes run now; the drain waits for zero.
     busy: watch::Sender<usize>,
+    metrics: MailMetrics,
 }
 
 impl Mailer {
     /// A Mailer for `settings` and `pool`. Builds its HTTP client, so call it on the arbiter
     /// the actor runs on (the supervisor's factory does).
-    pub fn new(lifeline: Lifeline, settings: Arc<Settings>, pool: PgPool) -> Self {
+    pub fn new(
+        lifeline: Lifeline,
+        settings: Arc<Settings>,
+        pool: PgPool,
+        metrics: MailMetrics,
+    ) -> Self {
         Self {
+            metrics,
             _lifeline: lifeline,
             settings,
             pool,
@@ -118,13 +126,26 @@ impl Mailer {
             self.client.clone(),
             self.settings.clone(),
         );
-        let pass = async move { mail::deliver_due(&pool, &client, &settings, BATCH).await };
+        // The pass, then the backlog it left (for `/metrics`).
+        let pass = async move {
+            let report = mail::deliver_due(&pool, &client, &settings, BATCH).await?;
+            let pending = match pool.get().await {
+                Ok(conn) => outbox::pending(&conn).await.ok(),
+                Err(_) => None,
+            };
+            Ok::<_, OutboxError>((report, pending))
+        };
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(pass).map(|result, act, ctx| {
                 act.polling = false;
                 act.end();
                 match result {
-                    Ok(report) => {
+                    Ok((report, pending)) => {
+                        act.metrics
+                            .delivered(report.sent, report.retried, report.failed);
+                        if let Some(pending) = pending {
+                            act.metrics.outbox_pending.set(pending);
+                        }
                         if act.outbox_down {
                             act.outbox_down = false;
                             tracing::info!(actor = Mailer::KIND, "email outbox reachable again");
@@ -203,6 +224,12 @@ impl Handler<Deliver> for Mailer {
             actix::fut::wrap_future::<_, Self>(send).map(move |result, act, _| {
                 act.in_flight.remove(&id);
                 act.end();
+                match &result {
+                    Ok(Some(mail::Outcome::Sent { .. })) => act.metrics.delivered(1, 0, 0),
+                    Ok(Some(mail::Outcome::Retry { .. })) => act.metrics.delivered(0, 1, 0),
+                    Ok(Some(mail::Outcome::Failed { .. })) => act.metrics.delivered(0, 0, 1),
+                    _ => {}
+                }
                 if let Err(e) = result {
                     // The row stays pending: the periodic pass sends it once the outbox is back.
                     tracing::warn!(
@@ -264,9 +291,10 @@ pub fn start(
     settings: Arc<Settings>,
     pool: PgPool,
 ) -> Supervised<Mailer> {
+    let metrics = supervisor.metrics().mail.clone();
     supervisor.spawn_drainable("mailer", arbiter, move |lifeline| {
         // Runs on `arbiter`: the awc client (`!Send`) is built there.
-        Mailer::new(lifeline, settings.clone(), pool.clone())
+        Mailer::new(lifeline, settings.clone(), pool.clone(), metrics.clone())
     })
 }
 

@@ -189,6 +189,11 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    /// The registry the supervised actors report into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn new(metrics: Metrics, backoff: Backoff) -> Self {
         telemetry::install_panic_hook(false);
         Self {

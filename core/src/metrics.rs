@@ -28,6 +28,55 @@ pub struct Metrics {
     pub monitors: MonitorMetrics,
     pub purge: PurgeMetrics,
     pub jobs: JobMetrics,
+    pub mail: MailMetrics,
+}
+
+/// The Mailer's outbox.
+#[derive(Clone)]
+pub struct MailMetrics {
+    /// Emails in the outbox not yet sent (the whole table: every instance reports the same
+    /// backlog), as of the Mailer's last pass.
+    pub outbox_pending: prometheus::IntGauge,
+    /// Delivery attempts by outcome: `sent`, `retry` (failed for now, due again later),
+    /// `failed` (refused for good or out of attempts).
+    pub deliveries: IntCounterVec,
+}
+
+impl MailMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let outbox_pending = prometheus::IntGauge::new(
+            "observe_mail_outbox_pending",
+            "Emails in the outbox not yet sent, as of the Mailer's last pass",
+        )?;
+        let deliveries = IntCounterVec::new(
+            Opts::new(
+                "observe_mail_deliveries_total",
+                "Email delivery attempts by outcome (sent, retry, failed)",
+            ),
+            &["outcome"],
+        )?;
+        // Present from the start, so a rate over them is 0 rather than absent.
+        for outcome in ["sent", "retry", "failed"] {
+            deliveries.with_label_values(&[outcome]);
+        }
+        registry.register(Box::new(outbox_pending.clone()))?;
+        registry.register(Box::new(deliveries.clone()))?;
+        Ok(Self {
+            outbox_pending,
+            deliveries,
+        })
+    }
+
+    /// Counts what one pass or delivery did.
+    pub fn delivered(&self, sent: usize, retried: usize, failed: usize) {
+        for (outcome, n) in [("sent", sent), ("retry", retried), ("failed", failed)] {
+            if n > 0 {
+                self.deliveries
+                    .with_label_values(&[outcome])
+                    .inc_by(n as u64);
+            }
+        }
+    }
 }
 
 /// The background jobs on cron ticks.
@@ -385,9 +434,11 @@ impl Metrics {
         let monitors = MonitorMetrics::new(&registry)?;
         let purge = PurgeMetrics::new(&registry)?;
         let jobs = JobMetrics::new(&registry)?;
+        let mail = MailMetrics::new(&registry)?;
         Ok(Self {
             purge,
             jobs,
+            mail,
             ingest,
             monitors,
             registry,

@@ -152,6 +152,17 @@ fn secs(d: Duration) -> f64 {
 /// Writes `email` as a pending row, due now, and returns its id. Takes any client, so a route
 /// calls it inside the transaction that creates what the email carries; send
 /// `Deliver { id }` to the Mailer once that transaction committed.
+/// Emails waiting to be sent (due now or later): the outbox's backlog, for `/metrics`.
+pub async fn pending(client: &impl GenericClient) -> Result<i64, OutboxError> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM email_outbox WHERE status = 'pending'",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 pub async fn enqueue(client: &impl GenericClient, email: &Email) -> Result<Uuid, OutboxError> {
     let id = Uuid::now_v7();
     client

@@ -273,6 +273,32 @@ async fn server_errors_are_retried_with_backoff_until_the_email_is_sent() {
     let sent = row(&app, id).await;
     assert_eq!(sent.attempts, 3, "two failures, then success");
     assert_eq!(sent.provider_message_id.as_deref(), Some("fake-msg-3"));
+    // `/metrics` counts each attempt by outcome, and the backlog empties with the next pass.
+    let series = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+    };
+    let (_, text) = app.get_text("/metrics").await;
+    assert_eq!(
+        series(&text, r#"observe_mail_deliveries_total{outcome="retry"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        series(&text, r#"observe_mail_deliveries_total{outcome="sent"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        series(&text, r#"observe_mail_deliveries_total{outcome="failed"}"#),
+        Some(0.0)
+    );
+    assert!(
+        eventually(10, || async {
+            let (_, text) = app.get_text("/metrics").await;
+            series(&text, "observe_mail_outbox_pending") == Some(0.0)
+        })
+        .await,
+        "the outbox backlog is 0 once the email is sent"
+    );
 
     let received = fake.received();
     assert_eq!(received.len(), 3);
@@ -339,6 +365,33 @@ async fn a_refused_email_fails_at_once_and_is_never_retried() {
     let logs = app.logs.contents();
     assert!(!logs.contains(&key));
     assert!(!logs.contains(&link));
+    fake.stop().await;
+}
+
+#[actix_web::test]
+async fn an_email_the_provider_keeps_refusing_shows_in_the_outbox_backlog() {
+    let fake = FakeResend::start(&[], 503).await;
+    let key = api_key();
+    let app = spawn_app_with(towards(&fake, &key), None).await;
+    let _mailer = start_mailer(&app);
+    let (email, _) = reset_email();
+    let id = enqueue(&app, &email).await;
+    let series = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+    };
+    // A pass after the first refused attempt finds the email still pending.
+    assert!(
+        eventually(15, || async {
+            let (_, text) = app.get_text("/metrics").await;
+            series(&text, "observe_mail_outbox_pending") == Some(1.0)
+                && series(&text, r#"observe_mail_deliveries_total{outcome="retry"}"#)
+                    .is_some_and(|n| n >= 1.0)
+        })
+        .await,
+        "the refused email is counted as a retry and as the backlog"
+    );
+    assert_eq!(row(&app, id).await.status, Status::Pending);
     fake.stop().await;
 }
 
