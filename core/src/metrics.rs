@@ -172,6 +172,9 @@ pub struct MonitorMetrics {
     pub shards_owned: prometheus::IntGauge,
     /// Check rows dropped because the CheckWriter could not take or keep them.
     pub rows_dropped: prometheus::IntCounter,
+    /// Check slots that passed without a check: while no instance ran the monitor (an outage,
+    /// a shard between owners), or when one fell more than a slot behind.
+    pub missed: prometheus::IntCounter,
 }
 
 impl MonitorMetrics {
@@ -224,7 +227,13 @@ impl MonitorMetrics {
         registry.register(Box::new(open_incidents.clone()))?;
         registry.register(Box::new(shards_owned.clone()))?;
         registry.register(Box::new(rows_dropped.clone()))?;
+        let missed = prometheus::IntCounter::new(
+            "observe_monitor_checks_missed_total",
+            "Check slots that passed without a check (no instance ran the monitor, or it fell more than a slot behind)",
+        )?;
+        registry.register(Box::new(missed.clone()))?;
         Ok(Self {
+            missed,
             checks,
             check_seconds,
             lateness_seconds,

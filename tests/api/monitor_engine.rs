@@ -934,6 +934,39 @@ async fn monitors_created_without_a_signal_are_found_by_the_poll() {
     );
 }
 
+#[actix_web::test]
+async fn slots_that_passed_while_no_instance_ran_a_monitor_count_as_missed() {
+    let app = spawn_app_with(fast, None).await;
+    let db = db(&app);
+    let target = Target::start().await;
+    let (project, _) = project_on(&app, "pro").await;
+    let url = target.url();
+    // Due ten minutes ago, as after an outage of every instance (60 s checks run every 0.3 s
+    // here: some 2,000 slots passed).
+    let monitor: Uuid = db
+        .one(
+            "INSERT INTO monitors (project_id, name, url, interval_seconds, timeout_seconds, next_check_at) \
+             VALUES ($1, 'api health', $2, 60, 5, now() - interval '10 minutes') RETURNING id",
+            &[&project, &url],
+        )
+        .await
+        .get(0);
+    assert!(
+        eventually(20, || async { checks(&db, monitor).await >= 1 }).await,
+        "the overdue monitor is checked"
+    );
+    let (_, text) = app.get_text("/metrics").await;
+    let missed = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("observe_monitor_checks_missed_total ")?
+                .parse::<f64>()
+                .ok()
+        })
+        .expect("observe_monitor_checks_missed_total");
+    assert!((1_900.0..=2_100.0).contains(&missed), "{missed}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Restart
 // ---------------------------------------------------------------------------------------------

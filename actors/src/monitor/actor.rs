@@ -203,8 +203,14 @@ impl MonitorActor {
                 }
             }
             Some(at) => {
-                let overdue = (now - at).to_std().unwrap_or_default().min(interval);
-                now + to_chrono(check::jitter(overdue))
+                let overdue = (now - at).to_std().unwrap_or_default();
+                // The slots that passed while no instance ran it; the one due now is checked.
+                self.engine
+                    .metrics
+                    .monitors
+                    .missed
+                    .inc_by(missed_slots(overdue, interval));
+                now + to_chrono(check::jitter(overdue.min(interval)))
             }
             None => now + to_chrono(check::jitter(interval)),
         };
@@ -254,7 +260,14 @@ impl MonitorActor {
         // The next slot is fixed now, whatever this check takes.
         let mut next = scheduled + to_chrono(interval);
         if next + to_chrono(interval) < now {
-            // More than a slot behind (a stalled thread): start again from now.
+            // More than a slot behind (a stalled thread): start again from now; the slots in
+            // between are missed (the one due now is the next check).
+            let behind = (now - scheduled).to_std().unwrap_or_default();
+            self.engine
+                .metrics
+                .monitors
+                .missed
+                .inc_by(missed_slots(behind, interval).saturating_sub(1));
             next = now;
         }
         self.schedule(next, ctx);
@@ -569,5 +582,28 @@ impl Handler<Stop> for MonitorActor {
 
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
         self.stop_soon(ctx);
+    }
+}
+
+/// Whole slots of `interval` within `overdue`: the checks that should have run in it.
+fn missed_slots(overdue: Duration, interval: Duration) -> u64 {
+    if interval.is_zero() {
+        return 0;
+    }
+    (overdue.as_millis() / interval.as_millis()) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missed_slots;
+    use std::time::Duration;
+
+    #[test]
+    fn missed_slots_count_whole_intervals() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(missed_slots(Duration::from_secs(59), minute), 0);
+        assert_eq!(missed_slots(Duration::from_secs(60), minute), 1);
+        assert_eq!(missed_slots(Duration::from_secs(605), minute), 10);
+        assert_eq!(missed_slots(minute, Duration::ZERO), 0);
     }
 }
