@@ -102,7 +102,7 @@ impl Application {
         let supervisor = Supervisor::new(metrics.clone(), Backoff::default());
         let settings = Arc::new(settings);
         // Actors run on this (the main) arbiter; HTTP workers reach them through AppState.
-        let pool = db::pool(&settings.database)?;
+        let pool = db::pool(&settings.database)?.with_metrics(&metrics);
         let mailer = observe_actors::mailer::start(
             &supervisor,
             &actix::Arbiter::current(),

@@ -3,7 +3,7 @@
 //! The pool is lazy: building it opens no connection, so observe starts (and answers
 //! `/health/live`) while PostgreSQL is down, and picks connections up again once it is back.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use secrecy::ExposeSecret;
@@ -14,8 +14,53 @@ use crate::migrate::{self, MigrateError};
 
 /// A connection taken from the pool (back to it when dropped).
 pub use deadpool_postgres::Client as PgClient;
-pub use deadpool_postgres::Pool as PgPool;
 pub use deadpool_postgres::PoolError;
+
+/// The pool: deadpool's, with the time each checkout waited and the checkouts that timed out
+/// counted in `/metrics` once [`PgPool::with_metrics`] gave it somewhere to count them.
+#[derive(Clone)]
+pub struct PgPool {
+    inner: Pool,
+    metrics: Option<PoolMetrics>,
+}
+
+/// Where a pool's checkouts are counted.
+#[derive(Clone)]
+struct PoolMetrics {
+    wait: prometheus::Histogram,
+    timeouts: prometheus::IntCounter,
+}
+
+impl PgPool {
+    /// Counts this pool's checkouts into `metrics` (`observe_db_pool_wait_seconds`,
+    /// `observe_db_pool_timeouts_total`).
+    pub fn with_metrics(self, metrics: &crate::metrics::Metrics) -> Self {
+        Self {
+            metrics: Some(PoolMetrics {
+                wait: metrics.db_pool_wait.clone(),
+                timeouts: metrics.db_pool_timeouts.clone(),
+            }),
+            ..self
+        }
+    }
+
+    /// A connection, waiting at most the pool's `acquire_timeout_secs` for one.
+    pub async fn get(&self) -> Result<PgClient, PoolError> {
+        let began = Instant::now();
+        let client = self.inner.get().await;
+        if let Some(m) = &self.metrics {
+            m.wait.observe(began.elapsed().as_secs_f64());
+            if matches!(client, Err(PoolError::Timeout(_))) {
+                m.timeouts.inc();
+            }
+        }
+        client
+    }
+
+    pub fn status(&self) -> deadpool_postgres::Status {
+        self.inner.status()
+    }
+}
 pub use tokio_postgres::Error as PgError;
 
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +106,7 @@ fn pg_config(settings: &DatabaseSettings) -> Result<tokio_postgres::Config, DbEr
 }
 
 /// Builds the pool without connecting.
-pub fn pool(settings: &DatabaseSettings) -> Result<Pool, DbError> {
+pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
     let manager = Manager::from_config(
         pg_config(settings)?,
         NoTls,
@@ -79,11 +124,15 @@ pub fn pool(settings: &DatabaseSettings) -> Result<Pool, DbError> {
         .create_timeout(Some(create))
         .recycle_timeout(Some(create))
         .build()
+        .map(|inner| PgPool {
+            inner,
+            metrics: None,
+        })
         .map_err(|e| DbError::Config(e.to_string()))
 }
 
 /// One round trip through the pool.
-pub async fn ping(pool: &Pool) -> Result<(), DbError> {
+pub async fn ping(pool: &PgPool) -> Result<(), DbError> {
     let client = pool
         .get()
         .await
@@ -145,7 +194,7 @@ pub struct PoolFigures {
     pub waiting: i64,
 }
 
-pub fn pool_status(pool: &Pool) -> PoolFigures {
+pub fn pool_status(pool: &PgPool) -> PoolFigures {
     let s = pool.status();
     PoolFigures {
         size: s.size as i64,

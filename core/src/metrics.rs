@@ -21,6 +21,10 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     pub actor_restarts: IntCounterVec,
     pub db_pool: IntGaugeVec,
+    /// How long each pool checkout waited for a connection (its count: checkouts).
+    pub db_pool_wait: prometheus::Histogram,
+    /// Checkouts that gave up after `database.acquire_timeout_secs`.
+    pub db_pool_timeouts: prometheus::IntCounter,
     pub dependency_up: IntGaugeVec,
     pub api_key_lookups: IntCounterVec,
     pub ratelimit_degraded: prometheus::IntGauge,
@@ -398,6 +402,21 @@ impl Metrics {
             ),
             &["state"],
         )?;
+        let db_pool_wait = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "observe_db_pool_wait_seconds",
+                "Time a PostgreSQL pool checkout waited for a connection (opening one included)",
+            )
+            .buckets(vec![
+                0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )?;
+        let db_pool_timeouts = prometheus::IntCounter::new(
+            "observe_db_pool_timeouts_total",
+            "PostgreSQL pool checkouts that gave up waiting (database.acquire_timeout_secs)",
+        )?;
+        registry.register(Box::new(db_pool_wait.clone()))?;
+        registry.register(Box::new(db_pool_timeouts.clone()))?;
         let dependency_up = IntGaugeVec::new(
             Opts::new(
                 "observe_dependency_up",
@@ -455,6 +474,8 @@ impl Metrics {
             http_duration,
             actor_restarts,
             db_pool,
+            db_pool_wait,
+            db_pool_timeouts,
             dependency_up,
             api_key_lookups,
             ratelimit_degraded,

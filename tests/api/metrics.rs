@@ -67,7 +67,7 @@ async fn requests_are_counted_by_route_template_method_and_status_class() {
 }
 
 /// What an operator needs beyond requests (issue 15): the build, the process, the pool's
-/// waiters and the ingest flush retries.
+/// waiters and checkout waits, and the ingest flush retries.
 #[actix_web::test]
 async fn the_build_the_process_and_the_pools_waiters_are_exported() {
     let app = spawn_app_with(|_| {}, None).await;
@@ -93,6 +93,15 @@ async fn the_build_the_process_and_the_pools_waiters_are_exported() {
     assert!(line_value(&text, r#"observe_db_pool_connections{state="waiting"}"#).unwrap() >= 0.0);
     assert_eq!(
         line_value(&text, "observe_ingest_flush_retries_total"),
+        Some(0.0)
+    );
+    // Every pool checkout is timed (registering an account took some), none timed out.
+    crate::helpers::register(&app).await;
+    let (_, text) = app.get_text("/metrics").await;
+    assert!(line_value(&text, "observe_db_pool_wait_seconds_count").unwrap() >= 1.0);
+    assert!(text.contains(r#"observe_db_pool_wait_seconds_bucket{le="0.001"}"#));
+    assert_eq!(
+        line_value(&text, "observe_db_pool_timeouts_total"),
         Some(0.0)
     );
 }

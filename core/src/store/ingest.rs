@@ -160,7 +160,7 @@ pub async fn settle(
 /// [`settle`] through a connection of `pool`, the whole look bounded by `timeout`; a
 /// connection that failed is kept out of the pool.
 pub async fn look_up(
-    pool: &deadpool_postgres::Pool,
+    pool: &crate::db::PgPool,
     backend: Backend,
     timeout: std::time::Duration,
 ) -> Result<Settled, StoreError> {
@@ -438,7 +438,7 @@ pub struct FlushReport {
 /// locks cannot hold this one back. Connections that broke or went silent are taken out of
 /// the pool, never handed to the next flush.
 pub async fn flush(
-    pool: &deadpool_postgres::Pool,
+    pool: &crate::db::PgPool,
     job: &Job,
     requests: &[Request<'_>],
     fence_first: Option<Backend>,

@@ -943,7 +943,7 @@ const BATCH_HOURS: i64 = 500;
 /// of their events dirty (for [`Kind::Events`]), then every dirty closed hour of each of
 /// `kinds` is recomputed. Returns the rollup rows written.
 pub async fn aggregate(
-    pool: &deadpool_postgres::Pool,
+    pool: &crate::db::PgPool,
     kinds: &[Kind],
     now: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
@@ -957,7 +957,7 @@ pub const DEFAULT_IDENTIFY_LOOKBACK: Duration = Duration::days(7);
 /// [`aggregate`], looking `identify_lookback` back for the events of visitors identified since
 /// the last run.
 pub async fn aggregate_with(
-    pool: &deadpool_postgres::Pool,
+    pool: &crate::db::PgPool,
     kinds: &[Kind],
     now: DateTime<Utc>,
     identify_lookback: Duration,
