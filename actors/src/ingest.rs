@@ -709,6 +709,7 @@ impl Handler<Ingest> for IngestActor {
     type Result = ();
 
     fn handle(&mut self, msg: Ingest, ctx: &mut Context<Self>) {
+        self.lifeline.took();
         self.last_activity = Instant::now();
         let n = msg.items.len();
         let kind = msg.items.kind();
@@ -841,8 +842,8 @@ impl IngestRegistry {
         // A closed mailbox means the actor just stopped: idle (it left the registry, so the
         // next lookup starts a fresh one) or failed (the supervisor restarts it shortly).
         for attempt in 0..5u32 {
-            let addr = self.addr(project_id, organisation_id);
-            match addr.try_send(msg) {
+            let actor = self.actor(project_id, organisation_id);
+            match actor.try_send(msg) {
                 Ok(()) => return Ok(()),
                 Err(SendError::Full(_)) => return Err(SendFailure::MailboxFull),
                 Err(SendError::Closed(back)) => {
@@ -854,11 +855,11 @@ impl IngestRegistry {
         Err(SendFailure::NoActor)
     }
 
-    fn addr(&self, project_id: Uuid, organisation_id: Uuid) -> Addr<IngestActor> {
+    fn actor(&self, project_id: Uuid, organisation_id: Uuid) -> Supervised<IngestActor> {
         let mut actors = self.actors.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = actors.get(&project_id) {
             if !entry.handle.finished() {
-                return entry.handle.addr();
+                return entry.handle.clone();
             }
         }
         let generation = self
@@ -889,9 +890,14 @@ impl IngestRegistry {
                 published: (0, 0),
             },
         );
-        let addr = handle.addr();
-        actors.insert(project_id, Running { generation, handle });
-        addr
+        actors.insert(
+            project_id,
+            Running {
+                generation,
+                handle: handle.clone(),
+            },
+        );
+        handle
     }
 
     /// Removes the project's entry if it is still `generation`'s (an idle actor leaving).

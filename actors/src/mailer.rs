@@ -66,7 +66,7 @@ pub struct Poll;
 pub struct Mailer {
     /// Reports this incarnation's end to the supervisor. The Mailer has no reason to stop
     /// on its own: errors are retried, so it only goes away by panic or at shutdown.
-    _lifeline: Lifeline,
+    lifeline: Lifeline,
     settings: Arc<Settings>,
     pool: PgPool,
     client: HttpClient,
@@ -94,7 +94,7 @@ impl Mailer {
     ) -> Self {
         Self {
             metrics,
-            _lifeline: lifeline,
+            lifeline: lifeline,
             settings,
             pool,
             client: mail::http_client(),
@@ -207,6 +207,7 @@ impl Handler<Deliver> for Mailer {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
+        self.lifeline.took();
         let id = msg.id;
         // Already on its way, or too much at once: the periodic pass has it.
         if self.draining || self.in_flight.contains(&id) || self.in_flight.len() >= MAX_IN_FLIGHT {
@@ -302,7 +303,7 @@ pub fn start(
 /// committed. Never fails: a full mailbox or a Mailer between restarts leaves the row to the
 /// next periodic pass.
 pub fn deliver_soon(mailer: &Supervised<Mailer>, id: Uuid) {
-    if let Err(e) = mailer.addr().try_send(Deliver { id }) {
+    if let Err(e) = mailer.try_send(Deliver { id }) {
         let reason = match e {
             SendError::Full(_) => "mailbox full",
             SendError::Closed(_) => "mailer restarting",

@@ -28,7 +28,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,7 @@ use actix::prelude::*;
 use futures_util::future::join_all;
 use observe_core::metrics::Metrics;
 use observe_core::telemetry;
+use prometheus::IntGauge;
 use tokio::sync::oneshot;
 
 /// An actor that runs under a [`Supervisor`].
@@ -64,14 +65,22 @@ pub enum Exit {
 pub struct Lifeline {
     tx: Option<oneshot::Sender<Exit>>,
     exit: Option<Exit>,
+    mailbox: Mailbox,
 }
 
 impl Lifeline {
-    fn new(tx: oneshot::Sender<Exit>) -> Self {
+    fn new(tx: oneshot::Sender<Exit>, mailbox: Mailbox) -> Self {
         Self {
             tx: Some(tx),
             exit: None,
+            mailbox,
         }
+    }
+
+    /// The actor took a message sent through [`Supervised::try_send`]: call it first thing in
+    /// that message's handler, so `observe_actor_mailbox_depth` counts only what waits.
+    pub fn took(&self) {
+        self.mailbox.took();
     }
 
     /// The coming stop is a failure: the supervisor restarts the actor and logs `reason`.
@@ -132,11 +141,39 @@ impl Backoff {
     }
 }
 
+/// What waits in one supervised actor's mailbox, of the messages sent through its handle:
+/// its own count, and its kind's `observe_actor_mailbox_depth` gauge. Messages a dying
+/// incarnation leaves in its mailbox are lost with it, and taken off both.
+#[derive(Debug, Clone)]
+struct Mailbox {
+    waiting: Arc<AtomicI64>,
+    depth: IntGauge,
+}
+
+impl Mailbox {
+    fn sent(&self) {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.depth.inc();
+    }
+
+    fn took(&self) {
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.depth.dec();
+    }
+
+    /// The incarnation is gone, and its mailbox with it.
+    fn lost(&self) {
+        let left = self.waiting.swap(0, Ordering::Relaxed);
+        self.depth.sub(left);
+    }
+}
+
 /// A handle to a supervised actor that always points at its current incarnation.
 pub struct Supervised<A: Actor> {
     addr: Arc<RwLock<Addr<A>>>,
     restarts: Arc<AtomicU32>,
     finished: Arc<AtomicBool>,
+    mailbox: Mailbox,
 }
 
 impl<A: Actor> Clone for Supervised<A> {
@@ -145,6 +182,7 @@ impl<A: Actor> Clone for Supervised<A> {
             addr: self.addr.clone(),
             restarts: self.restarts.clone(),
             finished: self.finished.clone(),
+            mailbox: self.mailbox.clone(),
         }
     }
 }
@@ -167,6 +205,24 @@ impl<A: Actor> Supervised<A> {
     /// Whether the actor stopped for good ([`Lifeline::finish`]) and will not come back.
     pub fn finished(&self) -> bool {
         self.finished.load(Ordering::Relaxed)
+    }
+
+    /// `try_send` to the current incarnation, counted in `observe_actor_mailbox_depth` until
+    /// the handler calls [`Lifeline::took`].
+    pub fn try_send<M>(&self, msg: M) -> Result<(), SendError<M>>
+    where
+        A: Handler<M>,
+        A::Context: ToEnvelope<A, M>,
+        M: Message + Send + 'static,
+        M::Result: Send,
+    {
+        // Counted before the send, so a handler quick to take it never counts below zero.
+        self.mailbox.sent();
+        let sent = self.addr().try_send(msg);
+        if sent.is_err() {
+            self.mailbox.took();
+        }
+        sent
     }
 }
 
@@ -218,17 +274,31 @@ impl Supervisor {
         let id = id.into();
         let factory = Arc::new(factory);
         let (tx, rx) = oneshot::channel();
+        let mailbox = Mailbox {
+            waiting: Arc::new(AtomicI64::new(0)),
+            depth: self
+                .metrics
+                .actor_mailbox_depth
+                .with_label_values(&[A::KIND]),
+        };
+        // The capacity counts while the watcher keeps an incarnation running.
+        self.metrics
+            .actor_mailbox_capacity
+            .with_label_values(&[A::KIND])
+            .add(A::MAILBOX as i64);
         let first = {
             let factory = factory.clone();
+            let mailbox = mailbox.clone();
             A::start_in_arbiter(arbiter, move |ctx| {
                 ctx.set_mailbox_capacity(A::MAILBOX);
-                factory(Lifeline::new(tx))
+                factory(Lifeline::new(tx, mailbox))
             })
         };
         let handle = Supervised {
             addr: Arc::new(RwLock::new(first)),
             restarts: Arc::new(AtomicU32::new(0)),
             finished: Arc::new(AtomicBool::new(false)),
+            mailbox,
         };
         let watcher = watch(
             id,
@@ -318,18 +388,24 @@ async fn watch<A, F>(
 {
     let mut started = Instant::now();
     let mut in_a_row = 0u32;
+    let capacity = metrics.actor_mailbox_capacity.with_label_values(&[A::KIND]);
+    let gone = || capacity.sub(A::MAILBOX as i64);
     loop {
         let exit = (&mut exits)
             .await
             .unwrap_or_else(|_| Exit::Failed("lifeline lost".to_string()));
+        // Whatever waited in the ended incarnation's mailbox went with it.
+        handle.mailbox.lost();
         let reason = match exit {
             Exit::Finished => {
                 handle.finished.store(true, Ordering::Relaxed);
+                gone();
                 return;
             }
             Exit::Failed(reason) => reason,
         };
         if stopping.load(Ordering::SeqCst) {
+            gone();
             return;
         }
         if started.elapsed() >= backoff.reset_after {
@@ -349,17 +425,19 @@ async fn watch<A, F>(
         );
         tokio::time::sleep(delay).await;
         if stopping.load(Ordering::SeqCst) {
+            gone();
             return;
         }
         let (tx, rx) = oneshot::channel();
         let factory = factory.clone();
+        let mailbox = handle.mailbox.clone();
         // A factory that panics (say, on bad stored state) must not take this watcher with
         // it: its lifeline, dropped while unwinding, reports the panic on `rx`, and the loop
         // retries with a longer backoff.
         let created = std::panic::catch_unwind(AssertUnwindSafe(|| {
             A::create(move |ctx| {
                 ctx.set_mailbox_capacity(A::MAILBOX);
-                factory(Lifeline::new(tx))
+                factory(Lifeline::new(tx, mailbox))
             })
         }));
         if let Ok(addr) = created {

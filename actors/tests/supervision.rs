@@ -352,3 +352,76 @@ async fn finished_actors_are_not_drained() {
         "only the live actor is drained"
     );
 }
+
+/// A message sent through [`Supervised::try_send`], so counted in the mailbox depth.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Counted;
+
+impl Handler<Counted> for Crashy {
+    type Result = ();
+    fn handle(&mut self, _: Counted, _: &mut Context<Self>) {
+        self.lifeline.took();
+    }
+}
+
+/// The value of `name{actor="Crashy"}` in the metrics text.
+fn crashy_gauge(metrics: &Metrics, name: &str) -> Option<i64> {
+    let prefix = format!("{name}{{actor=\"Crashy\"}} ");
+    metrics
+        .render()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+}
+
+#[actix_rt::test]
+async fn mailbox_depth_counts_what_waits_and_forgets_what_a_dead_incarnation_lost() {
+    let metrics = Metrics::new().unwrap();
+    let sup = Supervisor::new(metrics.clone(), fast_backoff());
+    let actor = spawn_crashy(&sup, "counted", Arc::default());
+    let depth = || crashy_gauge(&metrics, "observe_actor_mailbox_depth");
+    let capacity = || crashy_gauge(&metrics, "observe_actor_mailbox_capacity");
+    assert_eq!(capacity(), Some(Crashy::MAILBOX as i64));
+
+    // Three wait behind a busy handler, then are taken.
+    actor
+        .addr()
+        .try_send(Sleep(Duration::from_millis(300)))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..3 {
+        actor.try_send(Counted).unwrap();
+    }
+    assert_eq!(depth(), Some(3));
+    // A refused send is not counted.
+    assert!(matches!(
+        actor.try_send(Counted),
+        Ok(()) | Err(SendError::Full(_))
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(depth(), Some(0));
+
+    // Two wait behind a panic: they die with the incarnation, and with its count.
+    actor
+        .addr()
+        .try_send(Sleep(Duration::from_millis(200)))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    actor.addr().try_send(Boom).unwrap();
+    actor.try_send(Counted).unwrap();
+    actor.try_send(Counted).unwrap();
+    assert_eq!(depth(), Some(2));
+    assert_eq!(ping_until_up(&actor).await, 2);
+    assert_eq!(depth(), Some(0));
+    assert_eq!(
+        capacity(),
+        Some(Crashy::MAILBOX as i64),
+        "a restart keeps one mailbox"
+    );
+
+    // Stopped for good: its capacity is gone too.
+    actor.addr().send(Quit).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(capacity(), Some(0));
+}

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub actor_restarts: IntCounterVec,
+    /// Messages sent through supervised handles and not yet taken, summed per actor kind.
+    pub actor_mailbox_depth: IntGaugeVec,
+    /// Mailbox capacity of the running actors, summed per actor kind.
+    pub actor_mailbox_capacity: IntGaugeVec,
     pub db_pool: IntGaugeVec,
     /// How long each pool checkout waited for a connection (its count: checkouts).
     pub db_pool_wait: prometheus::Histogram,
@@ -395,6 +399,22 @@ impl Metrics {
             ),
             &["actor"],
         )?;
+        let actor_mailbox_depth = IntGaugeVec::new(
+            Opts::new(
+                "observe_actor_mailbox_depth",
+                "Messages waiting in supervised actors' mailboxes (those sent through their handles), summed per actor kind",
+            ),
+            &["actor"],
+        )?;
+        let actor_mailbox_capacity = IntGaugeVec::new(
+            Opts::new(
+                "observe_actor_mailbox_capacity",
+                "Mailbox capacity of the running supervised actors, summed per actor kind",
+            ),
+            &["actor"],
+        )?;
+        registry.register(Box::new(actor_mailbox_depth.clone()))?;
+        registry.register(Box::new(actor_mailbox_capacity.clone()))?;
         let db_pool = IntGaugeVec::new(
             Opts::new(
                 "observe_db_pool_connections",
@@ -473,6 +493,8 @@ impl Metrics {
             http_requests,
             http_duration,
             actor_restarts,
+            actor_mailbox_depth,
+            actor_mailbox_capacity,
             db_pool,
             db_pool_wait,
             db_pool_timeouts,

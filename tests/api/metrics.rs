@@ -105,3 +105,45 @@ async fn the_build_the_process_and_the_pools_waiters_are_exported() {
         Some(0.0)
     );
 }
+
+#[actix_web::test]
+async fn mailbox_depth_and_capacity_are_exported_per_actor_kind() {
+    let app = spawn_app_with(|_| {}, None).await;
+    let sdk = crate::helpers::sdk(&app).await;
+    let reply = crate::helpers::ingest(
+        &app,
+        &sdk.key,
+        "events",
+        serde_json::json!({"event": "e", "visitor_id": "v"}),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let (_, text) = app.get_text("/metrics").await;
+    // The project's IngestActor runs: its mailbox counts, and nothing waits in it (the request
+    // was taken, committed and answered).
+    assert_eq!(
+        line_value(
+            &text,
+            r#"observe_actor_mailbox_capacity{actor="IngestActor"}"#
+        ),
+        Some(observe_actors::ingest::MAILBOX as f64)
+    );
+    assert_eq!(
+        line_value(&text, r#"observe_actor_mailbox_depth{actor="IngestActor"}"#),
+        Some(0.0)
+    );
+    // The Mailer and the CheckWriter run from the start.
+    for (actor, mailbox) in [
+        ("Mailer", observe_actors::mailer::MAILBOX),
+        ("CheckWriter", observe_actors::monitor::writer::MAILBOX),
+    ] {
+        let capacity = line_value(
+            &text,
+            &format!("observe_actor_mailbox_capacity{{actor=\"{actor}\"}}"),
+        );
+        assert!(
+            capacity.unwrap_or(0.0) >= mailbox as f64,
+            "{actor}: {capacity:?}"
+        );
+    }
+}

@@ -82,7 +82,7 @@ impl CheckSink {
         };
         let mut record = Record { row, _place: place };
         for attempt in 1..=HANDOFF_ATTEMPTS {
-            match self.writer.addr().try_send(record) {
+            match self.writer.try_send(record) {
                 Ok(()) => return,
                 // Restarting (closed), or squeezed by control messages (full): try again.
                 Err(SendError::Closed(back) | SendError::Full(back)) => record = back,
@@ -104,7 +104,7 @@ impl CheckSink {
 }
 
 pub struct CheckWriter {
-    _lifeline: Lifeline,
+    lifeline: Lifeline,
     pool: PgPool,
     batcher: Batcher<Record>,
     wake_at: Option<Instant>,
@@ -234,6 +234,7 @@ impl Handler<Record> for CheckWriter {
     type Result = ();
 
     fn handle(&mut self, msg: Record, ctx: &mut Context<Self>) {
+        self.lifeline.took();
         // The policy has no capacity of its own (the sink's places are the bound).
         if self.batcher.push(msg, Instant::now()).is_ok() {
             self.tick(ctx);
@@ -269,7 +270,7 @@ pub fn start(
     let writer = supervisor.spawn("check-writer", arbiter, {
         let settings = settings.clone();
         move |lifeline| CheckWriter {
-            _lifeline: lifeline,
+            lifeline: lifeline,
             batcher: Batcher::new(policy(&settings)),
             pool: pool.clone(),
             wake_at: None,
