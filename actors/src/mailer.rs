@@ -94,7 +94,7 @@ impl Mailer {
     ) -> Self {
         Self {
             metrics,
-            lifeline: lifeline,
+            lifeline,
             settings,
             pool,
             client: mail::http_client(),

@@ -270,7 +270,7 @@ pub fn start(
     let writer = supervisor.spawn("check-writer", arbiter, {
         let settings = settings.clone();
         move |lifeline| CheckWriter {
-            lifeline: lifeline,
+            lifeline,
             batcher: Batcher::new(policy(&settings)),
             pool: pool.clone(),
             wake_at: None,
