@@ -4,10 +4,40 @@
 //! into it. It is not a process-wide global, so tests that run several servers in one process
 //! each see only their own numbers.
 
+use std::collections::BTreeSet;
+use std::sync::{Mutex, PoisonError};
+
+use prometheus::core::Collector;
 pub use prometheus::Error as PrometheusError;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// The name of every metric family ever registered (every [`Metrics`] registers the same):
+/// what `/metrics` exports once a family has a value. Dashboards and alert rules are checked
+/// against it (`tests/api/operability.rs`), so they never name a series observe does not have.
+static NAMES: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// The names of every metric family observe registers, exported or not yet.
+pub fn registered_names() -> BTreeSet<String> {
+    NAMES.lock().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
+fn note_names(collector: &dyn Collector) {
+    let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);
+    for desc in collector.desc() {
+        names.insert(desc.fq_name.clone());
+    }
+}
+
+/// Registers a metric, noting its name.
+fn register<C: Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: &C,
+) -> Result<(), prometheus::Error> {
+    note_names(collector);
+    registry.register(Box::new(collector.clone()))
+}
 
 /// Request duration buckets, in seconds: from sub-millisecond ingest acks to slow queries.
 const HTTP_BUCKETS: &[f64] = &[
@@ -67,8 +97,8 @@ impl MailMetrics {
         for outcome in ["sent", "retry", "failed"] {
             deliveries.with_label_values(&[outcome]);
         }
-        registry.register(Box::new(outbox_pending.clone()))?;
-        registry.register(Box::new(deliveries.clone()))?;
+        register(&registry, &outbox_pending)?;
+        register(&registry, &deliveries)?;
         Ok(Self {
             outbox_pending,
             deliveries,
@@ -124,9 +154,9 @@ impl JobMetrics {
             ),
             &["job"],
         )?;
-        registry.register(Box::new(runs.clone()))?;
-        registry.register(Box::new(seconds.clone()))?;
-        registry.register(Box::new(last_success.clone()))?;
+        register(&registry, &runs)?;
+        register(&registry, &seconds)?;
+        register(&registry, &last_success)?;
         Ok(Self {
             runs,
             seconds,
@@ -157,8 +187,8 @@ impl PurgeMetrics {
             "observe_purge_batches_total",
             "Purge delete statements run (each bounded by maintenance.purge_batch_rows)",
         )?;
-        registry.register(Box::new(rows.clone()))?;
-        registry.register(Box::new(batches.clone()))?;
+        register(&registry, &rows)?;
+        register(&registry, &batches)?;
         Ok(Self { rows, batches })
     }
 }
@@ -228,18 +258,18 @@ impl MonitorMetrics {
             "observe_monitor_check_rows_dropped_total",
             "Check rows dropped (CheckWriter mailbox or buffer full)",
         )?;
-        registry.register(Box::new(checks.clone()))?;
-        registry.register(Box::new(check_seconds.clone()))?;
-        registry.register(Box::new(lateness_seconds.clone()))?;
-        registry.register(Box::new(running.clone()))?;
-        registry.register(Box::new(open_incidents.clone()))?;
-        registry.register(Box::new(shards_owned.clone()))?;
-        registry.register(Box::new(rows_dropped.clone()))?;
+        register(&registry, &checks)?;
+        register(&registry, &check_seconds)?;
+        register(&registry, &lateness_seconds)?;
+        register(&registry, &running)?;
+        register(&registry, &open_incidents)?;
+        register(&registry, &shards_owned)?;
+        register(&registry, &rows_dropped)?;
         let missed = prometheus::IntCounter::new(
             "observe_monitor_checks_missed_total",
             "Check slots that passed without a check (no instance ran the monitor, or it fell more than a slot behind)",
         )?;
-        registry.register(Box::new(missed.clone()))?;
+        register(&registry, &missed)?;
         Ok(Self {
             missed,
             checks,
@@ -333,20 +363,20 @@ impl IngestMetrics {
             ),
             &["type", "outcome"],
         )?;
-        registry.register(Box::new(sentry_items.clone()))?;
+        register(&registry, &sentry_items)?;
         let flush_retries = prometheus::IntCounter::new(
             "observe_ingest_flush_retries_total",
             "Ingest flush attempts that failed (PostgreSQL away or slow) and were retried",
         )?;
-        registry.register(Box::new(flush_retries.clone()))?;
-        registry.register(Box::new(items.clone()))?;
-        registry.register(Box::new(batch_items.clone()))?;
-        registry.register(Box::new(flush_seconds.clone()))?;
-        registry.register(Box::new(buffer_items.clone()))?;
-        registry.register(Box::new(buffer_bytes.clone()))?;
-        registry.register(Box::new(inflight_bytes.clone()))?;
-        registry.register(Box::new(uncertain_commits.clone()))?;
-        registry.register(Box::new(actors.clone()))?;
+        register(&registry, &flush_retries)?;
+        register(&registry, &items)?;
+        register(&registry, &batch_items)?;
+        register(&registry, &flush_seconds)?;
+        register(&registry, &buffer_items)?;
+        register(&registry, &buffer_bytes)?;
+        register(&registry, &inflight_bytes)?;
+        register(&registry, &uncertain_commits)?;
+        register(&registry, &actors)?;
         Ok(Self {
             items,
             batch_items,
@@ -413,8 +443,8 @@ impl Metrics {
             ),
             &["actor"],
         )?;
-        registry.register(Box::new(actor_mailbox_depth.clone()))?;
-        registry.register(Box::new(actor_mailbox_capacity.clone()))?;
+        register(&registry, &actor_mailbox_depth)?;
+        register(&registry, &actor_mailbox_capacity)?;
         let db_pool = IntGaugeVec::new(
             Opts::new(
                 "observe_db_pool_connections",
@@ -435,8 +465,8 @@ impl Metrics {
             "observe_db_pool_timeouts_total",
             "PostgreSQL pool checkouts that gave up waiting (database.acquire_timeout_secs)",
         )?;
-        registry.register(Box::new(db_pool_wait.clone()))?;
-        registry.register(Box::new(db_pool_timeouts.clone()))?;
+        register(&registry, &db_pool_wait)?;
+        register(&registry, &db_pool_timeouts)?;
         let dependency_up = IntGaugeVec::new(
             Opts::new(
                 "observe_dependency_up",
@@ -451,7 +481,7 @@ impl Metrics {
             ),
             &["source"],
         )?;
-        registry.register(Box::new(api_key_lookups.clone()))?;
+        register(&registry, &api_key_lookups)?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "observe_build_info",
@@ -462,22 +492,24 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("OBSERVE_COMMIT")])
             .set(1);
-        registry.register(Box::new(build_info))?;
+        register(&registry, &build_info)?;
         // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, …
         #[cfg(target_os = "linux")]
-        registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
+        {
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            note_names(&process);
+            registry.register(Box::new(process))?;
+        }
         let ratelimit_degraded = prometheus::IntGauge::new(
             "observe_ratelimit_degraded",
             "1 while Redis is unavailable and rate limits are enforced per instance",
         )?;
-        registry.register(Box::new(ratelimit_degraded.clone()))?;
-        registry.register(Box::new(http_requests.clone()))?;
-        registry.register(Box::new(http_duration.clone()))?;
-        registry.register(Box::new(actor_restarts.clone()))?;
-        registry.register(Box::new(db_pool.clone()))?;
-        registry.register(Box::new(dependency_up.clone()))?;
+        register(&registry, &ratelimit_degraded)?;
+        register(&registry, &http_requests)?;
+        register(&registry, &http_duration)?;
+        register(&registry, &actor_restarts)?;
+        register(&registry, &db_pool)?;
+        register(&registry, &dependency_up)?;
         let ingest = IngestMetrics::new(&registry)?;
         let monitors = MonitorMetrics::new(&registry)?;
         let purge = PurgeMetrics::new(&registry)?;

@@ -28,6 +28,7 @@ mod migrations;
 mod monitor_engine;
 mod monitors;
 mod openapi;
+mod operability;
 mod partitions;
 mod process;
 mod projects;
