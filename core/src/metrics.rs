@@ -97,8 +97,8 @@ impl MailMetrics {
         for outcome in ["sent", "retry", "failed"] {
             deliveries.with_label_values(&[outcome]);
         }
-        register(&registry, &outbox_pending)?;
-        register(&registry, &deliveries)?;
+        register(registry, &outbox_pending)?;
+        register(registry, &deliveries)?;
         Ok(Self {
             outbox_pending,
             deliveries,
@@ -154,9 +154,9 @@ impl JobMetrics {
             ),
             &["job"],
         )?;
-        register(&registry, &runs)?;
-        register(&registry, &seconds)?;
-        register(&registry, &last_success)?;
+        register(registry, &runs)?;
+        register(registry, &seconds)?;
+        register(registry, &last_success)?;
         Ok(Self {
             runs,
             seconds,
@@ -187,8 +187,8 @@ impl PurgeMetrics {
             "observe_purge_batches_total",
             "Purge delete statements run (each bounded by maintenance.purge_batch_rows)",
         )?;
-        register(&registry, &rows)?;
-        register(&registry, &batches)?;
+        register(registry, &rows)?;
+        register(registry, &batches)?;
         Ok(Self { rows, batches })
     }
 }
@@ -258,18 +258,18 @@ impl MonitorMetrics {
             "observe_monitor_check_rows_dropped_total",
             "Check rows dropped (CheckWriter mailbox or buffer full)",
         )?;
-        register(&registry, &checks)?;
-        register(&registry, &check_seconds)?;
-        register(&registry, &lateness_seconds)?;
-        register(&registry, &running)?;
-        register(&registry, &open_incidents)?;
-        register(&registry, &shards_owned)?;
-        register(&registry, &rows_dropped)?;
+        register(registry, &checks)?;
+        register(registry, &check_seconds)?;
+        register(registry, &lateness_seconds)?;
+        register(registry, &running)?;
+        register(registry, &open_incidents)?;
+        register(registry, &shards_owned)?;
+        register(registry, &rows_dropped)?;
         let missed = prometheus::IntCounter::new(
             "observe_monitor_checks_missed_total",
             "Check slots that passed without a check (no instance ran the monitor, or it fell more than a slot behind)",
         )?;
-        register(&registry, &missed)?;
+        register(registry, &missed)?;
         Ok(Self {
             missed,
             checks,
@@ -363,20 +363,20 @@ impl IngestMetrics {
             ),
             &["type", "outcome"],
         )?;
-        register(&registry, &sentry_items)?;
+        register(registry, &sentry_items)?;
         let flush_retries = prometheus::IntCounter::new(
             "observe_ingest_flush_retries_total",
             "Ingest flush attempts that failed (PostgreSQL away or slow) and were retried",
         )?;
-        register(&registry, &flush_retries)?;
-        register(&registry, &items)?;
-        register(&registry, &batch_items)?;
-        register(&registry, &flush_seconds)?;
-        register(&registry, &buffer_items)?;
-        register(&registry, &buffer_bytes)?;
-        register(&registry, &inflight_bytes)?;
-        register(&registry, &uncertain_commits)?;
-        register(&registry, &actors)?;
+        register(registry, &flush_retries)?;
+        register(registry, &items)?;
+        register(registry, &batch_items)?;
+        register(registry, &flush_seconds)?;
+        register(registry, &buffer_items)?;
+        register(registry, &buffer_bytes)?;
+        register(registry, &inflight_bytes)?;
+        register(registry, &uncertain_commits)?;
+        register(registry, &actors)?;
         Ok(Self {
             items,
             batch_items,
