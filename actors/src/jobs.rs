@@ -68,6 +68,7 @@ impl Actor for JobRunner {
             i64::try_from(self.settings.catch_up_hours).unwrap_or(i64::MAX / 7200),
         );
         let now = Utc::now();
+        self.report_last_success(ctx);
         let Some(last) = self.schedule.last_at_or_before(now) else {
             self.set_next(ctx, now);
             return;
@@ -97,6 +98,24 @@ impl Actor for JobRunner {
 }
 
 impl JobRunner {
+    /// Reports the job's last success on any instance (from `job_runs`), so the gauge — and
+    /// the alert on a job that has not succeeded for two periods — does not depend on which
+    /// instance ran it or whether that instance restarted since.
+    fn report_last_success(&self, ctx: &mut Context<Self>) {
+        let (pool, name, metrics) = (self.pool.clone(), self.job.name(), self.metrics.clone());
+        let ask = async move {
+            let client = pool.get().await.ok()?;
+            let at = store::last_success(&client, name).await.ok()??;
+            let gauge = metrics.jobs.last_success.with_label_values(&[name]);
+            // A run of this instance may have reported a later one meanwhile.
+            if at.timestamp() as f64 > gauge.get() {
+                gauge.set(at.timestamp() as f64);
+            }
+            Some(())
+        };
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(ask).map(|_, _, _| ()));
+    }
+
     /// Sets the timer for the first tick after `after`.
     fn set_next(&mut self, ctx: &mut Context<Self>, after: DateTime<Utc>) {
         let Some(tick) = self.schedule.next_after(after) else {

@@ -83,6 +83,27 @@ pub async fn live() -> web::Json<Live> {
 )]
 #[get("/health/ready")]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let (checks, unavailable, degraded) = probe(&state).await;
+    let status = if unavailable {
+        "unavailable"
+    } else if degraded {
+        "degraded"
+    } else {
+        "ok"
+    };
+    let body = Ready { status, checks };
+    if unavailable {
+        HttpResponse::ServiceUnavailable().json(body)
+    } else {
+        HttpResponse::Ok().json(body)
+    }
+}
+
+/// Checks PostgreSQL and Redis (each bounded by [`CHECK_TIMEOUT`]) and sets
+/// `observe_dependency_up` from what it found: the readiness probe's answer, and what
+/// `/metrics` refreshes on every scrape so the gauge never shows a stale probe's answer.
+/// Returns each check, whether a required one failed, and whether a degradable one did.
+pub(crate) async fn probe(state: &AppState) -> (BTreeMap<&'static str, Check>, bool, bool) {
     let (postgres, redis) = tokio::join!(
         check(
             "postgres",
@@ -111,19 +132,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         }
         checks.insert(name, result);
     }
-    let status = if unavailable {
-        "unavailable"
-    } else if degraded {
-        "degraded"
-    } else {
-        "ok"
-    };
-    let body = Ready { status, checks };
-    if unavailable {
-        HttpResponse::ServiceUnavailable().json(body)
-    } else {
-        HttpResponse::Ok().json(body)
-    }
+    (checks, unavailable, degraded)
 }
 
 /// Runs one check with a timeout. The error text goes to the log, not to the client.

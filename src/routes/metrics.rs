@@ -12,6 +12,8 @@ use crate::state::AppState;
 )]
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    // `observe_dependency_up` as of this scrape, not of the last readiness probe.
+    super::health::probe(&state).await;
     let pool = observe_core::db::pool_status(&state.db);
     for (state_label, value) in [
         ("size", pool.size),

@@ -216,3 +216,53 @@ async fn a_failed_run_is_recorded_and_the_next_tick_runs() {
         .get(0);
     assert_eq!(failed_error.as_deref(), Some("the test job fails this run"));
 }
+
+#[actix_web::test]
+async fn a_starting_instance_reports_the_last_success_of_any_instance() {
+    let app = spawn_app().await;
+    // Another instance ran the last tick (so this one has nothing to catch up).
+    let schedule = "0 0 3 * * *";
+    let tick = Schedule::parse(schedule)
+        .unwrap()
+        .last_at_or_before(Utc::now())
+        .unwrap();
+    let finished = tick + chrono::Duration::seconds(2);
+    app.state
+        .db
+        .get()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO job_runs (job, scheduled_for, claimed_by, finished_at, result)
+             VALUES ('daily', $1, 'elsewhere', $2, 'ok')",
+            &[&tick, &finished],
+        )
+        .await
+        .unwrap();
+    let runs = Arc::new(AtomicU64::new(0));
+    run_on(
+        &app,
+        Counting {
+            name: "daily",
+            runs: runs.clone(),
+            fail_runs: vec![],
+        },
+        schedule,
+    );
+    let reported = || async {
+        let text = app.get_text("/metrics").await.1;
+        metric_sum(
+            &text,
+            "observe_job_last_success_timestamp_seconds{job=\"daily\"}",
+        )
+    };
+    assert!(
+        eventually(10, || async {
+            reported().await == finished.timestamp() as f64
+        })
+        .await,
+        "the gauge was not seeded from job_runs: {}",
+        reported().await
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "this instance ran nothing");
+}

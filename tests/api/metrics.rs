@@ -83,6 +83,17 @@ async fn the_build_the_process_and_the_pools_waiters_are_exported() {
         "{build}"
     );
     assert!(build.contains("commit=\""), "{build}");
+    // The dependencies as of this scrape (no readiness probe was asked).
+    for dependency in ["postgres", "redis"] {
+        assert_eq!(
+            line_value(
+                &text,
+                &format!("observe_dependency_up{{dependency=\"{dependency}\"}}")
+            ),
+            Some(1.0),
+            "{dependency}"
+        );
+    }
     // The standard process series (Linux), with values a live process has.
     assert!(line_value(&text, "process_resident_memory_bytes").unwrap() > 1_000_000.0);
     assert!(line_value(&text, "process_open_fds").unwrap() >= 3.0);

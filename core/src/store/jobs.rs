@@ -43,6 +43,21 @@ pub async fn claimed(
         .is_some())
 }
 
+/// When a run of `job` last ended well, on any instance: what a starting instance reports as
+/// `observe_job_last_success_timestamp_seconds` before it runs the job itself.
+pub async fn last_success(
+    client: &impl GenericClient,
+    job: &str,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    Ok(client
+        .query_one(
+            "SELECT max(finished_at) FROM job_runs WHERE job = $1 AND result = 'ok'",
+            &[&job],
+        )
+        .await?
+        .get(0))
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
