@@ -50,23 +50,12 @@ pub struct Stored {
     pub id: Option<String>,
 }
 
-/// CORS for the Sentry endpoints: any origin (browser SDKs send the key in the query).
+/// CORS for the Sentry endpoints: the ingest scope's (any origin, POST), with the header SDKs
+/// authenticate with and the one they back off by.
 pub fn cors() -> Cors {
-    Cors::default()
-        .allow_any_origin()
-        .send_wildcard()
-        .allowed_methods(["POST"])
-        .allowed_headers([
-            header::CONTENT_TYPE,
-            header::CONTENT_ENCODING,
-            header::AUTHORIZATION,
-            HeaderName::from_static("x-sentry-auth"),
-        ])
-        .expose_headers([
-            HeaderName::from_static("x-sentry-rate-limits"),
-            header::RETRY_AFTER,
-        ])
-        .max_age(86_400)
+    super::ingest::cors()
+        .allowed_header(HeaderName::from_static("x-sentry-auth"))
+        .expose_headers([HeaderName::from_static("x-sentry-rate-limits")])
 }
 
 /// Which endpoint a body came to.
@@ -149,8 +138,15 @@ impl From<Rejection> for Refusal {
 }
 
 impl From<ApiError> for Refusal {
+    /// A refusal before any item was read: a bad body counts as one malformed item in
+    /// `observe_ingest_items_total`, as on `/ingest/*`; a refused key or project names no item
+    /// (there, the key extractor refuses before the route counts anything).
     fn from(error: ApiError) -> Self {
-        Refusal::from((error, "malformed", 1))
+        let counted = match error {
+            ApiError::Unauthorized { .. } | ApiError::Forbidden(_) | ApiError::NotFound => 0,
+            _ => 1,
+        };
+        Refusal::from((error, "malformed", counted))
     }
 }
 
@@ -318,8 +314,9 @@ async fn handle(
         }
     }
     drop(body);
-    // One envelope, one commit: the SDKs send events and transactions in envelopes of their
-    // own, and two categories would be two commits, one of which could fail after the other.
+    // One envelope, one commit: two categories would be two commits, one of which could fail
+    // after the other (the official SDKs send events and transactions in envelopes of their
+    // own, as far as we know).
     if !errors.is_empty() && !requests.is_empty() {
         return Err(ApiError::BadRequest(
             "an envelope holds events or transactions, not both (as the Sentry SDKs send them); send them in separate envelopes".into(),

@@ -37,8 +37,8 @@ use tokio_postgres::NoTls;
 use crate::health::{CuttableProxy, OwnRedis};
 use crate::helpers::roomy_limits;
 use crate::helpers::{
-    env_var, eventually, free_port, fresh_database, sdk, send, spawn_app_with, test_settings,
-    TestApp, TEST_PASSWORD,
+    env_var, eventually, free_port, fresh_database, metric_value, sdk, send, spawn_app_with,
+    test_settings, TestApp, TEST_PASSWORD,
 };
 use crate::support::proxy::pg_port;
 
@@ -402,12 +402,6 @@ async fn assert_all_stored_in(
         eprintln!("{duplicated} item ids were stored more than once");
     }
     stored
-}
-
-/// The value of one series (`name{labels}`) in a `/metrics` text.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 async fn ready(app: &TestApp) -> bool {
@@ -845,7 +839,7 @@ async fn a_long_database_outage_answers_503_with_retry_after() {
         "items answered 503 were stored: {half_stored:?}"
     );
     let (_, metrics) = app.get_text("/metrics").await;
-    let unavailable = metric(
+    let unavailable = metric_value(
         &metrics,
         "observe_ingest_items_total{kind=\"events\",outcome=\"rejected\",reason=\"unavailable\"}",
     )
@@ -878,7 +872,7 @@ fn lines_of_tagged_requests(app: &TestApp, tag: &str, message: &str) -> usize {
 }
 
 async fn degraded(app: &TestApp) -> Option<f64> {
-    metric(
+    metric_value(
         &app.get_text("/metrics").await.1,
         "observe_ratelimit_degraded",
     )
@@ -1241,7 +1235,7 @@ async fn an_uncertain_commit_waits_past_the_retry_deadline_for_the_answer() {
     assert_eq!(stored.get("cut"), Some(&3), "stored once: {stored:?}");
     let metrics = app.get_text("/metrics").await.1;
     assert_eq!(
-        metric(
+        metric_value(
             &metrics,
             "observe_ingest_uncertain_commits_total{outcome=\"committed\"}"
         ),

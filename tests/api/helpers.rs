@@ -94,6 +94,12 @@ pub async fn send(req: awc::ClientRequest, body: Option<Vec<u8>>) -> Reply {
     }
 }
 
+/// The value of one series (`name` or `name{labels}`, as written) in a `/metrics` text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// A variable from the environment, else from the `.env` that `make services` writes.
 pub fn env_var(name: &str) -> Option<String> {
     if let Ok(v) = std::env::var(name) {

@@ -19,7 +19,7 @@ use observe_core::outbox::{self, OutboxRow, Status};
 use secrecy::SecretString;
 use uuid::Uuid;
 
-use crate::helpers::{eventually, spawn_app_with, TestApp};
+use crate::helpers::{eventually, metric_value, spawn_app_with, TestApp};
 
 /// One request the fake Resend received.
 #[derive(Debug, Clone)]
@@ -274,27 +274,23 @@ async fn server_errors_are_retried_with_backoff_until_the_email_is_sent() {
     assert_eq!(sent.attempts, 3, "two failures, then success");
     assert_eq!(sent.provider_message_id.as_deref(), Some("fake-msg-3"));
     // `/metrics` counts each attempt by outcome, and the backlog empties with the next pass.
-    let series = |text: &str, name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-    };
     let (_, text) = app.get_text("/metrics").await;
     assert_eq!(
-        series(&text, r#"observe_mail_deliveries_total{outcome="retry"}"#),
+        metric_value(&text, r#"observe_mail_deliveries_total{outcome="retry"}"#),
         Some(2.0)
     );
     assert_eq!(
-        series(&text, r#"observe_mail_deliveries_total{outcome="sent"}"#),
+        metric_value(&text, r#"observe_mail_deliveries_total{outcome="sent"}"#),
         Some(1.0)
     );
     assert_eq!(
-        series(&text, r#"observe_mail_deliveries_total{outcome="failed"}"#),
+        metric_value(&text, r#"observe_mail_deliveries_total{outcome="failed"}"#),
         Some(0.0)
     );
     assert!(
         eventually(10, || async {
             let (_, text) = app.get_text("/metrics").await;
-            series(&text, "observe_mail_outbox_pending") == Some(0.0)
+            metric_value(&text, "observe_mail_outbox_pending") == Some(0.0)
         })
         .await,
         "the outbox backlog is 0 once the email is sent"
@@ -376,16 +372,12 @@ async fn an_email_the_provider_keeps_refusing_shows_in_the_outbox_backlog() {
     let _mailer = start_mailer(&app);
     let (email, _) = reset_email();
     let id = enqueue(&app, &email).await;
-    let series = |text: &str, name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-    };
     // A pass after the first refused attempt finds the email still pending.
     assert!(
         eventually(15, || async {
             let (_, text) = app.get_text("/metrics").await;
-            series(&text, "observe_mail_outbox_pending") == Some(1.0)
-                && series(&text, r#"observe_mail_deliveries_total{outcome="retry"}"#)
+            metric_value(&text, "observe_mail_outbox_pending") == Some(1.0)
+                && metric_value(&text, r#"observe_mail_deliveries_total{outcome="retry"}"#)
                     .is_some_and(|n| n >= 1.0)
         })
         .await,

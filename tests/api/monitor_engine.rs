@@ -956,13 +956,7 @@ async fn slots_that_passed_while_no_instance_ran_a_monitor_count_as_missed() {
         "the overdue monitor is checked"
     );
     let (_, text) = app.get_text("/metrics").await;
-    let missed = text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("observe_monitor_checks_missed_total ")?
-                .parse::<f64>()
-                .ok()
-        })
+    let missed = crate::helpers::metric_value(&text, "observe_monitor_checks_missed_total")
         .expect("observe_monitor_checks_missed_total");
     assert!((1_900.0..=2_100.0).contains(&missed), "{missed}");
 }

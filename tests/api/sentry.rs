@@ -640,6 +640,12 @@ async fn keys_are_taken_from_header_query_or_envelope_and_must_be_the_projects()
         groups(&app, &other).await.is_empty(),
         "nothing reached the other project"
     );
+    // Refused keys and projects are not counted as malformed items.
+    let (_, metrics) = app.get_text("/metrics").await;
+    assert!(
+        !metrics.contains(r#"kind="sentry",outcome="rejected",reason="malformed""#),
+        "{metrics}"
+    );
 }
 
 #[actix_web::test]
