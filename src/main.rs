@@ -8,7 +8,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use observe::startup::Application;
 use observe_core::config::Settings;
-use observe_core::{db, telemetry};
+use observe_core::{db, telemetry, trace};
 
 const USAGE: &str = "usage: observe [serve|migrate]
 
@@ -45,7 +45,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&settings.log, None);
+    // Traces are configured by the standard OTEL_* variables; a request for traces observe
+    // cannot honour is a configuration error like any other.
+    let traces = match trace::Exporter::from_env() {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("observe: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&settings.log, traces.as_ref(), None);
     if notes.generated_secret_key {
         tracing::warn!(
             "SECRET_KEY is not set: using an ephemeral key for this run (development mode). \
@@ -57,7 +66,13 @@ fn main() -> ExitCode {
             );
         }
     }
-    tracing::info!(mode = %settings.server.mode, bind = %settings.server.bind, command, "observe starting");
+    tracing::info!(
+        mode = %settings.server.mode,
+        bind = %settings.server.bind,
+        command,
+        traces = trace::enabled(),
+        "observe starting"
+    );
 
     let result = actix_web::rt::System::new().block_on(async move {
         match command.as_str() {
@@ -74,6 +89,10 @@ fn main() -> ExitCode {
             },
         }
     });
+    // Outside the runtime: the exporter's shutdown blocks until buffered spans are sent.
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

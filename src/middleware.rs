@@ -21,6 +21,8 @@ use actix_web::{web, HttpMessage, HttpResponse, ResponseError};
 use futures_util::FutureExt;
 use tracing::Instrument;
 
+use observe_core::trace;
+
 use crate::error::{self, ApiError};
 use crate::state::AppState;
 
@@ -53,9 +55,8 @@ pub async fn request_context(
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let method = metric_method(req.method());
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    // At ERROR level so the span, and the request id with it, exists under any log filter
-    // that lets a line through: the warn and error lines are the ones that most need it.
-    let span = tracing::error_span!("request", request_id = %request_id, method = %method);
+    // With traces on, a server span continuing the caller's `traceparent`.
+    let span = trace::server_span(&request_id, method, req.headers());
 
     // No clone of the request may be held across this call: actix's router needs sole
     // ownership of it to record the matched route.
@@ -90,6 +91,7 @@ pub async fn request_context(
     };
 
     let elapsed = started.elapsed();
+    trace::finish_server_span(&span, method, &route, status.as_u16());
     if let Some(state) = state {
         state
             .metrics

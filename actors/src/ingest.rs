@@ -69,7 +69,9 @@ use observe_core::store::ingest::{
     self as store, Backend, Fate, FlushReport, Job, Request, Settled, Verdict,
 };
 use observe_core::store::Refusal;
+use observe_core::trace::Parent;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::supervisor::{Drain, Lifeline, Supervised, SupervisedActor, Supervisor};
@@ -115,6 +117,8 @@ pub struct Ingest {
     /// Its body's bytes, taken from the process-wide budget; held while it is buffered.
     pub reservation: Reservation,
     pub reply: oneshot::Sender<Outcome>,
+    /// The request's place in its trace: the flush that commits it is its child or links to it.
+    pub trace: Parent,
 }
 
 /// A buffered request.
@@ -127,6 +131,7 @@ struct Pending {
     /// This actor's number for the request: its place in the order of arrival.
     seq: u64,
     reservation: Reservation,
+    trace: Parent,
 }
 
 impl Weigh for Pending {
@@ -297,6 +302,8 @@ impl IngestActor {
             self.flush_timeout(),
         );
         let started = Instant::now();
+        let span = flush_span(self.project_id, &batch);
+        let traced = span.clone();
         let write = async move {
             let requests: Vec<Request<'_>> = batch
                 .iter()
@@ -309,9 +316,16 @@ impl IngestActor {
             let report = store::flush(&pool, &job, &requests, fence, timeout).await;
             drop(requests);
             (batch, report)
-        };
+        }
+        .instrument(span);
         ctx.spawn(actix::fut::wrap_future::<_, Self>(write).map(
             move |(batch, report), act, ctx| {
+                traced.record("rows", report.rows);
+                traced.record("transactions", report.transactions);
+                traced.record("commit_ms", report.commit_seconds * 1000.0);
+                if let Some(error) = &report.error {
+                    traced.record("error", tracing::field::display(error));
+                }
                 act.flushed(batch, report, job.month, started);
                 if act.stopping {
                     act.stop_for_deleted_project(ctx);
@@ -667,6 +681,45 @@ impl IngestActor {
 }
 
 /// Items and bytes of `pending`.
+/// The span of one flush, for traces (at `debug`: not built when traces are off). It is the
+/// child of the first sampled request it commits, so that request's trace shows the flush and
+/// its statements, and links to the other sampled ones (up to [`FLUSH_LINKS`]).
+fn flush_span(project_id: Uuid, batch: &[Entry<Pending>]) -> tracing::Span {
+    let items: usize = batch.iter().map(|e| e.value.items.len()).sum();
+    let span = tracing::debug_span!(
+        "ingest.flush",
+        project_id = %project_id,
+        requests = batch.len(),
+        items,
+        rows = tracing::field::Empty,
+        transactions = tracing::field::Empty,
+        commit_ms = tracing::field::Empty,
+        error = tracing::field::Empty,
+    );
+    if span.is_disabled() {
+        return span;
+    }
+    let parent = batch
+        .iter()
+        .position(|e| e.value.trace.is_sampled())
+        .unwrap_or(0);
+    if let Some(first) = batch.get(parent) {
+        first.value.trace.adopt(&span);
+    }
+    let others = batch
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| *i != parent && e.value.trace.is_sampled())
+        .take(FLUSH_LINKS);
+    for (_, entry) in others {
+        entry.value.trace.link(&span);
+    }
+    span
+}
+
+/// At most this many requests of a flush are linked from its span besides its parent.
+const FLUSH_LINKS: usize = 32;
+
 fn weigh<'a>(pending: impl Iterator<Item = &'a Pending>) -> (usize, usize) {
     pending.fold((0, 0), |(i, b), p| (i + p.items(), b + p.bytes()))
 }
@@ -720,6 +773,7 @@ impl Handler<Ingest> for IngestActor {
             reply: Some(msg.reply),
             seq: self.next_seq,
             reservation: msg.reservation,
+            trace: msg.trace,
         };
         self.next_seq += 1;
         if self.stopping {

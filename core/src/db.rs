@@ -203,3 +203,15 @@ pub fn pool_status(pool: &PgPool) -> PoolFigures {
         waiting: s.waiting as i64,
     }
 }
+
+/// The span of a named PostgreSQL statement (or a store function's few statements), for
+/// traces: its name, never its parameters. At `debug`, so not built when traces are off.
+pub fn statement(name: &'static str) -> tracing::Span {
+    tracing::debug_span!(
+        "db",
+        otel.name = name,
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.operation.name = name,
+    )
+}

@@ -7,7 +7,8 @@
 //!
 //! - Foundation: [`config`] (typed settings), [`db`] (PostgreSQL pool, connection bounds),
 //!   [`migrate`] (schema migrations), [`redis`], [`metrics`] (the Prometheus registry),
-//!   [`telemetry`] (logs, panic hook).
+//!   [`telemetry`] (logs, panic hook), [`trace`] (OpenTelemetry spans, OTLP export, trace
+//!   context in and out, trace ids in log lines).
 //! - Accounts: [`auth`] (passwords, access tokens, secrets), [`sessions`] (the per-request
 //!   session check), [`keys`] (API-key authentication and the change channel), [`cache`] (the
 //!   bounded single-flight cache both use), [`ratelimit`] (auth and key-lookup budgets),
@@ -66,3 +67,4 @@ pub mod squad;
 pub mod store;
 pub mod telemetry;
 pub mod tiers;
+pub mod trace;

@@ -2,7 +2,8 @@
 //!
 //! Logs are JSON lines on stdout (or human-readable with `OBSERVE_LOG_FORMAT=pretty`). Fields of
 //! the enclosing spans are part of every line, which is how the request id reaches each line a
-//! request logs. Nothing here logs headers or bodies; secrets are kept out of logs by never
+//! request logs; with traces on, each line under a span also starts with its `trace_id` and
+//! `span_id` (see [`crate::trace`]). Nothing here logs headers or bodies; secrets are kept out of logs by never
 //! handing them to a log macro (settings hold them as `SecretString`, whose `Debug` redacts).
 //!
 //! The panic hook sends panics through tracing instead of raw stderr, and remembers the last
@@ -13,7 +14,8 @@ use std::panic;
 use std::sync::Once;
 
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, LogSettings};
 
@@ -21,34 +23,56 @@ thread_local! {
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
-/// Installs the global subscriber. `writer` defaults to stdout; tests pass a capturing one.
-/// Returns false when a subscriber was already installed (the first one stays).
-pub fn init(log: &LogSettings, writer: Option<BoxMakeWriter>) -> bool {
+/// Installs the global subscriber: the log layer, and with `traces` the OpenTelemetry layer
+/// (see [`crate::trace`]). `writer` defaults to stdout; tests pass a capturing one. Returns
+/// false when a subscriber was already installed (the first one stays).
+pub fn init(
+    log: &LogSettings,
+    traces: Option<&crate::trace::Exporter>,
+    writer: Option<BoxMakeWriter>,
+) -> bool {
+    let installed =
+        tracing::subscriber::set_global_default(subscriber(log, traces, writer)).is_ok();
+    install_panic_hook(false);
+    installed
+}
+
+/// The subscriber [`init`] installs. Each layer has its own filter: the log filter
+/// (`RUST_LOG`, else `log.level`) decides which lines are written, the trace layer's which
+/// spans are exported, and a span neither wants is never built.
+pub fn subscriber(
+    log: &LogSettings,
+    traces: Option<&crate::trace::Exporter>,
+    writer: Option<BoxMakeWriter>,
+) -> impl tracing::Subscriber + Send + Sync {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_new(&log.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let writer = writer.unwrap_or_else(|| BoxMakeWriter::new(std::io::stdout));
-    let installed = match log.format {
-        LogFormat::Json => tracing_subscriber::fmt()
+    let logs = match log.format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
-            .with_env_filter(filter)
+            .event_format(crate::trace::WithTraceIds(
+                tracing_subscriber::fmt::format()
+                    .json()
+                    .with_current_span(false)
+                    .with_span_list(true)
+                    .flatten_event(true)
+                    .with_target(true),
+            ))
             .with_writer(writer)
-            .with_current_span(false)
-            .with_span_list(true)
-            .flatten_event(true)
-            .with_target(true)
-            .try_init()
-            .is_ok(),
-        LogFormat::Pretty => tracing_subscriber::fmt()
-            .with_env_filter(filter)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_writer(writer)
-            .try_init()
-            .is_ok(),
+            .with_filter(filter)
+            .boxed(),
     };
-    install_panic_hook(false);
-    installed
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(traces.map(|t| t.layer()))
 }
 
 /// Routes panics through tracing (one structured line, no raw stderr) and records the message
@@ -137,7 +161,11 @@ pub fn capture() -> LogCapture {
                 format: LogFormat::Json,
                 level: "debug,h2=info,hyper=info,tokio_postgres=info".to_string(),
             };
-            init(&settings, Some(BoxMakeWriter::new(move || writer.clone())));
+            init(
+                &settings,
+                None,
+                Some(BoxMakeWriter::new(move || writer.clone())),
+            );
             capture
         })
         .clone()

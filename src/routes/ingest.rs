@@ -298,6 +298,7 @@ pub(crate) async fn submit(
                 cap,
                 reservation,
                 reply,
+                trace: observe_core::trace::Parent::current(),
             },
         )
         .await

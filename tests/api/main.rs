@@ -44,3 +44,4 @@ mod shutdown;
 mod stats;
 mod supervision;
 mod support;
+mod traces;

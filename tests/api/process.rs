@@ -15,6 +15,7 @@ fn observe() -> Command {
     // developer's environment.
     for (name, _) in std::env::vars() {
         let ours = name.starts_with("OBSERVE")
+            || name.starts_with("OTEL_")
             || matches!(
                 name.as_str(),
                 "SECRET_KEY" | "DATABASE_URL" | "REDIS_URL" | "RUST_LOG"

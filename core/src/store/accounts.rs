@@ -69,6 +69,7 @@ fn role(s: &str) -> Role {
 }
 
 /// Creates a user and an organisation they own. A taken email is `Conflict("users_email_key")`.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "accounts.create_user_with_organisation", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn create_user_with_organisation(
     client: &impl GenericClient,
     email: &str,
@@ -107,6 +108,7 @@ pub async fn create_user_with_organisation(
     Ok((user, org))
 }
 
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "accounts.user_by_email", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn user_by_email(
     client: &impl GenericClient,
     email: &str,
@@ -120,6 +122,7 @@ pub async fn user_by_email(
     Ok(row.as_ref().map(user))
 }
 
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "accounts.user_by_id", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn user_by_id(client: &impl GenericClient, id: Uuid) -> Result<Option<User>, StoreError> {
     let row = client
         .query_opt(
@@ -131,6 +134,7 @@ pub async fn user_by_id(client: &impl GenericClient, id: Uuid) -> Result<Option<
 }
 
 /// The organisation a user signs in to: the oldest one they own, else the oldest they belong to.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "accounts.primary_membership", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn primary_membership(
     client: &impl GenericClient,
     user_id: Uuid,
@@ -150,6 +154,7 @@ pub async fn primary_membership(
 }
 
 /// The user's membership of one organisation, if they have it.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "accounts.membership", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn membership(
     client: &impl GenericClient,
     user_id: Uuid,
@@ -168,6 +173,7 @@ pub async fn membership(
     Ok(row.map(|r| (organisation(&r, 0), role(r.get::<_, &str>(4)))))
 }
 
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "accounts.set_password", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn set_password(
     client: &impl GenericClient,
     user_id: Uuid,
@@ -184,6 +190,7 @@ pub async fn set_password(
 }
 
 /// The user a GitHub account is linked to.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "accounts.user_by_github_id", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn user_by_github_id(
     client: &impl GenericClient,
     github_id: i64,
@@ -201,6 +208,7 @@ pub async fn user_by_github_id(
 }
 
 /// Links a GitHub account to a user (or refreshes the login name of an existing link).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "accounts.link_github", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn link_github(
     client: &impl GenericClient,
     github_id: i64,
@@ -221,6 +229,7 @@ pub async fn link_github(
 /// (through GitHub): whatever password its registrant set stops working, and the address
 /// counts as verified, and every emailed link made before stops working. The caller also
 /// revokes its sessions and spends its tokens.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "accounts.claim_unverified", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn claim_unverified(
     client: &impl GenericClient,
     user_id: Uuid,
@@ -240,6 +249,7 @@ pub async fn claim_unverified(
 /// address is a credential (reset links go to it): every link emailed before, to the old
 /// address above all, stops working, now and for any check made against
 /// `credentials_changed_at` later.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "accounts.set_email", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn set_email(
     client: &impl GenericClient,
     user_id: Uuid,
@@ -259,6 +269,7 @@ pub async fn set_email(
 
 /// Deletes a user; each organisation of which they are the last owner goes too, with all it
 /// owns (the schema cascades). Run it in a transaction. Returns the organisations deleted.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "accounts.delete_user", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn delete_user(
     client: &impl GenericClient,
     user_id: Uuid,

@@ -25,6 +25,7 @@ pub struct Counts {
     pub api_requests_this_month: i64,
 }
 
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "admin.counts", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn counts(client: &impl GenericClient) -> Result<Counts, StoreError> {
     let row = client
         .query_one(
@@ -80,6 +81,7 @@ pub struct LastDay {
 /// progress, as `/stats` is. Errors have no hourly rollup (their groups keep running
 /// counts): they are counted from raw rows, within the two daily partitions the day spans.
 /// Each project is one index range probe per table, however many projects and hours.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "admin.last_24h", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn last_24h(
     client: &impl GenericClient,
     now: DateTime<Utc>,

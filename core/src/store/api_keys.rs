@@ -58,6 +58,7 @@ fn api_key(row: &Row) -> ApiKey {
 }
 
 /// Stores a key for a project the caller has already checked belongs to its organisation.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "api_keys.create", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn create(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -86,6 +87,7 @@ pub async fn create(
 }
 
 /// Up to `limit + 1` keys of a project of the organisation, oldest first.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "api_keys.list", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn list(
     client: &impl GenericClient,
     org_id: Uuid,
@@ -111,6 +113,7 @@ pub async fn list(
 }
 
 /// The project's newest key that is not revoked (the project detail shows its DSN).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "api_keys.newest_active", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn newest_active(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -129,6 +132,7 @@ pub async fn newest_active(
 }
 
 /// Revokes a key of a project of the organisation; false when there is no such key.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "api_keys.revoke", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn revoke(
     client: &impl GenericClient,
     org_id: Uuid,
@@ -147,6 +151,7 @@ pub async fn revoke(
 }
 
 /// The owner of an unrevoked key, by the key's hash.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "api_keys.owner_by_hash", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn owner_by_hash(
     client: &impl GenericClient,
     hash: &[u8],
@@ -155,6 +160,7 @@ pub async fn owner_by_hash(
 }
 
 /// The owner of an unrevoked key, by its public DSN key.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "api_keys.owner_by_dsn_key", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn owner_by_dsn_key(
     client: &impl GenericClient,
     dsn_key: &str,

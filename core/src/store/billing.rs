@@ -31,6 +31,7 @@ fn subscription(row: &tokio_postgres::Row) -> Subscription {
 }
 
 /// The organisation's subscription; with `lock`, its row is locked for the transaction.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "billing.subscription_of", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn subscription_of(
     client: &impl GenericClient,
     organisation_id: Uuid,
@@ -48,6 +49,7 @@ pub async fn subscription_of(
 }
 
 /// Writes `s` whole (insert or replace).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "billing.save_subscription", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn save_subscription(
     client: &impl GenericClient,
     s: &Subscription,
@@ -87,6 +89,7 @@ pub async fn save_subscription(
 }
 
 /// Organisations whose subscription is due for the renewal run at `now`.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "billing.due", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn due(client: &impl GenericClient, now: DateTime<Utc>) -> Result<Vec<Uuid>, StoreError> {
     Ok(client
         .query(
@@ -162,6 +165,7 @@ const PAYMENT_COLUMNS: &str =
     "reference, organisation_id, kind, plan, amount, email, state, renews_period_end";
 
 /// Records a payment as pending (committed before Squad hears of it).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "billing.record_payment", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn record_payment(client: &impl GenericClient, p: &Payment) -> Result<(), StoreError> {
     let amount = i64::try_from(p.amount).unwrap_or(i64::MAX);
     let kind = match p.kind {
@@ -188,6 +192,7 @@ pub async fn record_payment(client: &impl GenericClient, p: &Payment) -> Result<
 }
 
 /// The payment of `reference`; with `lock`, locked for the transaction.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "billing.payment_of", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn payment_of(
     client: &impl GenericClient,
     reference: &str,
@@ -205,6 +210,7 @@ pub async fn payment_of(
 }
 
 /// The renewal payments recorded for the period ending `period_end`, oldest first.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "billing.renewals_of_period", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn renewals_of_period(
     client: &impl GenericClient,
     organisation_id: Uuid,
@@ -225,6 +231,7 @@ pub async fn renewals_of_period(
         .collect())
 }
 
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "billing.set_payment_state", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn set_payment_state(
     client: &impl GenericClient,
     reference: &str,
@@ -251,6 +258,7 @@ pub struct BillingEvent {
     pub created_at: DateTime<Utc>,
 }
 
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "billing.record_event", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn record_event(
     client: &impl GenericClient,
     organisation_id: Uuid,
@@ -278,6 +286,7 @@ pub async fn record_event(
 }
 
 /// A page of the organisation's billing events, newest first, after `cursor` `(created_at, id)`.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "billing.events_page", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn events_page(
     client: &impl GenericClient,
     organisation_id: Uuid,
@@ -307,6 +316,7 @@ pub async fn events_page(
 }
 
 /// Sets the organisation's tier (`hobby`, `pro`, `team`).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "billing.set_tier", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn set_tier(
     client: &impl GenericClient,
     organisation_id: Uuid,
@@ -333,6 +343,7 @@ pub struct Enforced {
 /// Keeps the organisation's oldest `max_monitors` running monitors (`None`: no limit) and
 /// pauses the others; raises intervals below `min_interval_secs`. Data is kept; projects beyond
 /// the tier's limit stay, and creating more is refused where projects are created.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "billing.enforce_limits", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn enforce_limits(
     client: &impl GenericClient,
     organisation_id: Uuid,
@@ -374,6 +385,7 @@ pub async fn enforce_limits(
 }
 
 /// The owners' addresses and names of an organisation, first owner first.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "billing.owners", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn owners(
     client: &impl GenericClient,
     organisation_id: Uuid,
@@ -392,6 +404,7 @@ pub async fn owners(
 
 /// Subscriptions per state and the monthly recurring revenue (kobo) of those still paying
 /// (active or in grace, not cancelled at period end), for `/admin/stats`.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "billing.totals", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn totals(client: &impl GenericClient) -> Result<(Vec<(String, i64)>, i64), StoreError> {
     let by_state = client
         .query(

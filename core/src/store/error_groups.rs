@@ -181,6 +181,7 @@ impl GroupCursor {
 
 /// Up to `limit` groups of the project with occurrences in `[from, to)`, in `status`, in
 /// `sort` order, after `after` (a key and id of that sort) if given.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "error_groups.list", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn list(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -283,6 +284,7 @@ pub async fn list(
 }
 
 /// One group of the project, `None` when the project has no such group.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "error_groups.get", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn get(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -303,6 +305,7 @@ pub async fn get(
 /// no such group. Resolving a resolved group keeps its `resolved_at`. A new occurrence of a
 /// resolved group reopens it and counts a regression (ingest does that); reopening it by hand
 /// is no regression.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "error_groups.set_resolved", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn set_resolved(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -335,6 +338,7 @@ pub struct RangeFigures {
 
 /// How many occurrences of the group fall in each bucket `[boundaries[i], boundaries[i+1])`:
 /// one count per bucket, zeros included. `boundaries` must be ascending and cover `[from, to)`.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "error_groups.trend", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn trend(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -371,6 +375,7 @@ pub async fn trend(
 }
 
 /// The group's occurrences and distinct people within `[from, to)`.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "error_groups.figures", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn figures(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -412,6 +417,7 @@ pub struct Occurrence {
 }
 
 /// The group's `limit` newest occurrences within `[from, to)`, newest first.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "error_groups.recent", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn recent(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -466,6 +472,7 @@ pub struct Tag {
 /// The group's tags within `[from, to)`: each key with its `per_key` most frequent values
 /// (ties by value), at most `max_keys` keys (the most frequent). Like Sentry's tag summary,
 /// `environment`, `release` and `level` count as tags too.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "error_groups.tags", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn tags(
     client: &impl GenericClient,
     project_id: Uuid,

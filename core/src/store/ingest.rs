@@ -23,8 +23,11 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{Json, Type};
 use uuid::Uuid;
 
+use tracing::Instrument;
+
 use super::{Refusal, StoreError};
 use crate::config::Limit;
+use crate::db::statement;
 use crate::ingest::{
     Category, ErrorItem, Event, Identify, Items, MetricItem, MetricKind, RequestItem,
 };
@@ -59,6 +62,8 @@ pub enum Verdict {
 pub struct Written {
     /// Raw rows COPYed (events, errors, requests, metrics).
     pub rows: usize,
+    /// How long its COMMIT took.
+    pub commit: std::time::Duration,
 }
 
 /// The server process running a flush's transaction, and the transaction's id: enough to look
@@ -98,6 +103,7 @@ pub enum WriteError {
 
 /// Whether the transaction `txid` committed: `Some(true)` committed, `Some(false)` aborted (or
 /// never committed), `None` still in progress (ask again later).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "ingest.committed", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn committed(
     client: &tokio_postgres::Client,
     txid: i64,
@@ -119,6 +125,7 @@ pub async fn committed(
 /// This is how PostgreSQL's own tooling fences a session it has lost contact with
 /// (`pg_terminate_backend`); it needs the same role as the flushing connection, which
 /// observe's connections share.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "ingest.fence", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn fence(client: &tokio_postgres::Client, backend: Backend) -> Result<bool, StoreError> {
     let row = client
         .query_one(
@@ -143,6 +150,7 @@ pub enum Settled {
 
 /// Looks up an uncertain transaction and, if the server still runs it, ends it, so that the
 /// next look finds it aborted rather than waiting on a session that may never speak again.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "ingest.settle", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn settle(
     client: &tokio_postgres::Client,
     backend: Backend,
@@ -159,6 +167,7 @@ pub async fn settle(
 
 /// [`settle`] through a connection of `pool`, the whole look bounded by `timeout`; a
 /// connection that failed is kept out of the pool.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "ingest.look_up", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn look_up(
     pool: &crate::db::PgPool,
     backend: Backend,
@@ -197,6 +206,7 @@ async fn bounded<T>(
 /// Stores `requests` of `job` in one transaction; see the module documentation. Every step
 /// shares one deadline `timeout` from now: a connection that goes silent (a black hole, where
 /// no error ever comes) ends the attempt instead of holding it forever.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "ingest.transaction", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn write(
     client: &mut Client,
     job: &Job,
@@ -224,7 +234,7 @@ pub async fn write(
             )),
         }
     };
-    let (verdicts, written) = match body.await {
+    let (verdicts, mut written) = match body.await {
         Ok(done) => done,
         // The server answered with an error: it ended the transaction itself.
         Err(error @ (StoreError::Db(_) | StoreError::Conflict(_))) => {
@@ -234,8 +244,13 @@ pub async fn write(
             return Err(WriteError::Abandoned { backend, error })
         }
     };
-    match bounded(deadline, tx.commit()).await {
-        Ok(()) => Ok((verdicts, written)),
+    let committing = std::time::Instant::now();
+    let commit = bounded(deadline, tx.commit()).instrument(statement("ingest.commit"));
+    match commit.await {
+        Ok(()) => {
+            written.commit = committing.elapsed();
+            Ok((verdicts, written))
+        }
         // A lost or silent connection leaves the outcome unknown; a server-side refusal (a
         // deferred constraint) is a clean abort.
         Err(error @ StoreError::Unavailable(_)) => Err(WriteError::Uncertain {
@@ -299,11 +314,18 @@ async fn fill(
     )
     .await?;
     mark_identified(tx, project_id, &identified).await?;
-    Ok((verdicts, Written { rows }))
+    Ok((
+        verdicts,
+        Written {
+            rows,
+            commit: std::time::Duration::ZERO,
+        },
+    ))
 }
 
 /// Visitors whose user is new or changed: who they are changed for hours already rolled up
 /// (migration 0011), which the Aggregator finds and recomputes.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "ingest.mark_identified", otel.kind = "client", db.system.name = "postgresql"))]
 async fn mark_identified(
     tx: &tokio_postgres::Transaction<'_>,
     project_id: Uuid,
@@ -354,6 +376,7 @@ pub fn hour_of(at: DateTime<Utc>) -> DateTime<Utc> {
 
 /// Records, in the flush's transaction, which hours of which rollups it touched (see
 /// migration 0008): one statement, a handful of rows.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "ingest.mark_dirty_hours", otel.kind = "client", db.system.name = "postgresql"))]
 async fn mark_dirty_hours(
     tx: &tokio_postgres::Transaction<'_>,
     project_id: Uuid,
@@ -425,6 +448,8 @@ pub struct FlushReport {
     pub abandoned: Option<Backend>,
     /// Why requests are [`Fate::Retry`] or [`Fate::Uncertain`].
     pub error: Option<StoreError>,
+    /// Time spent in COMMIT, over the flush's transactions.
+    pub commit_seconds: f64,
 }
 
 /// Writes `requests` of `job` with one transaction if it can. When PostgreSQL refuses the
@@ -451,6 +476,7 @@ pub async fn flush(
         uncertain: None,
         abandoned: fence_first,
         error: None,
+        commit_seconds: 0.0,
     };
     let mut client = match tokio::time::timeout(timeout, pool.get()).await {
         Ok(Ok(client)) => client,
@@ -490,6 +516,7 @@ pub async fn flush(
         match write(&mut client, job, &requests[range.clone()], timeout).await {
             Ok((verdicts, written)) => {
                 report.rows += written.rows;
+                report.commit_seconds += written.commit.as_secs_f64();
                 for (fate, verdict) in report.fates[range].iter_mut().zip(verdicts) {
                     *fate = match verdict {
                         Verdict::Stored => Fate::Stored,
@@ -547,6 +574,7 @@ fn discard_if_broken(client: deadpool_postgres::Client, error: Option<&StoreErro
 
 /// Decides which requests fit under their monthly caps and counts them, under the usage rows'
 /// locks (held until the transaction ends).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "ingest.apply_quotas", otel.kind = "client", db.system.name = "postgresql"))]
 async fn apply_quotas(
     tx: &tokio_postgres::Transaction<'_>,
     organisation_id: Uuid,
@@ -599,6 +627,7 @@ async fn apply_quotas(
     Ok(verdicts)
 }
 
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "ingest.copy_events", otel.kind = "client", db.system.name = "postgresql"))]
 async fn copy_events(
     tx: &tokio_postgres::Transaction<'_>,
     project_id: Uuid,
@@ -648,6 +677,7 @@ async fn copy_events(
     Ok(rows.len())
 }
 
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "ingest.copy_errors", otel.kind = "client", db.system.name = "postgresql"))]
 async fn copy_errors(
     tx: &tokio_postgres::Transaction<'_>,
     project_id: Uuid,
@@ -709,6 +739,7 @@ async fn copy_errors(
     Ok(rows.len())
 }
 
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "ingest.copy_requests", otel.kind = "client", db.system.name = "postgresql"))]
 async fn copy_requests(
     tx: &tokio_postgres::Transaction<'_>,
     project_id: Uuid,
@@ -770,6 +801,7 @@ fn kind_str(kind: MetricKind) -> &'static str {
     }
 }
 
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "ingest.copy_metrics", otel.kind = "client", db.system.name = "postgresql"))]
 async fn copy_metrics(
     tx: &tokio_postgres::Transaction<'_>,
     project_id: Uuid,
@@ -847,6 +879,7 @@ fn occurrence(e: &ErrorItem) -> Value {
 }
 
 /// One upsert for every group in the flush, then the distinct people they reached.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "ingest.upsert_error_groups", otel.kind = "client", db.system.name = "postgresql"))]
 async fn upsert_error_groups(
     tx: &tokio_postgres::Transaction<'_>,
     project_id: Uuid,
@@ -955,6 +988,7 @@ type Person = (Map<String, Value>, DateTime<Utc>, DateTime<Utc>);
 
 /// Identify calls: visitor → user (the latest call wins) and the user's traits, merged.
 /// Returns the visitors whose user is new or changed: their past hours count someone else now.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "ingest.upsert_identities", otel.kind = "client", db.system.name = "postgresql"))]
 async fn upsert_identities(
     tx: &tokio_postgres::Transaction<'_>,
     project_id: Uuid,
@@ -1041,6 +1075,7 @@ async fn upsert_identities(
 }
 
 /// Items counted this month against an organisation's caps, by category.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "ingest.usage", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn usage(
     client: &impl super::GenericClient,
     organisation_id: Uuid,

@@ -7,6 +7,7 @@ use super::{GenericClient, StoreError};
 
 /// Claims `job`'s `tick` for `instance`: true when this instance may run it — nobody had
 /// claimed it, or a claim older than `lease_secs` never finished (its instance died).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "jobs.claim", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn claim(
     client: &impl GenericClient,
     job: &str,
@@ -29,6 +30,7 @@ pub async fn claim(
 }
 
 /// Whether any instance has claimed `job`'s `tick`.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "jobs.claimed", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn claimed(
     client: &impl GenericClient,
     job: &str,
@@ -45,6 +47,7 @@ pub async fn claimed(
 
 /// When a run of `job` last ended well, on any instance: what a starting instance reports as
 /// `observe_job_last_success_timestamp_seconds` before it runs the job itself.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "jobs.last_success", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn last_success(
     client: &impl GenericClient,
     job: &str,
@@ -66,6 +69,7 @@ pub enum Outcome {
 }
 
 /// Records how `instance`'s run of `job`'s `tick` ended.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "jobs.finish", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn finish(
     client: &impl GenericClient,
     job: &str,

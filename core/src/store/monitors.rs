@@ -90,6 +90,7 @@ pub fn monitor(row: &Row) -> Monitor {
 /// The tier of the organisation, whose row is locked until the transaction ends: monitor
 /// creations of one organisation are serialised, so two cannot both take the last slot.
 /// `None` when the organisation no longer exists.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitors.lock_organisation", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn lock_organisation(
     client: &impl GenericClient,
     org_id: Uuid,
@@ -104,6 +105,7 @@ pub async fn lock_organisation(
 }
 
 /// The tier of the organisation, without a lock; `None` when it no longer exists.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitors.organisation_tier", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn organisation_tier(
     client: &impl GenericClient,
     org_id: Uuid,
@@ -116,6 +118,7 @@ pub async fn organisation_tier(
 
 /// How many monitors the organisation has, over all its projects (the tier limit counts
 /// monitors per organisation, like projects).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitors.count_in_organisation", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn count_in_organisation(
     client: &impl GenericClient,
     org_id: Uuid,
@@ -131,14 +134,18 @@ pub async fn count_in_organisation(
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
+/// A monitor's checks in one hour: (monitor, hour, checks, successful checks).
+pub type HourlyChecks = (Uuid, DateTime<Utc>, i64, i64);
+
 /// Checks and successful checks per monitor and hour since `since` (hours with none are
 /// missing), for the monitors' 24-hour bars: one index range per monitor.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitors.hourly_checks", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn hourly_checks(
     client: &impl GenericClient,
     project_id: Uuid,
     monitor_ids: &[Uuid],
     since: DateTime<Utc>,
-) -> Result<Vec<(Uuid, DateTime<Utc>, i64, i64)>, StoreError> {
+) -> Result<Vec<HourlyChecks>, StoreError> {
     if monitor_ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -158,6 +165,7 @@ pub async fn hourly_checks(
 }
 
 /// How many of the organisation's monitors run (are not paused), `except` one.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitors.count_running_in_organisation", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn count_running_in_organisation(
     client: &impl GenericClient,
     org_id: Uuid,
@@ -180,6 +188,7 @@ fn int(n: u32) -> i32 {
 
 /// Stores a new monitor of a project the caller has checked (and locked) is its
 /// organisation's.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitors.insert", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn insert(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -212,6 +221,7 @@ pub async fn insert(
 }
 
 /// Up to `limit + 1` monitors of a project of the organisation after `after`, oldest first.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitors.list", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn list(
     client: &impl GenericClient,
     org_id: Uuid,
@@ -243,6 +253,7 @@ pub async fn list(
 }
 
 /// A monitor of a project of the organisation.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitors.get", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn get(
     client: &impl GenericClient,
     org_id: Uuid,
@@ -263,6 +274,7 @@ pub async fn get(
 
 /// Like [`get`], with the monitor's row locked until the transaction ends (an update reads,
 /// merges and writes it without losing a concurrent change).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitors.get_for_update", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn get_for_update(
     client: &impl GenericClient,
     org_id: Uuid,
@@ -284,6 +296,7 @@ pub async fn get_for_update(
 
 /// Writes a monitor's user-set fields (read with [`get_for_update`]) and bumps `updated_at`.
 /// The runtime state (status, streak, open incident) is the engine's and is left alone.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitors.update", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn update(
     client: &impl GenericClient,
     id: Uuid,
@@ -317,6 +330,7 @@ pub async fn update(
 
 /// Pauses or resumes a monitor of a project of the organisation; `None` if there is no such
 /// monitor.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitors.set_paused", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn set_paused(
     client: &impl GenericClient,
     org_id: Uuid,
@@ -342,6 +356,7 @@ pub async fn set_paused(
 /// Deletes a monitor of a project of the organisation, with its incidents (cascade); its
 /// checks are purged in the background (a trigger records the purge, migration 0007). `false`
 /// if there was no such monitor.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitors.delete", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn delete(
     client: &impl GenericClient,
     org_id: Uuid,
@@ -383,6 +398,7 @@ pub struct Summary {
 
 /// Uptime over 24 h, 7 d and 30 d and the response times over 24 h, from `monitor_checks`, of
 /// a monitor the caller has checked is its organisation's.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitors.summary", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn summary(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -435,6 +451,7 @@ pub struct Check {
 }
 
 /// The monitor's last `limit` checks, newest first.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitors.recent_checks", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn recent_checks(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -473,6 +490,7 @@ pub struct Incident {
 }
 
 /// The monitor's last `limit` incidents, newest first.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitors.recent_incidents", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn recent_incidents(
     client: &impl GenericClient,
     project_id: Uuid,

@@ -47,6 +47,7 @@ pub fn partition_name(parent: &str, day: NaiveDate) -> String {
 /// database's clock) to `days_ahead` days on, each in its own transaction whose lock wait is
 /// bounded by `lock_timeout`. A partition that cannot be created is reported in
 /// [`Report::skipped`], not as an error; an error means the connection itself failed.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "partitions.ensure", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn ensure(
     client: &mut Client,
     days_ahead: u32,

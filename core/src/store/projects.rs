@@ -50,6 +50,7 @@ fn project(row: &Row) -> Project {
 
 /// Creates a project if the organisation's tier allows one more. Run it in a transaction: the
 /// organisation row is locked, so two concurrent creations cannot both take the last slot.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "projects.create_within_limit", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn create_within_limit(
     client: &impl GenericClient,
     policy: &TierPolicy,
@@ -86,6 +87,7 @@ pub async fn create_within_limit(
 }
 
 /// Up to `limit + 1` projects of the organisation after `after`, oldest first.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "projects.list", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn list(
     client: &impl GenericClient,
     org_id: Uuid,
@@ -108,6 +110,7 @@ pub async fn list(
 }
 
 /// Like [`get`], and the project cannot be deleted until the caller's transaction ends.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "projects.get_locked", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn get_locked(
     client: &impl GenericClient,
     org_id: Uuid,
@@ -123,6 +126,7 @@ pub async fn get_locked(
     Ok(row.as_ref().map(project))
 }
 
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "projects.get", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn get(
     client: &impl GenericClient,
     org_id: Uuid,
@@ -139,6 +143,7 @@ pub async fn get(
 }
 
 /// Like [`get`], with the organisation's tier (what read routes need for the retention cap).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "projects.get_with_tier", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn get_with_tier(
     client: &impl GenericClient,
     org_id: Uuid,
@@ -161,6 +166,7 @@ pub async fn get_with_tier(
 /// Deletes a project of the organisation (and, by cascade, its keys, monitors, error groups
 /// and people). Its raw rows are not deleted here: a trigger records a pending purge, which the
 /// Purger carries out in bounded batches (migration 0007).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "projects.delete", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn delete(
     client: &impl GenericClient,
     org_id: Uuid,

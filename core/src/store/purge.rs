@@ -75,6 +75,7 @@ fn secs(d: Duration) -> f64 {
 }
 
 /// Claims the oldest pending purge nobody works on (or whose claim ran out) for `hold`.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "purge.claim", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn claim(
     client: &impl GenericClient,
     instance: &str,
@@ -101,6 +102,7 @@ pub async fn claim(
 
 /// Extends this instance's claim on purge `id` by `hold`, and adds `deleted` rows to its count.
 /// `false` when the claim is no longer this instance's.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "purge.extend", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn extend(
     client: &impl GenericClient,
     instance: &str,
@@ -121,6 +123,7 @@ pub async fn extend(
 
 /// The partitions of `table` (its DEFAULT one included), as quoted, qualified names; the table
 /// itself when it is not partitioned.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "purge.partitions", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn partitions(
     client: &impl GenericClient,
     table: &str,
@@ -143,6 +146,7 @@ pub async fn partitions(
 /// `partition` and `column` must come from [`partitions`] and [`Purge::targets`], never from
 /// input. The rows are picked by `ctid` through the index on `column`, so one batch is one index
 /// range and a TID scan, whatever the table's size.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "purge.delete_batch", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn delete_batch(
     client: &impl GenericClient,
     partition: &str,
@@ -171,6 +175,7 @@ pub enum Rows<'a> {
 /// Deletes at most `limit` of `rows` from `partition` in one statement (so, on a client outside
 /// a transaction, one short transaction of its own); returns how many. Like
 /// [`delete_batch`], the rows are picked by `ctid` through the index their filter starts with.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "purge.delete_rows", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn delete_rows(
     client: &impl GenericClient,
     partition: &str,
@@ -227,6 +232,7 @@ pub enum Settled {
 
 /// Forgets purge `id` if `settle` has passed since it was requested; otherwise sets it aside
 /// until then, for a last sweep.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "purge.settle", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn settle(
     client: &impl GenericClient,
     instance: &str,
@@ -255,6 +261,7 @@ pub async fn settle(
 }
 
 /// Gives purge `id` back (this instance stops), to be claimed again after `after`.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "purge.release", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn release(
     client: &impl GenericClient,
     instance: &str,
@@ -273,6 +280,7 @@ pub async fn release(
 }
 
 /// The projects with a pending purge (deleted ones whose actors must not run).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "purge.deleted_projects", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn deleted_projects(client: &impl GenericClient) -> Result<Vec<Uuid>, StoreError> {
     let rows = client
         .query(
@@ -286,6 +294,7 @@ pub async fn deleted_projects(client: &impl GenericClient) -> Result<Vec<Uuid>, 
 /// Listens on [`CHANNEL`] over a dedicated connection and hands every deletion announced to
 /// `deleted`, until the connection fails (the caller starts it again; deletions announced
 /// meanwhile are found in `purges` by [`deleted_projects`]).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "purge.listen", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn listen(
     settings: &crate::config::DatabaseSettings,
     deleted: tokio::sync::mpsc::UnboundedSender<Deleted>,

@@ -223,6 +223,7 @@ pub struct EventRow {
 
 /// Up to `limit` events of the project in `[from, to)` matching `filter`, newest first,
 /// after `after` if given.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "raw_rows.events", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn events(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -350,6 +351,7 @@ pub struct RequestRow {
 
 /// Up to `limit` API requests of the project in `[from, to)` matching `filter`, newest
 /// first, after `after` if given.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "raw_rows.requests", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn requests(
     client: &impl GenericClient,
     project_id: Uuid,

@@ -102,6 +102,7 @@ impl Report {
 /// expired rows deleted, stale sessions and tokens removed, each table within the run's bounds
 /// (`settings`). Returns an error only when the database cannot be reached; any other failure
 /// stops that table's work alone, named in its [`TableReport::error`], and the run goes on.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "retention.run", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn run(
     client: &mut Client,
     tiers: &TierPolicy,
@@ -141,6 +142,7 @@ pub async fn run(
 
 /// One table's retention alone, as [`run`] does it for each of [`crate::retention::tables`]:
 /// for checking a table before it joins the rollup hook, and for its tests.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "retention.sweep", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn sweep(
     client: &mut Client,
     tiers: &TierPolicy,

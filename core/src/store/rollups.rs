@@ -48,7 +48,15 @@ pub struct EventsHour {
     pub values: BTreeMap<(Dim, String), i64>,
 }
 
+/// A metric's hour per (name, labels as text): its labels as JSON and its cell.
+pub type MetricHours = BTreeMap<(String, String), (Value, SeriesHour)>;
+/// A count per (dimension, value).
+pub type DimCount = ((Dim, String), i64);
+/// A block's rollup of one (method, route).
+pub type EndpointBlock = (Block, (String, String), EndpointHour);
+
 /// Computes `hour` of `project_id`'s events from raw rows, identities applied.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "rollups.events_hour", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn events_hour(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -59,6 +67,7 @@ pub async fn events_hour(
 
 /// Computes `project_id`'s events of `[hour, end)` from raw rows, identities applied: a whole
 /// hour for the Aggregator, part of one for a live read.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "rollups.events_between", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn events_between(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -124,6 +133,7 @@ pub async fn events_between(
 }
 
 /// Replaces the stored rows of `hour` of `project_id`'s events with `h`.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "rollups.write_events_hour", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn write_events_hour(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -194,6 +204,7 @@ pub struct EndpointHour {
 }
 
 /// Computes `hour` of `project_id`'s API requests from raw rows, per (method, route).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "rollups.requests_hour", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn requests_hour(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -203,6 +214,7 @@ pub async fn requests_hour(
 }
 
 /// Computes `project_id`'s API requests of `[hour, end)` from raw rows, per (method, route).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "rollups.requests_between", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn requests_between(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -234,6 +246,7 @@ pub async fn requests_between(
 }
 
 /// Replaces the stored rows of `hour` of `project_id`'s API requests.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "rollups.write_requests_hour", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn write_requests_hour(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -305,11 +318,12 @@ pub struct SeriesHour {
 }
 
 /// Computes `hour` of `project_id`'s metrics from raw rows, per (name, labels).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "rollups.metrics_hour", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn metrics_hour(
     client: &impl GenericClient,
     project_id: Uuid,
     hour: DateTime<Utc>,
-) -> Result<BTreeMap<(String, String), (Value, SeriesHour)>, StoreError> {
+) -> Result<MetricHours, StoreError> {
     let all = MetricFilter::default();
     metrics_between(client, project_id, hour, hour + Duration::hours(1), &all).await
 }
@@ -325,13 +339,14 @@ pub struct MetricFilter {
 /// Computes `project_id`'s metrics of `[hour, end)` from raw rows, per (name, labels), those
 /// `filter` lets through: a whole hour for the Aggregator, part of one (or one metric) for a
 /// live read.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "rollups.metrics_between", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn metrics_between(
     client: &impl GenericClient,
     project_id: Uuid,
     hour: DateTime<Utc>,
     end: DateTime<Utc>,
     filter: &MetricFilter,
-) -> Result<BTreeMap<(String, String), (Value, SeriesHour)>, StoreError> {
+) -> Result<MetricHours, StoreError> {
     let names = (!filter.names.is_empty()).then_some(&filter.names);
     let labels = filter.labels.clone().map(Value::Object);
     // By time, then value: of values reported at one instant the largest counts as last, as
@@ -383,6 +398,7 @@ pub async fn metrics_between(
 }
 
 /// Replaces the stored rows of `hour` of `project_id`'s metrics.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "rollups.write_metrics_hour", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn write_metrics_hour(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -423,6 +439,7 @@ pub async fn write_metrics_hour(
 
 /// The stored event rollups of `blocks` of `project_id` (hours from `rollup_events`, longer
 /// blocks from `rollup_event_blocks`; a block with no row had no events), top lists left out.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "rollups.event_blocks", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn event_blocks(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -487,6 +504,7 @@ pub struct BlockCounts {
 
 /// The stored totals of `blocks` of `project_id`, without their sketches (but for rows written
 /// before migration 0013, counted from the sketch); a block with no row had no events.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "rollups.event_block_counts", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn event_block_counts(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -538,11 +556,12 @@ pub async fn event_block_counts(
 }
 
 /// Counts by (dimension, value) summed over the stored `blocks` of `project_id`.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "rollups.event_block_values", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn event_block_values(
     client: &impl GenericClient,
     project_id: Uuid,
     blocks: &[Block],
-) -> Result<Vec<((Dim, String), i64)>, StoreError> {
+) -> Result<Vec<DimCount>, StoreError> {
     if blocks.is_empty() {
         return Ok(Vec::new());
     }
@@ -587,11 +606,12 @@ fn starts_and_lengths(blocks: &[Block]) -> (Vec<DateTime<Utc>>, Vec<i16>) {
 }
 
 /// The stored request rollups of `blocks` of `project_id`, per (method, route).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "rollups.request_blocks", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn request_blocks(
     client: &impl GenericClient,
     project_id: Uuid,
     blocks: &[Block],
-) -> Result<Vec<(Block, (String, String), EndpointHour)>, StoreError> {
+) -> Result<Vec<EndpointBlock>, StoreError> {
     let (hours, longer): (Vec<&Block>, Vec<&Block>) = blocks.iter().partition(|b| b.hours == 1);
     let mut out = Vec::new();
     let read = |row: &tokio_postgres::Row, start: DateTime<Utc>, len: u32| {
@@ -850,6 +870,7 @@ impl Kind {
 
 /// Turns visitors identified since the last run into dirty hours: every hour since
 /// `lookback_from` holding events of theirs. At most `limit` visitors a call.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "rollups.expand_identified", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn expand_identified(
     client: &mut deadpool_postgres::Client,
     lookback_from: DateTime<Utc>,
@@ -885,6 +906,7 @@ pub async fn expand_identified(
 
 /// Recomputes up to `limit` dirty closed hours (before the hour of `now`) of `kind`, each with
 /// taking its mark in one transaction. Returns the rollup rows written and the hours done.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "rollups.recompute_dirty", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn recompute_dirty(
     client: &mut deadpool_postgres::Client,
     kind: Kind,
@@ -942,6 +964,7 @@ const BATCH_HOURS: i64 = 500;
 /// The Aggregator's work for one tick: visitors identified since the last run make the hours
 /// of their events dirty (for [`Kind::Events`]), then every dirty closed hour of each of
 /// `kinds` is recomputed. Returns the rollup rows written.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "rollups.aggregate", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn aggregate(
     pool: &crate::db::PgPool,
     kinds: &[Kind],
@@ -956,6 +979,7 @@ pub const DEFAULT_IDENTIFY_LOOKBACK: Duration = Duration::days(7);
 
 /// [`aggregate`], looking `identify_lookback` back for the events of visitors identified since
 /// the last run.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "rollups.aggregate_with", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn aggregate_with(
     pool: &crate::db::PgPool,
     kinds: &[Kind],

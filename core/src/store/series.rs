@@ -119,6 +119,7 @@ fn bad_sketch(e: crate::sketch::SketchError) -> StoreError {
 
 /// Every series of metric `name` in the window (labels holding `labels`), stored hours and
 /// `live` hours merged per bucket; sketches read only when `sketches`.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "series.series_of", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn series_of(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -213,6 +214,7 @@ pub async fn series_of(
 /// The names of the metrics with data in the window, sorted: those of the live hours and
 /// those of stored hours, found by skipping through the primary key one name at a time (a
 /// loose index scan: one probe per name, however many rows each has).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "series.names_in", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn names_in(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -275,6 +277,7 @@ impl Usage {
 }
 
 /// LLM usage in the window by model, then bucket start (only buckets with usage).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "series.costs", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn costs(
     client: &impl GenericClient,
     project_id: Uuid,

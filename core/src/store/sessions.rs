@@ -63,6 +63,7 @@ pub struct SessionState {
 }
 
 /// Starts a session for a user acting for an organisation, with its first refresh token.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "sessions.create", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn create(
     client: &impl GenericClient,
     user_id: Uuid,
@@ -100,6 +101,7 @@ pub async fn create(
 /// Exchanges the token hashed `old` for one hashed `new` (derived from the old one, so a
 /// retry derives the same). Run it in a transaction: the row lock makes two concurrent uses of
 /// one token see each other.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "sessions.rotate", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn rotate(
     client: &impl GenericClient,
     old: &[u8],
@@ -183,6 +185,7 @@ pub async fn rotate(
 
 /// Ends one session and its refresh tokens, and announces it to every instance (delivered at
 /// commit). Returns its user if it was live.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "sessions.revoke", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn revoke(
     client: &impl GenericClient,
     session_id: Uuid,
@@ -205,6 +208,7 @@ pub async fn revoke(
 }
 
 /// The session of the refresh token hashed `hash`, whatever its state.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "sessions.session_of", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn session_of(
     client: &impl GenericClient,
     hash: &[u8],
@@ -220,6 +224,7 @@ pub async fn session_of(
 
 /// Ends every session of a user but `keep` (the one changing the password), and announces it.
 /// Returns how many were live.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "sessions.revoke_all_for_user", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn revoke_all_for_user(
     client: &impl GenericClient,
     user_id: Uuid,
@@ -245,6 +250,7 @@ pub async fn revoke_all_for_user(
 
 /// The state of a session, for checking its access tokens; `None` if there is no such session
 /// (never was, or its user or organisation was deleted).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "sessions.state", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn state(
     client: &impl GenericClient,
     session_id: Uuid,

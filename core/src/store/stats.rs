@@ -40,6 +40,7 @@ pub struct Plan {
 
 /// Which hours of `[from, to)` of `kind` (`rollup_dirty.kind`) to read from rollups and which to
 /// compute from raw rows; see the module documentation.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "stats.plan", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn plan(
     client: &impl GenericClient,
     kind: &str,
@@ -168,6 +169,7 @@ impl Bucket {
 /// that is one block (an hour of a 24-hour series, a UTC day of a month) takes the unique
 /// counts stored with it and only the others merge sketches; and tiled over the whole range for
 /// the total and its top lists, which crosses bucket edges and so reads the fewest blocks.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "stats.event_stats", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn event_stats(
     client: &impl GenericClient,
     project_id: Uuid,
@@ -291,6 +293,7 @@ pub struct EndpointStats {
 
 /// `/api-stats` for `project_id` over `range`, as of `now`: every (method, route) seen, busiest
 /// first.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "stats.endpoint_stats", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn endpoint_stats(
     client: &impl GenericClient,
     project_id: Uuid,

@@ -42,6 +42,7 @@ pub enum Issued {
 /// only the latest email's link is good. Run it in a transaction: it holds the account's row
 /// (`FOR SHARE`) until commit, so a takeover, reset or password change of the account either
 /// committed before (and `expect` sees it) or waits and then spends this token with the rest.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "tokens.create", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn create(
     client: &impl GenericClient,
     user_id: Uuid,
@@ -95,6 +96,7 @@ pub async fn create(
 
 /// The user of a token that [`spend`] would accept now, without spending it: a cheap look
 /// before anything costly (a password hash) is done for it.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "tokens.valid", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn valid(
     client: &impl GenericClient,
     hash: &[u8],
@@ -114,6 +116,7 @@ pub async fn valid(
 /// Spends a valid token in one statement, so it works exactly once: unused, unexpired, and
 /// made after the account's credentials last changed (a password reset or an account takeover
 /// voids every link sent before it). Returns its user and, for an email change, the new address.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "tokens.spend", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn spend(
     client: &impl GenericClient,
     hash: &[u8],
@@ -135,6 +138,7 @@ pub async fn spend(
 
 /// Spends every outstanding token of a user (reset links, email-change links): what a
 /// password change or reset, or a takeover of the account, must leave no way around.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "tokens.spend_all_for_user", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn spend_all_for_user(
     client: &impl GenericClient,
     user_id: Uuid,
@@ -149,6 +153,7 @@ pub async fn spend_all_for_user(
 
 /// Locks the row of the user a token belongs to (whatever the token's state), so that what
 /// the token does next cannot interleave with a takeover or reset of the same account.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "tokens.lock_owner", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn lock_owner(
     client: &impl GenericClient,
     hash: &[u8],
