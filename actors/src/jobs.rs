@@ -28,6 +28,7 @@ use observe_core::db::PgPool;
 use observe_core::jobs::{self, Ran, Schedule};
 use observe_core::metrics::Metrics;
 use observe_core::store::jobs::{self as store, Outcome};
+use tracing::Instrument;
 
 use crate::supervisor::{Lifeline, Supervised, SupervisedActor, Supervisor};
 
@@ -135,11 +136,23 @@ impl JobRunner {
             i64::try_from(self.settings.lease_secs).unwrap_or(i64::MAX),
         );
         let metrics = self.metrics.clone();
+        // A root span per tick, for traces (not built when they are off).
+        let span = tracing::debug_span!(
+            "job",
+            otel.name = job.name(),
+            job = job.name(),
+            tick = %tick,
+            claimed = tracing::field::Empty,
+            rows = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        let traced = span.clone();
         let run = async move {
             let claimed = match pool.get().await {
                 Ok(client) => store::claim(&client, job.name(), tick, &instance, lease).await,
                 Err(e) => Err(e.into()),
             };
+            traced.record("claimed", matches!(claimed, Ok(true)));
             match claimed {
                 Ok(true) => {}
                 Ok(false) => return,
@@ -165,6 +178,10 @@ impl JobRunner {
                 .with_label_values(&[name])
                 .observe(took.as_secs_f64());
             match &result {
+                Ok(ran) => traced.record("rows", ran.rows),
+                Err(e) => traced.record("error", tracing::field::display(e)),
+            };
+            match &result {
                 Ok(ran) => {
                     metrics.jobs.runs.with_label_values(&[name, "ok"]).inc();
                     metrics
@@ -188,7 +205,8 @@ impl JobRunner {
             if let Err(e) = recorded {
                 tracing::warn!(job = name, tick = %tick, error = %e, "could not record the run");
             }
-        };
+        }
+        .instrument(span);
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(run).map(move |(), act, ctx| {
                 act.set_next(ctx, Utc::now().max(tick));

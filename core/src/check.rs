@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use awc::http::{Method, Uri};
 use futures_util::StreamExt;
+use tracing::Instrument;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -346,7 +347,23 @@ pub async fn resolve_checked(
 /// Runs one check of `monitor` (no retry; the caller retries).
 pub async fn run(client: &awc::Client, monitor: &MonitorConfig, options: &CheckOptions) -> Outcome {
     let started = Instant::now();
-    match tokio::time::timeout(options.timeout, attempt(client, monitor, options, started)).await {
+    // A client span for traces (not built when they are off): the method and host, never the
+    // path or query, which may hold a token.
+    let span = tracing::debug_span!(
+        "http.client",
+        otel.name = monitor.method.as_str(),
+        otel.kind = "client",
+        http.request.method = monitor.method.as_str(),
+        server.address = monitor_host(&monitor.url).unwrap_or_default(),
+        monitor_id = %monitor.id,
+        http.response.status_code = tracing::field::Empty,
+        error = tracing::field::Empty,
+    );
+    let attempt = attempt(client, monitor, options, started, &span);
+    let outcome = match tokio::time::timeout(options.timeout, attempt)
+        .instrument(span.clone())
+        .await
+    {
         Ok(outcome) => outcome,
         Err(_) => Outcome::failed(
             FailureKind::Timeout,
@@ -354,7 +371,20 @@ pub async fn run(client: &awc::Client, monitor: &MonitorConfig, options: &CheckO
             format!("no answer within {} ms", options.timeout.as_millis()),
             started,
         ),
+    };
+    if let Some(code) = outcome.status_code {
+        span.record("http.response.status_code", code);
     }
+    if !outcome.ok {
+        span.record("error", outcome.error.as_deref().unwrap_or("failed"));
+    }
+    outcome
+}
+
+/// The host of a monitor's URL, for its span.
+fn monitor_host(url: &str) -> Option<String> {
+    let uri: Uri = url.parse().ok()?;
+    uri.host().map(str::to_string)
 }
 
 async fn attempt(
@@ -362,6 +392,7 @@ async fn attempt(
     monitor: &MonitorConfig,
     options: &CheckOptions,
     started: Instant,
+    span: &tracing::Span,
 ) -> Outcome {
     let (uri, target) = match target(&monitor.url) {
         Ok(t) => t,
@@ -379,6 +410,9 @@ async fn attempt(
         .insert_header((awc::http::header::USER_AGENT, options.user_agent.as_str()));
     for (name, value) in &monitor.headers {
         req = req.insert_header((name.as_str(), value.as_str()));
+    }
+    if monitor.send_traceparent {
+        req = crate::trace::inject(req, span);
     }
     let mut res = match req.send().await {
         Ok(res) => res,

@@ -29,6 +29,8 @@ pub struct MonitorConfig {
     pub paused: bool,
     /// Bumped by every change through the API.
     pub updated_at: DateTime<Utc>,
+    /// Send the check's W3C trace context (`traceparent`) when traces are on.
+    pub send_traceparent: bool,
 }
 
 /// A monitor's runtime state, as stored on its row: what a restarted actor resumes from.
@@ -189,7 +191,7 @@ pub const MAX_EXPECTED_STATUS: usize = 20;
 /// the cap, [`InputRules::max_timeout_secs`]).
 pub const DEFAULT_TIMEOUT_SECS: u32 = 30;
 /// The fields a monitor's create or update body may hold.
-pub const INPUT_FIELDS: [&str; 9] = [
+pub const INPUT_FIELDS: [&str; 10] = [
     "name",
     "url",
     "method",
@@ -199,6 +201,7 @@ pub const INPUT_FIELDS: [&str; 9] = [
     "keyword",
     "keyword_absent",
     "headers",
+    "send_traceparent",
 ];
 /// Headers that frame the request or the connection: awc sets them, a monitor may not.
 const RESERVED_HEADERS: [&str; 6] = [
@@ -222,6 +225,7 @@ pub struct MonitorSpec {
     pub keyword: Option<String>,
     pub keyword_absent: bool,
     pub headers: BTreeMap<String, String>,
+    pub send_traceparent: bool,
 }
 
 impl MonitorSpec {
@@ -237,6 +241,7 @@ impl MonitorSpec {
             keyword: config.keyword.clone(),
             keyword_absent: config.keyword_absent,
             headers: config.headers.clone(),
+            send_traceparent: config.send_traceparent,
         }
     }
 
@@ -419,6 +424,15 @@ pub fn validate_input(
         (None, None) => Some(BTreeMap::new()),
         (Some(value), _) => v.headers(value),
     };
+    let send_traceparent = match (field("send_traceparent"), base) {
+        (None, Some(b)) => Some(b.send_traceparent),
+        (None, None) => Some(false),
+        (Some(serde_json::Value::Bool(b)), _) => Some(*b),
+        (Some(_), _) => {
+            v.add("send_traceparent", "must be true or false");
+            None
+        }
+    };
 
     match (
         name,
@@ -430,6 +444,7 @@ pub fn validate_input(
         keyword,
         keyword_absent,
         headers,
+        send_traceparent,
     ) {
         (
             Some(name),
@@ -441,6 +456,7 @@ pub fn validate_input(
             Some(keyword),
             Some(keyword_absent),
             Some(headers),
+            Some(send_traceparent),
         ) if v.problems.is_empty() => Ok(MonitorSpec {
             name,
             url,
@@ -451,6 +467,7 @@ pub fn validate_input(
             keyword,
             keyword_absent,
             headers,
+            send_traceparent,
         }),
         _ => Err(v.problems),
     }

@@ -76,6 +76,9 @@ pub struct CreateMonitor {
     pub keyword_absent: Option<bool>,
     /// Request headers, name → value: at most 20, no CR or LF.
     pub headers: Option<BTreeMap<String, String>>,
+    /// `true`: checks carry W3C trace context (`traceparent`) when observe exports traces,
+    /// so the checked service's traces show the probe. Default `false`.
+    pub send_traceparent: Option<bool>,
 }
 
 /// Changes to a monitor: only the fields given change (`"keyword": null` removes the
@@ -92,6 +95,7 @@ pub struct UpdateMonitor {
     pub keyword: Option<String>,
     pub keyword_absent: Option<bool>,
     pub headers: Option<BTreeMap<String, String>>,
+    pub send_traceparent: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -113,6 +117,7 @@ pub struct MonitorView {
     pub keyword: Option<String>,
     pub keyword_absent: bool,
     pub headers: BTreeMap<String, String>,
+    pub send_traceparent: bool,
     pub paused: bool,
     /// `pending` (not checked yet), `up`, `down`, or `paused`.
     #[schema(example = "up")]
@@ -142,6 +147,7 @@ impl From<Monitor> for MonitorView {
             keyword: c.keyword,
             keyword_absent: c.keyword_absent,
             headers: c.headers,
+            send_traceparent: c.send_traceparent,
             paused: c.paused,
             created_at: m.created_at,
             updated_at: c.updated_at,

@@ -179,6 +179,7 @@ async fn a_monitor_is_created_listed_read_updated_paused_resumed_and_deleted() {
     assert_eq!(minimal["keyword"], Value::Null);
     assert_eq!(minimal["keyword_absent"], false);
     assert_eq!(minimal["headers"], json!({}));
+    assert_eq!(minimal["send_traceparent"], false);
     assert_eq!(minimal["paused"], false);
     assert_eq!(minimal["status"], "pending");
     assert!(minimal["last_checked_at"].is_null());
@@ -194,11 +195,13 @@ async fn a_monitor_is_created_listed_read_updated_paused_resumed_and_deleted() {
             "name": "API", "url": "http://api.example.com:8080/status?x=1", "method": "post",
             "interval_seconds": 900, "timeout_seconds": 25,
             "expected_status": [200, "204", "300-302"], "keyword": "healthy",
-            "keyword_absent": true, "headers": {"X-Probe": "observe", "Accept": "application/json"}
+            "keyword_absent": true, "headers": {"X-Probe": "observe", "Accept": "application/json"},
+            "send_traceparent": true
         }),
     )
     .await;
     assert_eq!(full["method"], "POST");
+    assert_eq!(full["send_traceparent"], true);
     assert_eq!(full["interval_seconds"], 900);
     assert_eq!(full["timeout_seconds"], 25);
     assert_eq!(full["expected_status"], json!([200, 204, "300-302"]));
@@ -421,6 +424,7 @@ async fn invalid_monitors_are_refused_with_every_field_named() {
         "expected_status": [200, "399-200", 99], "keyword": "k".repeat(1025),
         "keyword_absent": "no",
         "headers": {"X-Evil": "a\r\nSet-Cookie: x=1", "Bad Name": "v", "X-Num": 5},
+        "send_traceparent": "yes",
         "paused": true
     }))
     .await;
@@ -438,6 +442,7 @@ async fn invalid_monitors_are_refused_with_every_field_named() {
             "method",
             "name",
             "paused",
+            "send_traceparent",
             "timeout_seconds",
             "url",
         ]

@@ -298,3 +298,136 @@ async fn without_an_endpoint_no_exporter_runs_and_no_line_has_a_trace_id() {
         "no flush span without traces"
     );
 }
+
+/// A checked service that keeps the `traceparent` of each request, by path.
+struct Probed {
+    url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>,
+    _server: actix_web::dev::ServerHandle,
+}
+
+impl Probed {
+    async fn start() -> Self {
+        use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+        type Seen = std::sync::Mutex<Vec<(String, Option<String>)>>;
+        let seen = std::sync::Arc::new(Seen::default());
+        let data = web::Data::from(seen.clone());
+        let server = HttpServer::new(move || {
+            App::new().app_data(data.clone()).default_service(web::to(
+                |req: HttpRequest, seen: web::Data<Seen>| async move {
+                    let traceparent = req
+                        .headers()
+                        .get("traceparent")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    seen.lock()
+                        .unwrap()
+                        .push((req.path().to_string(), traceparent));
+                    HttpResponse::Ok().body("ok")
+                },
+            ))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind(("127.0.0.1", 0))
+        .expect("bind the checked service");
+        let port = server.addrs()[0].port();
+        let server = server.run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        Self {
+            url: format!("http://127.0.0.1:{port}"),
+            seen,
+            _server: handle,
+        }
+    }
+
+    fn traceparents(&self, path: &str) -> Vec<Option<String>> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, t)| t.clone())
+            .collect()
+    }
+}
+
+#[actix_web::test]
+async fn a_monitor_check_carries_traceparent_only_when_its_monitor_asks() {
+    let db = fresh_database(&test_settings().database).await;
+    let collector = FakeCollector::start().await;
+    let probed = Probed::start().await;
+    let observe = Observe::start_with(
+        &db,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.as_str()),
+            ("OTEL_TRACES_SAMPLER", "always_on"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OBSERVE__MONITORS__ALLOW_PRIVATE_TARGETS", "true"),
+        ],
+    )
+    .await;
+    let base = format!("http://127.0.0.1:{}", observe.port);
+    let (project, _, _) = sdk_with_dsn_at(&awc::Client::default(), &base).await;
+
+    // Two monitors of the service, due now; only the first asks for trace context.
+    let (client, connection) = tokio_postgres::connect(&db, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    actix_web::rt::spawn(connection);
+    for (path, send) in [("/traced", true), ("/plain", false)] {
+        client
+            .execute(
+                "INSERT INTO monitors (project_id, name, url, interval_seconds, timeout_seconds, \
+                 send_traceparent, next_check_at) \
+                 VALUES ($1::text::uuid, $2, $3, 60, 5, $4, now())",
+                &[&project, &path, &format!("{}{path}", probed.url), &send],
+            )
+            .await
+            .expect("insert monitor");
+    }
+    let both_checked = eventually(30, || async {
+        !probed.traceparents("/traced").is_empty() && !probed.traceparents("/plain").is_empty()
+    })
+    .await;
+    assert!(both_checked, "both monitors are checked");
+    assert!(
+        probed.traceparents("/plain").iter().all(Option::is_none),
+        "no trace context unless the monitor asks: {:?}",
+        probed.traceparents("/plain")
+    );
+    let traceparent = probed.traceparents("/traced")[0]
+        .clone()
+        .expect("the asking monitor's check carries traceparent");
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    let (trace_id, span_id) = (parts[1].to_string(), parts[2].to_string());
+
+    // The header names the check's client span, under the monitor's check span.
+    let exported = eventually(20, || async {
+        collector
+            .trace(&trace_id)
+            .iter()
+            .any(|s| s.span_id == span_id)
+            && collector
+                .trace(&trace_id)
+                .iter()
+                .any(|s| s.name == "monitor.check")
+    })
+    .await;
+    let spans = collector.trace(&trace_id);
+    assert!(exported, "the check's spans are exported: {spans:#?}");
+    let attempt = spans
+        .iter()
+        .find(|s| s.span_id == span_id)
+        .expect("attempt");
+    assert_eq!(attempt.kind, 3, "a client span");
+    assert_eq!(attempt.attributes["http.response.status_code"], "200");
+    assert_eq!(attempt.attributes["server.address"], "127.0.0.1");
+    let check = spans
+        .iter()
+        .find(|s| s.name == "monitor.check")
+        .expect("check");
+    assert_eq!(attempt.parent_span_id, check.span_id);
+}

@@ -47,6 +47,7 @@ use observe_core::store::monitor_runs::{
     self as store, CheckRow, Fence, IncidentChange, Loaded, StateError,
 };
 use observe_core::store::StoreError;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{Engine, Registry};
@@ -289,6 +290,15 @@ impl MonitorActor {
         let slots = self.engine.slots.clone();
         let organisation = self.organisation.clone();
         let lateness = self.engine.metrics.monitors.lateness_seconds.clone();
+        // One root span per check, its attempts as children (not built when traces are off).
+        let span = tracing::debug_span!(
+            "monitor.check",
+            monitor_id = %config.id,
+            scheduled = %scheduled,
+            ok = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+        );
+        let traced = span.clone();
         let run = async move {
             // A slot first: waiting for it is not part of the check (neither of its timeout
             // nor of its response time), but it is lateness.
@@ -317,9 +327,12 @@ impl MonitorActor {
                 let again = Instant::now();
                 outcome = check::run(&client, &config, &options).await;
                 took += retry_delay + again.elapsed();
+                traced.record("attempts", 2);
             }
+            traced.record("ok", outcome.ok);
             (outcome, took, started_at)
-        };
+        }
+        .instrument(span);
         ctx.spawn(actix::fut::wrap_future::<_, Self>(run).map(
             move |(outcome, took, started_at), act, ctx| {
                 act.checked(scheduled, started_at, outcome, took, ctx);

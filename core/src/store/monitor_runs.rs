@@ -39,14 +39,14 @@ const COLUMNS: &str = concat!(
 );
 
 fn monitor(row: &Row) -> (MonitorConfig, MonitorState) {
-    let status: String = row.get(13);
-    let streak: i32 = row.get(14);
+    let status: String = row.get(14);
+    let streak: i32 = row.get(15);
     let state = MonitorState {
         status: Status::parse(&status).unwrap_or(Status::Pending),
         failure_streak: u32::try_from(streak).unwrap_or(0),
-        last_checked_at: row.get(15),
-        next_check_at: row.get(16),
-        open_incident: row.get(17),
+        last_checked_at: row.get(16),
+        next_check_at: row.get(17),
+        open_incident: row.get(18),
     };
     (super::monitors::config_of(row), state)
 }
@@ -86,8 +86,8 @@ fn loaded(row: &Row) -> Loaded {
         config,
         state,
         // NULL only if the project vanished between the rows; its monitor is gone then too.
-        organisation_id: row.get::<_, Option<Uuid>>(18).unwrap_or_default(),
-        shard: row.get(19),
+        organisation_id: row.get::<_, Option<Uuid>>(19).unwrap_or_default(),
+        shard: row.get(20),
     }
 }
 

@@ -33,12 +33,12 @@ impl Monitor {
 }
 
 /// The configuration columns of `monitors` aliased `m`, which [`config_of`] reads; every
-/// monitor query starts with them (followed by what else it needs, from column 13 on).
+/// monitor query starts with them (followed by what else it needs, from column 14 on).
 macro_rules! config_columns {
     () => {
         "m.id, m.project_id, m.name, m.url, m.method, m.interval_seconds, \
          m.timeout_seconds, m.expected_status, m.keyword, m.keyword_absent, m.headers, \
-         m.paused, m.updated_at"
+         m.paused, m.updated_at, m.send_traceparent"
     };
 }
 pub(crate) use config_columns;
@@ -53,7 +53,7 @@ fn non_negative(n: i32) -> u32 {
     u32::try_from(n).unwrap_or(0)
 }
 
-/// A monitor's configuration from the first 13 columns of a row ([`config_columns`]).
+/// A monitor's configuration from the first 14 columns of a row ([`config_columns`]).
 pub(crate) fn config_of(row: &Row) -> MonitorConfig {
     let expected: serde_json::Value = row.get(7);
     let headers: serde_json::Value = row.get(10);
@@ -71,19 +71,20 @@ pub(crate) fn config_of(row: &Row) -> MonitorConfig {
         headers: headers_from_json(&headers),
         paused: row.get(11),
         updated_at: row.get(12),
+        send_traceparent: row.get(13),
     }
 }
 
 /// A row of [`COLUMNS`].
 pub fn monitor(row: &Row) -> Monitor {
-    let status: &str = row.get(13);
+    let status: &str = row.get(14);
     Monitor {
         config: config_of(row),
         status: Status::parse(status).unwrap_or(Status::Pending),
-        failure_streak: non_negative(row.get(14)),
-        last_checked_at: row.get(15),
-        next_check_at: row.get(16),
-        created_at: row.get(17),
+        failure_streak: non_negative(row.get(15)),
+        last_checked_at: row.get(16),
+        next_check_at: row.get(17),
+        created_at: row.get(18),
     }
 }
 
@@ -198,8 +199,9 @@ pub async fn insert(
         .query_one(
             &format!(
                 "INSERT INTO monitors AS m (id, project_id, name, url, method, interval_seconds,
-                     timeout_seconds, expected_status, keyword, keyword_absent, headers)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                     timeout_seconds, expected_status, keyword, keyword_absent, headers,
+                     send_traceparent)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                  RETURNING {COLUMNS}"
             ),
             &[
@@ -214,6 +216,7 @@ pub async fn insert(
                 &spec.keyword,
                 &spec.keyword_absent,
                 &spec.headers_json(),
+                &spec.send_traceparent,
             ],
         )
         .await?;
@@ -307,7 +310,8 @@ pub async fn update(
             &format!(
                 "UPDATE monitors AS m SET name = $2, url = $3, method = $4,
                      interval_seconds = $5, timeout_seconds = $6, expected_status = $7,
-                     keyword = $8, keyword_absent = $9, headers = $10, updated_at = now()
+                     keyword = $8, keyword_absent = $9, headers = $10, send_traceparent = $11,
+                     updated_at = now()
                  WHERE m.id = $1
                  RETURNING {COLUMNS}"
             ),
@@ -322,6 +326,7 @@ pub async fn update(
                 &spec.keyword,
                 &spec.keyword_absent,
                 &spec.headers_json(),
+                &spec.send_traceparent,
             ],
         )
         .await?;
