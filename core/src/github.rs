@@ -89,6 +89,7 @@ struct EmailAnswer {
 }
 
 /// Exchanges an authorisation code for the account behind it.
+#[tracing::instrument(level = "debug", name = "http.client", skip_all, fields(otel.name = "github OAuth", otel.kind = "client", peer.service = "github"))]
 pub async fn user_for_code(
     client: &awc::Client,
     settings: &GithubSettings,
@@ -98,14 +99,15 @@ pub async fn user_for_code(
         return Err(GithubError::NotConfigured);
     }
     let unreachable = |e: &dyn std::fmt::Display| GithubError::Unreachable(e.to_string());
-    let mut res = client
+    let res = client
         .post(format!(
             "{}/login/oauth/access_token",
             settings.oauth_base_url.trim_end_matches('/')
         ))
         .timeout(TIMEOUT)
         .insert_header(("Accept", "application/json"))
-        .insert_header(("User-Agent", USER_AGENT))
+        .insert_header(("User-Agent", USER_AGENT));
+    let mut res = crate::trace::inject(res, &tracing::Span::current())
         .send_json(&serde_json::json!({
             "client_id": settings.client_id,
             "client_secret": settings.client_secret.expose_secret(),
@@ -138,12 +140,13 @@ pub async fn user_for_code(
 
     let api = settings.api_base_url.trim_end_matches('/');
     let get = |path: &str| {
-        client
+        let req = client
             .get(format!("{api}{path}"))
             .timeout(TIMEOUT)
             .insert_header(("Accept", "application/vnd.github+json"))
             .insert_header(("User-Agent", USER_AGENT))
-            .insert_header(("Authorization", format!("Bearer {token}")))
+            .insert_header(("Authorization", format!("Bearer {token}")));
+        crate::trace::inject(req, &tracing::Span::current())
     };
     let mut res = get("/user").send().await.map_err(|e| unreachable(&e))?;
     if !res.status().is_success() {

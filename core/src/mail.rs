@@ -591,6 +591,7 @@ fn send_error(e: awc::error::SendRequestError) -> SendError {
 
 /// Sends `email` through Resend; `idempotency_key` (the outbox id) makes a repeated send of
 /// the same email a no-op at Resend for 24 hours. Returns Resend's message id.
+#[tracing::instrument(level = "debug", name = "http.client", skip_all, fields(otel.name = "resend POST /emails", otel.kind = "client", peer.service = "resend"))]
 pub async fn send_via_resend(
     client: &HttpClient,
     resend: &ResendSettings,
@@ -605,13 +606,14 @@ pub async fn send_via_resend(
         text: &email.text,
         html: &email.html,
     };
-    let mut res = client
+    let res = client
         .post(url)
         .insert_header((
             awc::http::header::AUTHORIZATION,
             format!("Bearer {}", resend.api_key.expose_secret().trim()),
         ))
-        .insert_header(("Idempotency-Key", idempotency_key))
+        .insert_header(("Idempotency-Key", idempotency_key));
+    let mut res = crate::trace::inject(res, &tracing::Span::current())
         .send_json(&body)
         .await
         .map_err(send_error)?
@@ -783,6 +785,7 @@ pub async fn deliver_one(
 
 /// Sends a row this deliverer has claimed (its `attempts` already counts this attempt) and
 /// records the outcome. No pooled connection is held while the provider is being called.
+#[tracing::instrument(level = "debug", name = "mail.deliver", skip_all, fields(outbox_id = %row.id, attempt = row.attempts))]
 pub async fn deliver_claimed(
     pool: &PgPool,
     client: &HttpClient,

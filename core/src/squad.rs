@@ -141,12 +141,15 @@ impl Squad {
         method: awc::http::Method,
         path: &str,
     ) -> awc::ClientRequest {
-        http.request(method, format!("{}{path}", self.base_url))
+        let req = http
+            .request(method, format!("{}{path}", self.base_url))
             .timeout(self.timeout)
             .insert_header((
                 awc::http::header::AUTHORIZATION,
                 format!("Bearer {}", self.secret_key.expose_secret().trim()),
-            ))
+            ));
+        // Called inside the operation's client span.
+        crate::trace::inject(req, &tracing::Span::current())
     }
 
     /// Sends `req` (with `body` as JSON, if any) and returns the `data` of a 2xx answer.
@@ -182,6 +185,7 @@ impl Squad {
     }
 
     /// Starts a checkout that saves the card for renewals; returns the URL to send the payer to.
+    #[tracing::instrument(level = "debug", name = "http.client", skip_all, fields(otel.name = "squad POST /transaction/initiate", otel.kind = "client", peer.service = "squad"))]
     pub async fn initiate(
         &self,
         http: &HttpClient,
@@ -206,6 +210,7 @@ impl Squad {
     }
 
     /// What Squad knows of the transaction `reference`.
+    #[tracing::instrument(level = "debug", name = "http.client", skip_all, fields(otel.name = "squad GET /transaction/verify", otel.kind = "client", peer.service = "squad"))]
     pub async fn verify(&self, http: &HttpClient, reference: &str) -> Result<Verified, SquadError> {
         let path = format!("/transaction/verify/{}", path_segment(reference));
         let req = self.request(http, awc::http::Method::GET, &path);
@@ -218,6 +223,7 @@ impl Squad {
 
     /// Charges the saved card `token` `amount` kobo under `reference`. A decline is
     /// `Ok` with a failed status; an error means the outcome is unknown or the call was refused.
+    #[tracing::instrument(level = "debug", name = "http.client", skip_all, fields(otel.name = "squad POST /transaction/charge_card", otel.kind = "client", peer.service = "squad"))]
     pub async fn charge_card(
         &self,
         http: &HttpClient,

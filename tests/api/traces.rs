@@ -299,17 +299,19 @@ async fn without_an_endpoint_no_exporter_runs_and_no_line_has_a_trace_id() {
     );
 }
 
+/// The path and `traceparent` of each request a checked service got.
+type Seen = std::sync::Mutex<Vec<(String, Option<String>)>>;
+
 /// A checked service that keeps the `traceparent` of each request, by path.
 struct Probed {
     url: String,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>,
+    seen: std::sync::Arc<Seen>,
     _server: actix_web::dev::ServerHandle,
 }
 
 impl Probed {
     async fn start() -> Self {
         use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-        type Seen = std::sync::Mutex<Vec<(String, Option<String>)>>;
         let seen = std::sync::Arc::new(Seen::default());
         let data = web::Data::from(seen.clone());
         let server = HttpServer::new(move || {
