@@ -64,7 +64,7 @@ use observe_core::batch::{
 use observe_core::config::{Ack, IngestSettings, Limit};
 use observe_core::db::PgPool;
 use observe_core::ingest::{Category, Items};
-use observe_core::metrics::Metrics;
+use observe_core::metrics::{Metrics, BUFFER_STATES};
 use observe_core::store::ingest::{
     self as store, Backend, Fate, FlushReport, Job, Request, Settled, Verdict,
 };
@@ -223,7 +223,8 @@ pub struct IngestActor {
     /// The project was deleted: stop once the flush in flight (if any) ends.
     stopping: bool,
     /// Items and bytes last added to the buffer gauges for this actor.
-    published: (i64, i64),
+    /// What the buffer gauges last got from this actor: (items, bytes) per [`BUFFER_STATES`].
+    published: [(i64, i64); 4],
 }
 
 /// The batching policy of `settings`.
@@ -618,16 +619,27 @@ impl IngestActor {
     /// Keeps the buffer gauges in step with what this actor holds.
     fn publish_weight(&mut self) {
         let held = self.batcher.held();
-        let extra = self.uncertain.as_ref().map_or((0, 0), |u| u.weight);
-        let now = ((held.items + extra.0) as i64, (held.bytes + extra.1) as i64);
-        self.metrics
-            .ingest
-            .buffer_items
-            .add(now.0 - self.published.0);
-        self.metrics
-            .ingest
-            .buffer_bytes
-            .add(now.1 - self.published.1);
+        let queued = self.batcher.queued();
+        let flushing = (held.items - queued.items, held.bytes - queued.bytes);
+        let queued = (queued.items, queued.bytes);
+        let (waiting, retrying) = if self.batcher.failures() > 0 {
+            ((0, 0), queued)
+        } else {
+            (queued, (0, 0))
+        };
+        let uncertain = self.uncertain.as_ref().map_or((0, 0), |u| u.weight);
+        let now = [waiting, flushing, retrying, uncertain].map(|(i, b)| (i as i64, b as i64));
+        for ((state, now), before) in BUFFER_STATES.iter().zip(now).zip(self.published) {
+            let ingest = &self.metrics.ingest;
+            ingest
+                .buffer_items
+                .with_label_values(&[state])
+                .add(now.0 - before.0);
+            ingest
+                .buffer_bytes
+                .with_label_values(&[state])
+                .add(now.1 - before.1);
+        }
         self.published = now;
     }
 
@@ -748,8 +760,17 @@ impl Drop for IngestActor {
     // Not `stopped()`: a panicking actor is dropped without it.
     fn drop(&mut self) {
         self.metrics.ingest.actors.dec();
-        self.metrics.ingest.buffer_items.sub(self.published.0);
-        self.metrics.ingest.buffer_bytes.sub(self.published.1);
+        for (state, published) in BUFFER_STATES.iter().zip(self.published) {
+            let ingest = &self.metrics.ingest;
+            ingest
+                .buffer_items
+                .with_label_values(&[state])
+                .sub(published.0);
+            ingest
+                .buffer_bytes
+                .with_label_values(&[state])
+                .sub(published.1);
+        }
     }
 }
 
@@ -941,7 +962,7 @@ impl IngestRegistry {
                 last_activity: Instant::now(),
                 drain_waiters: Vec::new(),
                 stopping: false,
-                published: (0, 0),
+                published: [(0, 0); 4],
             },
         );
         actors.insert(

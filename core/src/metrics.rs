@@ -283,6 +283,11 @@ impl MonitorMetrics {
     }
 }
 
+/// The states of buffered ingest requests: `waiting` for a flush; `flushing` (in a flush
+/// now); `retrying` (waiting after failed flushes, PostgreSQL away or slow); `uncertain` (their
+/// flush's COMMIT answer was lost: held until PostgreSQL says whether it committed).
+pub const BUFFER_STATES: [&str; 4] = ["waiting", "flushing", "retrying", "uncertain"];
+
 /// The ingest path's figures.
 #[derive(Clone)]
 pub struct IngestMetrics {
@@ -291,9 +296,10 @@ pub struct IngestMetrics {
     pub items: IntCounterVec,
     pub batch_items: prometheus::Histogram,
     pub flush_seconds: prometheus::Histogram,
-    pub buffer_items: prometheus::IntGauge,
-    /// Bytes (request bodies, decompressed) held by IngestActors' buffers.
-    pub buffer_bytes: prometheus::IntGauge,
+    /// Items held by IngestActors, by state ([`BUFFER_STATES`]).
+    pub buffer_items: prometheus::IntGaugeVec,
+    /// Bytes (request bodies, decompressed) held by IngestActors' buffers, by state.
+    pub buffer_bytes: prometheus::IntGaugeVec,
     /// Bytes of ingest bodies in flight in this process (the process-wide budget in use).
     pub inflight_bytes: prometheus::IntGauge,
     /// Flushes whose COMMIT answer was lost, by what they turned out to be.
@@ -333,14 +339,25 @@ impl IngestMetrics {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
             ]),
         )?;
-        let buffer_items = prometheus::IntGauge::new(
-            "observe_ingest_buffer_items",
-            "Items buffered in IngestActors, waiting for or in a flush",
+        let buffer_items = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "observe_ingest_buffer_items",
+                "Items buffered in IngestActors, by state (waiting, flushing, retrying, uncertain)",
+            ),
+            &["state"],
         )?;
-        let buffer_bytes = prometheus::IntGauge::new(
-            "observe_ingest_buffer_bytes",
-            "Bytes (decompressed request bodies) buffered in IngestActors, waiting for or in a flush",
+        let buffer_bytes = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "observe_ingest_buffer_bytes",
+                "Bytes (decompressed request bodies) buffered in IngestActors, by state",
+            ),
+            &["state"],
         )?;
+        // Every state is exported from the start (at 0), so a query for one always has a series.
+        for state in BUFFER_STATES {
+            buffer_items.with_label_values(&[state]);
+            buffer_bytes.with_label_values(&[state]);
+        }
         let inflight_bytes = prometheus::IntGauge::new(
             "observe_ingest_inflight_bytes",
             "Bytes of ingest request bodies held in this process, read or buffered (bounded by ingest.max_inflight_bytes)",

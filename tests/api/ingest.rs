@@ -9,7 +9,8 @@ use observe_core::config::{Ack, Limit};
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    count, eventually, ingest, sdk, send, set_tier, spawn_app, spawn_app_with, Reply, TestApp,
+    count, eventually, ingest, metric_value, sdk, send, set_tier, spawn_app, spawn_app_with, Reply,
+    TestApp,
 };
 
 fn events(n: usize, tag: &str) -> Value {
@@ -282,7 +283,10 @@ async fn bad_bodies_get_400_413_415_and_invalid_items_422_with_nothing_stored() 
     }
     assert!(metrics.contains("observe_ingest_flush_items_count"));
     assert!(metrics.contains("observe_ingest_flush_duration_seconds_bucket"));
-    assert!(metrics.contains("observe_ingest_buffer_items 0"));
+    for state in ["waiting", "flushing", "retrying", "uncertain"] {
+        let series = format!("observe_ingest_buffer_items{{state=\"{state}\"}}");
+        assert_eq!(metric_value(&metrics, &series), Some(0.0), "{series}");
+    }
     assert!(metrics.contains("observe_ingest_actors 1"));
 }
 
@@ -722,8 +726,9 @@ async fn with_ack_enqueue_the_answer_comes_first_and_shutdown_drains_the_buffer(
         "buffered, not yet written"
     );
     let (_, metrics) = app.get_text("/metrics").await;
-    assert!(
-        metrics.contains("observe_ingest_buffer_items 30"),
+    assert_eq!(
+        metric_value(&metrics, "observe_ingest_buffer_items{state=\"waiting\"}"),
+        Some(30.0),
         "{metrics}"
     );
 
