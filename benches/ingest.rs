@@ -29,6 +29,11 @@
 //!   Sentry path (envelope parsing and mapping) costs next to observe's own (`BENCH_SENTRY=0`
 //!   skips both).
 //!
+//! Traces: with `BENCH_TRACE_RATIO` set (e.g. `0.01`), observe exports traces
+//! (`OTEL_TRACES_SAMPLER=parentbased_traceidratio` at that ratio) to an OTLP/HTTP sink in this
+//! process, which answers every export and counts them; the report names the ratio and what
+//! the sink received. Run once without and once with it to see what tracing costs.
+//!
 //! How to read the table: `req/s` counts 202 answers per second and `items/s` the items they
 //! accepted, over the measured window only (closed loop: requests completed in the window; open
 //! loop: requests scheduled in it). `p50/p95/p99` are latencies of 202 answers in milliseconds.
@@ -84,6 +89,8 @@ struct Knobs {
     copy_chunk: usize,
     /// Whether to run the `(e)` and `(s)` phases.
     sentry: bool,
+    /// The trace sampling ratio, if traces are on (`BENCH_TRACE_RATIO`).
+    trace_ratio: Option<f64>,
 }
 
 impl Knobs {
@@ -97,6 +104,15 @@ impl Knobs {
             copy_rows: env_num("BENCH_COPY_ROWS", 500_000)?,
             copy_chunk: env_num("BENCH_COPY_CHUNK", 10_000)?,
             sentry: env_num("BENCH_SENTRY", 1)? != 0,
+            trace_ratio: match env_var("BENCH_TRACE_RATIO") {
+                None => None,
+                Some(v) => Some(
+                    v.parse::<f64>()
+                        .ok()
+                        .filter(|r| (0.0..=1.0).contains(r))
+                        .ok_or_else(|| anyhow!("BENCH_TRACE_RATIO must be a number in [0, 1]"))?,
+                ),
+            },
         };
         if knobs.concurrency == 0
             || knobs.threads == 0
@@ -135,6 +151,23 @@ async fn run() -> anyhow::Result<()> {
             "4000000000".to_string(),
         ));
     }
+    // Traces to a sink of ours, or off (whatever OTEL_* this environment holds).
+    let sink = match knobs.trace_ratio {
+        Some(ratio) => {
+            let sink = TraceSink::start()?;
+            env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), sink.url.clone()));
+            env.push((
+                "OTEL_TRACES_SAMPLER".into(),
+                "parentbased_traceidratio".into(),
+            ));
+            env.push(("OTEL_TRACES_SAMPLER_ARG".into(), ratio.to_string()));
+            Some(sink)
+        }
+        None => {
+            env.push(("OTEL_SDK_DISABLED".into(), "true".into()));
+            None
+        }
+    };
     let mut server = Server::start(ServerConfig {
         bench: "ingest",
         db_url: &bench_url,
@@ -224,6 +257,16 @@ async fn run() -> anyhow::Result<()> {
     }
 
     let stopped = server.stop();
+    if let Some(sink) = &sink {
+        println!(
+            "traces: sampled at {} (parentbased_traceidratio); the sink received {} exports, {} bytes",
+            knobs.trace_ratio.unwrap_or_default(),
+            thousands(sink.exports.load(std::sync::atomic::Ordering::Relaxed) as f64),
+            thousands(sink.bytes.load(std::sync::atomic::Ordering::Relaxed) as f64),
+        );
+    } else {
+        println!("traces: off");
+    }
 
     print_report(&Report {
         knobs: &knobs,
@@ -1040,4 +1083,55 @@ fn print_report(r: &Report<'_>) {
         log_path("ingest").display()
     );
     print!("{out}");
+}
+
+/// An OTLP/HTTP sink on loopback, on a thread of its own: it answers every trace export with
+/// an empty success and counts the exports and their bytes.
+struct TraceSink {
+    url: String,
+    exports: Arc<std::sync::atomic::AtomicU64>,
+    bytes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl TraceSink {
+    fn start() -> anyhow::Result<Self> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind the trace sink")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let exports = Arc::new(AtomicU64::new(0));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let (e, b) = (exports.clone(), bytes.clone());
+        std::thread::Builder::new()
+            .name("trace-sink".into())
+            .spawn(move || {
+                actix_rt::System::new().block_on(async move {
+                    let server = actix_web::HttpServer::new(move || {
+                        let (e, b) = (e.clone(), b.clone());
+                        actix_web::App::new()
+                            .app_data(actix_web::web::PayloadConfig::new(64 * 1024 * 1024))
+                            .default_service(actix_web::web::to(move |body: Bytes| {
+                                e.fetch_add(1, Ordering::Relaxed);
+                                b.fetch_add(body.len() as u64, Ordering::Relaxed);
+                                async {
+                                    actix_web::HttpResponse::Ok()
+                                        .content_type("application/x-protobuf")
+                                        .finish()
+                                }
+                            }))
+                    })
+                    .workers(1)
+                    .disable_signals()
+                    .listen(listener);
+                    if let Ok(server) = server {
+                        let _ = server.run().await;
+                    }
+                })
+            })
+            .context("start the trace sink")?;
+        Ok(Self {
+            url,
+            exports,
+            bytes,
+        })
+    }
 }

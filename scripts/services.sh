@@ -218,9 +218,10 @@ case "${1:-start}" in
   tools)
     # The tests start Redis servers of their own (outage drills), whatever REDIS_URL says.
     ensure_installed 0 1
-    # The metrics export test checks its Prometheus text with `promtool check metrics`
-    # (Debian's prometheus package; policy-rc.d keeps its server from starting).
-    command -v promtool >/dev/null || install_packages prometheus
+    # The metrics export test checks its Prometheus text with `promtool check metrics`, and the
+    # operability test runs a Prometheus server of its own over config/prometheus/ (Debian's
+    # prometheus package; policy-rc.d keeps its system service from starting).
+    { command -v promtool >/dev/null && command -v prometheus >/dev/null; }       || install_packages prometheus
     # The dashboard's browser tests drive Debian's Chromium through chromedriver (WebDriver).
     { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } \
       || install_packages chromium chromium-driver

@@ -69,6 +69,11 @@ impl Actor for JobRunner {
             i64::try_from(self.settings.catch_up_hours).unwrap_or(i64::MAX / 7200),
         );
         let now = Utc::now();
+        // The job's run and duration series exist (at 0) from its runner's start.
+        for result in ["ok", "failed"] {
+            self.metrics.jobs.runs.with_label_values(&[name, result]);
+        }
+        self.metrics.jobs.seconds.with_label_values(&[name]);
         self.report_last_success(ctx);
         let Some(last) = self.schedule.last_at_or_before(now) else {
             self.set_next(ctx, now);

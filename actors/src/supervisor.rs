@@ -286,6 +286,8 @@ impl Supervisor {
             .actor_mailbox_capacity
             .with_label_values(&[A::KIND])
             .add(A::MAILBOX as i64);
+        // The kind's restart series exists (at 0) from its first start.
+        self.metrics.actor_restarts.with_label_values(&[A::KIND]);
         let first = {
             let factory = factory.clone();
             let mailbox = mailbox.clone();

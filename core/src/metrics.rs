@@ -187,6 +187,11 @@ impl PurgeMetrics {
             "observe_purge_batches_total",
             "Purge delete statements run (each bounded by maintenance.purge_batch_rows)",
         )?;
+        // Series exist from the start (at 0): a dashboard panel shows 0 rather than no data,
+        // and the first increment is a step `rate()` sees.
+        for table in crate::store::purge::PROJECT_TABLES {
+            rows.with_label_values(&[table]);
+        }
         register(registry, &rows)?;
         register(registry, &batches)?;
         Ok(Self { rows, batches })
@@ -224,6 +229,10 @@ impl MonitorMetrics {
             ),
             &["result"],
         )?;
+        checks.with_label_values(&["ok"]);
+        for kind in crate::monitor::FailureKind::ALL {
+            checks.with_label_values(&[kind.as_str()]);
+        }
         let check_seconds = prometheus::Histogram::with_opts(
             HistogramOpts::new(
                 "observe_monitor_check_duration_seconds",
@@ -369,6 +378,9 @@ impl IngestMetrics {
             ),
             &["outcome"],
         )?;
+        for outcome in ["committed", "aborted", "unknown"] {
+            uncertain_commits.with_label_values(&[outcome]);
+        }
         let actors = prometheus::IntGauge::new(
             "observe_ingest_actors",
             "IngestActors running on this instance (one per active project)",

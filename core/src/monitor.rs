@@ -99,17 +99,18 @@ impl FailureKind {
         }
     }
 
+    /// Every kind.
+    pub const ALL: [FailureKind; 6] = [
+        FailureKind::Dns,
+        FailureKind::Connect,
+        FailureKind::Tls,
+        FailureKind::Timeout,
+        FailureKind::Status,
+        FailureKind::Keyword,
+    ];
+
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            FailureKind::Dns,
-            FailureKind::Connect,
-            FailureKind::Tls,
-            FailureKind::Timeout,
-            FailureKind::Status,
-            FailureKind::Keyword,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 

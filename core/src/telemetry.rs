@@ -15,6 +15,7 @@ use std::sync::Once;
 
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, LogSettings};
@@ -31,8 +32,9 @@ pub fn init(
     traces: Option<&crate::trace::Exporter>,
     writer: Option<BoxMakeWriter>,
 ) -> bool {
-    let installed =
-        tracing::subscriber::set_global_default(subscriber(log, traces, writer)).is_ok();
+    // `try_init` also forwards the `log` crate's records (actix, tokio-postgres) to tracing, up
+    // to the subscriber's most verbose level.
+    let installed = subscriber(log, traces, writer).try_init().is_ok();
     install_panic_hook(false);
     installed
 }
@@ -50,8 +52,18 @@ pub fn subscriber(
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_new(&log.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
+    layered(filter, log.format, traces, writer)
+}
+
+/// [`subscriber`] with its log filter given.
+fn layered(
+    filter: EnvFilter,
+    format: LogFormat,
+    traces: Option<&crate::trace::Exporter>,
+    writer: Option<BoxMakeWriter>,
+) -> impl tracing::Subscriber + Send + Sync {
     let writer = writer.unwrap_or_else(|| BoxMakeWriter::new(std::io::stdout));
-    let logs = match log.format {
+    let logs = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .event_format(crate::trace::WithTraceIds(
@@ -169,4 +181,74 @@ pub fn capture() -> LogCapture {
             capture
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capturing(
+        traces: Option<&crate::trace::Exporter>,
+    ) -> (impl tracing::Subscriber, LogCapture) {
+        let capture = LogCapture::default();
+        let writer = capture.clone();
+        let subscriber = layered(
+            EnvFilter::new("info"),
+            LogFormat::Json,
+            traces,
+            Some(BoxMakeWriter::new(move || writer.clone())),
+        );
+        (subscriber, capture)
+    }
+
+    #[test]
+    fn without_traces_only_the_spans_logs_need_are_built() {
+        let (subscriber, logs) = capturing(None);
+        tracing::subscriber::with_default(subscriber, || {
+            // The trace-only spans are disabled: never built, their fields never evaluated.
+            assert!(tracing::debug_span!("ingest.flush", items = 1).is_disabled());
+            assert!(crate::db::statement("ingest.commit").is_disabled());
+            // The request span is built: its id is on each line.
+            let request =
+                crate::trace::server_span("r-1", "GET", &awc::http::header::HeaderMap::new());
+            assert!(!request.is_disabled());
+            request.in_scope(|| {
+                assert!(crate::trace::current_ids().is_none());
+                assert!(!crate::trace::Parent::current().is_sampled());
+                tracing::info!("inside");
+            });
+        });
+        let lines = logs.json_lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["spans"][0]["request_id"], "r-1");
+        assert!(lines[0].get("trace_id").is_none());
+    }
+
+    #[test]
+    fn with_traces_each_line_under_a_span_carries_its_ids() {
+        // Nothing listens there: the exports fail, which is not what this test looks at.
+        let exporter = crate::trace::Exporter::from_vars(|name| {
+            (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://127.0.0.1:9".to_string())
+        })
+        .expect("valid")
+        .expect("on");
+        let (subscriber, logs) = capturing(Some(&exporter));
+        let (trace_id, span_id) = tracing::subscriber::with_default(subscriber, || {
+            let flush = tracing::debug_span!("ingest.flush", items = 1);
+            assert!(!flush.is_disabled(), "trace-only spans are built");
+            let ids = flush.in_scope(|| {
+                tracing::info!("inside");
+                crate::trace::current_ids().expect("ids inside a span")
+            });
+            tracing::info!("outside");
+            ids
+        });
+        let lines = logs.json_lines();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0]["trace_id"], trace_id.to_string());
+        assert_eq!(lines[0]["span_id"], span_id.to_string());
+        assert_eq!(lines[0]["message"], "inside");
+        assert!(lines[1].get("trace_id").is_none(), "no span, no ids");
+        exporter.shutdown();
+    }
 }

@@ -32,7 +32,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tracing::{Level, Metadata, Span, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::{filter_fn, Filtered};
+use tracing_subscriber::filter::{filter_fn, Filtered, LevelFilter};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -132,7 +132,10 @@ impl Exporter {
             .with_threads(false)
             .with_level(false)
             .with_target(false)
-            .with_filter(filter_fn(exported))
+            // Busy/idle time per span costs two clock reads and a lock on every poll of every
+            // instrumented future; span durations are what a trace needs.
+            .with_tracked_inactivity(false)
+            .with_filter(filter_fn(exported).with_max_level_hint(LevelFilter::DEBUG))
     }
 
     /// Exports what is buffered and stops the exporter thread. Blocking: call it outside the

@@ -1,6 +1,8 @@
 //! The operator's files in `config/`: every metric the alert rules and the Grafana dashboard
-//! query is one observe registers. (Whether the rules themselves parse and fire is
-//! `scripts/check-prometheus.sh`'s job: promtool, run by `make test`.)
+//! query is one observe registers; and a real Prometheus (Debian's, as `make test` installs
+//! it) given the shipped scrape config and rules scrapes a running observe, evaluates every
+//! rule without error, and answers every dashboard query with data. (Whether each rule fires
+//! when it should is `scripts/check-prometheus.sh`'s job: `promtool test rules`.)
 //!
 //! Names are checked against the families observe registers rather than the text of one
 //! `/metrics` answer: a labelled family with no value yet (restarts before the first restart,
@@ -9,7 +11,8 @@
 
 use std::collections::BTreeSet;
 
-use crate::helpers::{ingest, sdk, spawn_app};
+use crate::helpers::{eventually, free_port, ingest, sdk, spawn_app, spawn_app_with, test_routes};
+use crate::sentry::{envelope, post_envelope};
 
 /// Metric names in a PromQL expression: `observe_*` and `process_*`, histogram suffixes off.
 fn metric_names(expr: &str, into: &mut BTreeSet<String>) {
@@ -174,4 +177,208 @@ fn names_are_found_in_expressions() {
         exprs[1].contains("observe_x_total") && exprs[1].contains("> 0"),
         "{exprs:?}"
     );
+}
+
+/// Scrape, rule and query settings for a Prometheus of the test's own: the operator's
+/// `prometheus.yml` with a 1 s scrape and evaluation interval, one target (the test's
+/// server) and `alerts.yml` by its full path. Everything else as shipped.
+fn test_prometheus_config(target: &str) -> String {
+    let shipped = read("config/prometheus/prometheus.yml");
+    let alerts =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/prometheus/alerts.yml");
+    let mut out = String::new();
+    let mut targets_done = false;
+    for line in shipped.lines() {
+        let trimmed = line.trim();
+        let indent = &line[..line.len() - line.trim_start().len()];
+        let replaced = match trimmed {
+            "scrape_interval: 15s" | "evaluation_interval: 15s" | "scrape_timeout: 10s" => {
+                format!(
+                    "{indent}{}: 1s",
+                    trimmed.split(':').next().unwrap_or_default()
+                )
+            }
+            "- alerts.yml" => format!("{indent}- {}", alerts.display()),
+            t if t.starts_with("- observe-") && t.ends_with(":8000") => {
+                if targets_done {
+                    continue;
+                }
+                targets_done = true;
+                format!("{indent}- {target}")
+            }
+            _ => line.to_string(),
+        };
+        out.push_str(&replaced);
+        out.push('\n');
+    }
+    assert!(
+        targets_done,
+        "the shipped config's targets were found:\n{shipped}"
+    );
+    out
+}
+
+/// A dashboard expression with Grafana's variables given values: every instance and route,
+/// and a rate window that holds several 1 s scrapes.
+fn grafana_expr(expr: &str) -> String {
+    expr.replace("$__rate_interval", "30s")
+        .replace("$instance", ".*")
+        .replace("$route", ".*")
+}
+
+/// `GET {base}{path}` on Prometheus's HTTP API: the answer's `data`.
+async fn prometheus_api(base: &str, path: &str) -> serde_json::Value {
+    let mut res = awc::Client::default()
+        .get(format!("{base}{path}"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let body: serde_json::Value = res.json().limit(16 << 20).await.expect("JSON");
+    assert_eq!(body["status"], "success", "{path}: {body}");
+    body["data"].clone()
+}
+
+#[actix_web::test]
+async fn a_real_prometheus_scrapes_observe_evaluates_the_rules_and_answers_the_dashboard() {
+    // The background jobs run too: their panels need their runners.
+    let app = spawn_app_with(|s| s.jobs.enabled = true, Some(test_routes())).await;
+    // Traffic of the kinds the panels show: requests (one a 500), an ingest and a refused
+    // one, a Sentry SDK's envelope.
+    let sdk = sdk(&app).await;
+    let reply = ingest(
+        &app,
+        &sdk.key,
+        "events",
+        serde_json::json!({"event": "e", "visitor_id": "v"}),
+    )
+    .await;
+    assert_eq!(reply.status, 202);
+    let reply = ingest(&app, &sdk.key, "events", serde_json::json!({"event": 7})).await;
+    assert_eq!(reply.status, 422);
+    let reply = post_envelope(
+        &app,
+        &sdk.dsn,
+        envelope("python_chained.envelope", &sdk.dsn),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let (status, _) = app.get_text("/__test/panic").await;
+    assert_eq!(status, 500);
+
+    let target = app
+        .address
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let dir = std::env::temp_dir().join(format!("observe-prometheus-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("prometheus.yml");
+    std::fs::write(&config, test_prometheus_config(&target)).expect("write config");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut prometheus = tokio::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("Debian's prometheus (scripts/services.sh tools installs it)");
+
+    // Scraped: the target is up.
+    let up = eventually(30, || async {
+        let Ok(mut res) = awc::Client::default()
+            .get(format!("{base}/api/v1/query?query=up"))
+            .send()
+            .await
+        else {
+            return false;
+        };
+        let body: serde_json::Value = res.json().await.unwrap_or_default();
+        body["data"]["result"][0]["value"][1] == "1"
+    })
+    .await;
+    if !up {
+        let _ = prometheus.start_kill();
+        let out = prometheus.wait_with_output().await.expect("output");
+        panic!(
+            "Prometheus never scraped observe: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Several scrapes and evaluations: a rate needs two samples in its window.
+    for _ in 0..3 {
+        app.get_text("/health/ready").await;
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+
+    // Every rule of alerts.yml is loaded, evaluated, and healthy (no evaluation error).
+    let expected = rule_exprs(&read("config/prometheus/alerts.yml")).len();
+    let evaluated = eventually(20, || async {
+        let data = prometheus_api(&base, "/api/v1/rules").await;
+        let rules: Vec<&serde_json::Value> = data["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+            .collect();
+        rules.len() == expected
+            && rules.iter().all(|r| {
+                r["health"] == "ok"
+                    && !r["lastEvaluation"]
+                        .as_str()
+                        .unwrap_or("0001")
+                        .starts_with("0001")
+            })
+    })
+    .await;
+    let data = prometheus_api(&base, "/api/v1/rules").await;
+    assert!(
+        evaluated,
+        "{expected} rules loaded and evaluated without error: {data:#}"
+    );
+    // A healthy server fires none of the paging alerts.
+    let alerts = prometheus_api(&base, "/api/v1/alerts").await;
+    let firing: Vec<&serde_json::Value> = alerts["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["state"] == "firing" && a["labels"]["severity"] == "page")
+        .collect();
+    assert!(
+        firing.is_empty(),
+        "paging alerts on a healthy server: {firing:#?}"
+    );
+
+    // Every dashboard query is valid PromQL, and returns data.
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("config/grafana/dashboards/observe-overview.json"))
+            .expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    dashboard_exprs(&dashboard, &mut exprs);
+    let mut empty = Vec::new();
+    for expr in &exprs {
+        let query = grafana_expr(expr);
+        let mut res = awc::Client::default()
+            .get(format!("{base}/api/v1/query"))
+            .query(&[("query", query.as_str())])
+            .expect("query string")
+            .send()
+            .await
+            .expect("query");
+        let body: serde_json::Value = res.json().limit(16 << 20).await.expect("JSON");
+        assert_eq!(body["status"], "success", "{query}: {body}");
+        if body["data"]["result"].as_array().is_none_or(Vec::is_empty) {
+            empty.push(query);
+        }
+    }
+    assert!(
+        empty.is_empty(),
+        "dashboard queries with no data: {empty:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
