@@ -780,11 +780,15 @@ async fn an_idle_ingest_actor_stops_and_the_next_request_starts_another() {
     assert_eq!(app.state.ingest.running(), 1);
     assert_eq!(events_of(&app, &sdk.project).await, 2);
     // A deliberate stop is not a failure: nothing was restarted.
-    assert!(!app
-        .get_text("/metrics")
-        .await
-        .1
-        .contains("observe_actor_restarts_total{actor=\"IngestActor\"}"));
+    let (_, metrics) = app.get_text("/metrics").await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "observe_actor_restarts_total{actor=\"IngestActor\"}"
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
 }
 
 #[actix_web::test]
