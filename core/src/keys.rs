@@ -328,6 +328,7 @@ impl Invalidate for KeyCache {
 }
 
 /// Announces a key change to every instance; delivered when the caller's transaction commits.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "keys.announce", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn announce(client: &impl GenericClient, scope: Scope) -> Result<(), StoreError> {
     client
         .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &scope.payload()])
@@ -336,6 +337,7 @@ pub async fn announce(client: &impl GenericClient, scope: Scope) -> Result<(), S
 }
 
 /// Writes noted uses to `last_used_at`, one statement for the whole batch.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "keys.flush_last_used", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn flush_last_used(
     client: &impl GenericClient,
     uses: &[(Uuid, DateTime<Utc>)],
@@ -404,6 +406,7 @@ pub async fn watch(
 }
 
 /// Writes the uses noted in `cache` to `last_used_at`; on failure they are kept for the next try.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "keys.flush_cache_uses", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn flush_cache_uses(
     pool: &crate::db::PgPool,
     cache: &KeyCache,

@@ -153,6 +153,7 @@ fn secs(d: Duration) -> f64 {
 /// calls it inside the transaction that creates what the email carries; send
 /// `Deliver { id }` to the Mailer once that transaction committed.
 /// Emails waiting to be sent (due now or later): the outbox's backlog, for `/metrics`.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "outbox.pending", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn pending(client: &impl GenericClient) -> Result<i64, OutboxError> {
     let row = client
         .query_one(
@@ -163,6 +164,7 @@ pub async fn pending(client: &impl GenericClient) -> Result<i64, OutboxError> {
     Ok(row.get(0))
 }
 
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "outbox.enqueue", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn enqueue(client: &impl GenericClient, email: &Email) -> Result<Uuid, OutboxError> {
     let id = Uuid::now_v7();
     client
@@ -185,6 +187,7 @@ pub async fn enqueue(client: &impl GenericClient, email: &Email) -> Result<Uuid,
 /// Claims up to `limit` due pending rows, oldest due first, for `lease`: each claimed row's
 /// `attempts` grows by one and its `next_attempt_at` moves to `now() + lease`. Rows another
 /// transaction holds are skipped, never waited for.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "outbox.claim_due", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn claim_due(
     client: &impl GenericClient,
     limit: i64,
@@ -214,6 +217,7 @@ pub async fn claim_due(
 }
 
 /// Claims row `id` like [`claim_due`] does, if it is pending, due and not held elsewhere.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "outbox.claim", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn claim(
     client: &impl GenericClient,
     id: Uuid,
@@ -239,6 +243,7 @@ pub async fn claim(
 }
 
 /// Records a successful send. Returns false if the row was not pending.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "outbox.mark_sent", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn mark_sent(
     client: &impl GenericClient,
     id: Uuid,
@@ -263,6 +268,7 @@ pub async fn mark_sent(
 
 /// Records a failed attempt that is worth repeating: the row is due again `retry_in` from now
 /// (the database's now). Returns false if the row was not pending.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "outbox.mark_retry", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn mark_retry(
     client: &impl GenericClient,
     id: Uuid,
@@ -282,6 +288,7 @@ pub async fn mark_retry(
 
 /// Records that the row will not be sent (refused for good, or out of attempts). Returns false
 /// if the row was not pending.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "outbox.mark_failed", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn mark_failed(
     client: &impl GenericClient,
     id: Uuid,
@@ -299,6 +306,7 @@ pub async fn mark_failed(
 }
 
 /// Row `id`, whatever its status.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "outbox.get", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn get(client: &impl GenericClient, id: Uuid) -> Result<Option<OutboxRow>, OutboxError> {
     let row = client
         .query_opt(

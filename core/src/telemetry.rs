@@ -63,16 +63,18 @@ fn layered(
     writer: Option<BoxMakeWriter>,
 ) -> impl tracing::Subscriber + Send + Sync {
     let writer = writer.unwrap_or_else(|| BoxMakeWriter::new(std::io::stdout));
+    let dispatch = crate::trace::DispatchSlot::default();
     let logs = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
-            .event_format(crate::trace::WithTraceIds(
+            .event_format(crate::trace::WithTraceIds::new(
                 tracing_subscriber::fmt::format()
                     .json()
                     .with_current_span(false)
                     .with_span_list(true)
                     .flatten_event(true)
                     .with_target(true),
+                dispatch.clone(),
             ))
             .with_writer(writer)
             .with_filter(filter)
@@ -85,6 +87,8 @@ fn layered(
     tracing_subscriber::registry()
         .with(logs)
         .with(traces.map(|t| t.layer()))
+        // Interested in nothing: it is there to be told which subscriber it is part of.
+        .with(dispatch.with_filter(tracing_subscriber::filter::LevelFilter::OFF))
 }
 
 /// Routes panics through tracing (one structured line, no raw stderr) and records the message

@@ -4,8 +4,6 @@
 //! and span ids on the request's log lines; without the variable no exporter thread runs and
 //! no line carries a trace id.
 
-use std::time::Duration;
-
 use serde_json::{json, Value};
 
 use crate::helpers::{eventually, fresh_database, test_settings};
@@ -40,6 +38,25 @@ fn lines_of(observe: &Observe, request_id: &str) -> Vec<Value> {
                 .is_some_and(|spans| spans.iter().any(|s| s["request_id"] == request_id))
         })
         .collect()
+}
+
+/// The `request completed` line of a request, once observe's stdout has been read that far.
+async fn completed_line(observe: &Observe, request_id: &str) -> Value {
+    let found = eventually(10, || async {
+        lines_of(observe, request_id)
+            .iter()
+            .any(|l| l["message"] == "request completed")
+    })
+    .await;
+    let lines = lines_of(observe, request_id);
+    assert!(
+        found,
+        "no request completed line for {request_id}: {lines:#?}"
+    );
+    lines
+        .into_iter()
+        .find(|l| l["message"] == "request completed")
+        .unwrap_or_default()
 }
 
 /// Posts one event with the given request id (and `traceparent`): the answer's status.
@@ -162,11 +179,8 @@ async fn a_traced_request_has_its_flush_and_statements_and_its_ids_in_its_logs()
     }
 
     // The request's log lines carry its trace id and its span id.
+    let completed = completed_line(&observe, &request_id).await;
     let lines = lines_of(&observe, &request_id);
-    let completed = lines
-        .iter()
-        .find(|l| l["message"] == "request completed")
-        .unwrap_or_else(|| panic!("no request completed line in {lines:#?}"));
     assert_eq!(completed["trace_id"], caller_trace.as_str());
     assert_eq!(completed["span_id"], server.span_id.as_str());
     assert!(lines.iter().all(|l| l["trace_id"] == caller_trace.as_str()));
@@ -229,12 +243,10 @@ async fn a_traced_request_has_its_flush_and_statements_and_its_ids_in_its_logs()
     // Without a traceparent, a new trace: the id on its log line is found among the spans.
     let request_id = format!("untraced-{}", uuid::Uuid::new_v4().simple());
     assert_eq!(post_event(&base, &key, &request_id, None).await, 202);
-    let lines = lines_of(&observe, &request_id);
-    let trace_id = lines
-        .iter()
-        .find(|l| l["message"] == "request completed")
-        .and_then(|l| l["trace_id"].as_str())
-        .expect("a trace id on the line")
+    let completed = completed_line(&observe, &request_id).await;
+    let trace_id = completed["trace_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a trace id on the line: {completed:#}"))
         .to_string();
     assert_ne!(trace_id, caller_trace);
     assert!(
@@ -267,7 +279,7 @@ async fn without_an_endpoint_no_exporter_runs_and_no_line_has_a_trace_id() {
         .await,
         202
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    completed_line(&observe, &request_id).await;
 
     let pid = observe.child.id().expect("pid");
     let names = threads(pid);
@@ -275,11 +287,6 @@ async fn without_an_endpoint_no_exporter_runs_and_no_line_has_a_trace_id() {
     assert!(
         !names.iter().any(|t| t.starts_with("OpenTelemetry")),
         "no exporter thread: {names:?}"
-    );
-    let lines = lines_of(&observe, &request_id);
-    assert!(
-        lines.iter().any(|l| l["message"] == "request completed"),
-        "{lines:#?}"
     );
     let all: Vec<Value> = observe
         .lines
