@@ -70,6 +70,7 @@ use observe_core::store::ingest::{
 };
 use observe_core::store::Refusal;
 use observe_core::trace::Parent;
+use prometheus::IntGauge;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -222,7 +223,8 @@ pub struct IngestActor {
     drain_waiters: Vec<oneshot::Sender<()>>,
     /// The project was deleted: stop once the flush in flight (if any) ends.
     stopping: bool,
-    /// Items and bytes last added to the buffer gauges for this actor.
+    /// The buffer gauges (items, bytes) of each of [`BUFFER_STATES`], looked up once.
+    gauges: [(IntGauge, IntGauge); 4],
     /// What the buffer gauges last got from this actor: (items, bytes) per [`BUFFER_STATES`].
     published: [(i64, i64); 4],
 }
@@ -620,7 +622,13 @@ impl IngestActor {
     fn publish_weight(&mut self) {
         let held = self.batcher.held();
         let queued = self.batcher.queued();
-        let flushing = (held.items - queued.items, held.bytes - queued.bytes);
+        // A flush whose COMMIT answer was lost stays "in flight" in the batcher until it is
+        // settled; its requests are counted as `uncertain` then, not as flushing.
+        let flushing = if self.uncertain.is_some() {
+            (0, 0)
+        } else {
+            (held.items - queued.items, held.bytes - queued.bytes)
+        };
         let queued = (queued.items, queued.bytes);
         let (waiting, retrying) = if self.batcher.failures() > 0 {
             ((0, 0), queued)
@@ -629,16 +637,11 @@ impl IngestActor {
         };
         let uncertain = self.uncertain.as_ref().map_or((0, 0), |u| u.weight);
         let now = [waiting, flushing, retrying, uncertain].map(|(i, b)| (i as i64, b as i64));
-        for ((state, now), before) in BUFFER_STATES.iter().zip(now).zip(self.published) {
-            let ingest = &self.metrics.ingest;
-            ingest
-                .buffer_items
-                .with_label_values(&[state])
-                .add(now.0 - before.0);
-            ingest
-                .buffer_bytes
-                .with_label_values(&[state])
-                .add(now.1 - before.1);
+        for (((items, bytes), now), before) in self.gauges.iter().zip(now).zip(self.published) {
+            if now != before {
+                items.add(now.0 - before.0);
+                bytes.add(now.1 - before.1);
+            }
         }
         self.published = now;
     }
@@ -692,7 +695,6 @@ impl IngestActor {
     }
 }
 
-/// Items and bytes of `pending`.
 /// The span of one flush, for traces (at `debug`: not built when traces are off). It is the
 /// child of the first sampled request it commits, so that request's trace shows the flush and
 /// its statements, and links to the other sampled ones (up to [`FLUSH_LINKS`]).
@@ -732,6 +734,7 @@ fn flush_span(project_id: Uuid, batch: &[Entry<Pending>]) -> tracing::Span {
 /// At most this many requests of a flush are linked from its span besides its parent.
 const FLUSH_LINKS: usize = 32;
 
+/// Items and bytes of `pending`.
 fn weigh<'a>(pending: impl Iterator<Item = &'a Pending>) -> (usize, usize) {
     pending.fold((0, 0), |(i, b), p| (i + p.items(), b + p.bytes()))
 }
@@ -760,16 +763,9 @@ impl Drop for IngestActor {
     // Not `stopped()`: a panicking actor is dropped without it.
     fn drop(&mut self) {
         self.metrics.ingest.actors.dec();
-        for (state, published) in BUFFER_STATES.iter().zip(self.published) {
-            let ingest = &self.metrics.ingest;
-            ingest
-                .buffer_items
-                .with_label_values(&[state])
-                .sub(published.0);
-            ingest
-                .buffer_bytes
-                .with_label_values(&[state])
-                .sub(published.1);
+        for ((items, bytes), published) in self.gauges.iter().zip(self.published) {
+            items.sub(published.0);
+            bytes.sub(published.1);
         }
     }
 }
@@ -962,6 +958,13 @@ impl IngestRegistry {
                 last_activity: Instant::now(),
                 drain_waiters: Vec::new(),
                 stopping: false,
+                gauges: BUFFER_STATES.map(|state| {
+                    let ingest = &registry.metrics.ingest;
+                    (
+                        ingest.buffer_items.with_label_values(&[state]),
+                        ingest.buffer_bytes.with_label_values(&[state]),
+                    )
+                }),
                 published: [(0, 0); 4],
             },
         );

@@ -34,7 +34,11 @@ pub fn init(
 ) -> bool {
     // `try_init` also forwards the `log` crate's records (actix, tokio-postgres) to tracing, up
     // to the subscriber's most verbose level.
-    let installed = subscriber(log, traces, writer).try_init().is_ok();
+    let (subscriber, dispatch) = subscriber(log, traces, writer);
+    let installed = subscriber.try_init().is_ok();
+    if installed {
+        dispatch.fill();
+    }
     install_panic_hook(false);
     installed
 }
@@ -46,7 +50,10 @@ pub fn subscriber(
     log: &LogSettings,
     traces: Option<&crate::trace::Exporter>,
     writer: Option<BoxMakeWriter>,
-) -> impl tracing::Subscriber + Send + Sync {
+) -> (
+    impl tracing::Subscriber + Send + Sync,
+    crate::trace::DispatchSlot,
+) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
@@ -61,7 +68,10 @@ fn layered(
     format: LogFormat,
     traces: Option<&crate::trace::Exporter>,
     writer: Option<BoxMakeWriter>,
-) -> impl tracing::Subscriber + Send + Sync {
+) -> (
+    impl tracing::Subscriber + Send + Sync,
+    crate::trace::DispatchSlot,
+) {
     let writer = writer.unwrap_or_else(|| BoxMakeWriter::new(std::io::stdout));
     let dispatch = crate::trace::DispatchSlot::default();
     let logs = match format {
@@ -84,11 +94,10 @@ fn layered(
             .with_filter(filter)
             .boxed(),
     };
-    tracing_subscriber::registry()
+    let subscriber = tracing_subscriber::registry()
         .with(logs)
-        .with(traces.map(|t| t.layer()))
-        // Interested in nothing: it is there to be told which subscriber it is part of.
-        .with(dispatch.with_filter(tracing_subscriber::filter::LevelFilter::OFF))
+        .with(traces.map(|t| t.layer()));
+    (subscriber, dispatch)
 }
 
 /// Routes panics through tracing (one structured line, no raw stderr) and records the message
@@ -193,22 +202,27 @@ mod tests {
 
     fn capturing(
         traces: Option<&crate::trace::Exporter>,
-    ) -> (impl tracing::Subscriber, LogCapture) {
+    ) -> (
+        impl tracing::Subscriber,
+        crate::trace::DispatchSlot,
+        LogCapture,
+    ) {
         let capture = LogCapture::default();
         let writer = capture.clone();
-        let subscriber = layered(
+        let (subscriber, dispatch) = layered(
             EnvFilter::new("info"),
             LogFormat::Json,
             traces,
             Some(BoxMakeWriter::new(move || writer.clone())),
         );
-        (subscriber, capture)
+        (subscriber, dispatch, capture)
     }
 
     #[test]
     fn without_traces_only_the_spans_logs_need_are_built() {
-        let (subscriber, logs) = capturing(None);
+        let (subscriber, dispatch, logs) = capturing(None);
         tracing::subscriber::with_default(subscriber, || {
+            dispatch.fill();
             // The trace-only spans are disabled: never built, their fields never evaluated.
             assert!(tracing::debug_span!("ingest.flush", items = 1).is_disabled());
             assert!(crate::db::statement("ingest.commit").is_disabled());
@@ -236,8 +250,9 @@ mod tests {
         })
         .expect("valid")
         .expect("on");
-        let (subscriber, logs) = capturing(Some(&exporter));
+        let (subscriber, dispatch, logs) = capturing(Some(&exporter));
         let (trace_id, span_id) = tracing::subscriber::with_default(subscriber, || {
+            dispatch.fill();
             let flush = tracing::debug_span!("ingest.flush", items = 1);
             assert!(!flush.is_disabled(), "trace-only spans are built");
             let ids = flush.in_scope(|| {

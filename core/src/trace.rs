@@ -26,13 +26,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{SpanContext, SpanId, Status, TraceContextExt, TraceId, TracerProvider};
+use opentelemetry::trace::{
+    SpanContext, SpanId, Status, TraceContextExt, TraceId, TraceState, TracerProvider,
+};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tracing::dispatcher::WeakDispatch;
-use tracing::{Dispatch, Level, Metadata, Span, Subscriber};
+use tracing::{Level, Metadata, Span, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{filter_fn, Filtered, LevelFilter};
 use tracing_subscriber::fmt::format::Writer;
@@ -60,6 +62,11 @@ pub enum TraceConfigError {
         variable: &'static str,
         value: String,
     },
+    #[error(
+        "OTEL_EXPORTER_OTLP_ENDPOINT={0:?}: observe exports traces over plain http:// only; \
+         run an OpenTelemetry Collector beside it to forward them over TLS"
+    )]
+    Scheme(String),
     #[error("the OTLP trace exporter cannot be built: {0}")]
     Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
 }
@@ -85,8 +92,11 @@ impl Exporter {
             || set("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"));
         let endpoint = set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .or_else(|| set("OTEL_EXPORTER_OTLP_ENDPOINT"));
-        if disabled || endpoint.is_none() {
+        let Some(endpoint) = endpoint.filter(|_| !disabled) else {
             return Ok(None);
+        };
+        if !endpoint.trim().to_ascii_lowercase().starts_with("http://") {
+            return Err(TraceConfigError::Scheme(endpoint));
         }
         for variable in [
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
@@ -170,19 +180,29 @@ fn exported(meta: &Metadata<'_>) -> bool {
 pub struct Parent(Option<SpanContext>);
 
 impl Parent {
-    /// The current span's place.
+    /// The current span's place, if it is sampled. Only the ids and flags are kept: a
+    /// caller's `tracestate` (up to 32 entries) is not carried into buffered work.
     pub fn current() -> Self {
         if !enabled() {
             return Self(None);
         }
         let cx = Span::current().context();
-        let sc = cx.span().span_context().clone();
-        Self(sc.is_valid().then_some(sc))
+        let span = cx.span();
+        let sc = span.span_context();
+        Self((sc.is_valid() && sc.is_sampled()).then(|| {
+            SpanContext::new(
+                sc.trace_id(),
+                sc.span_id(),
+                sc.trace_flags(),
+                false,
+                TraceState::default(),
+            )
+        }))
     }
 
-    /// True when the trace is being recorded (so a child of it is worth building).
+    /// True when there is a sampled span to be the parent of, or to link to.
     pub fn is_sampled(&self) -> bool {
-        self.0.as_ref().is_some_and(SpanContext::is_sampled)
+        self.0.is_some()
     }
 
     /// Makes `span` (not yet entered) a child of this one.
@@ -292,15 +312,20 @@ pub fn current_ids() -> Option<(TraceId, SpanId)> {
     sc.is_valid().then(|| (sc.trace_id(), sc.span_id()))
 }
 
-/// Where [`WithTraceIds`] finds the subscriber it writes for: a layer of that subscriber,
-/// told when the subscriber is installed. (Inside a subscriber's callback the usual ways to
-/// reach it, such as `Span::current()`, answer "no subscriber", to prevent recursion.)
+/// Where [`WithTraceIds`] finds the subscriber it writes for, filled once that subscriber is
+/// installed ([`DispatchSlot::fill`]). Inside a subscriber's callback the usual ways to reach
+/// it, such as `Span::current()`, answer "no subscriber", to prevent recursion. (Not a layer
+/// told by `on_register_dispatch`: a layer interested in nothing would make every enabled
+/// callsite re-check its filters on each hit.)
 #[derive(Clone, Default)]
 pub struct DispatchSlot(Arc<OnceLock<WeakDispatch>>);
 
-impl<S: Subscriber> Layer<S> for DispatchSlot {
-    fn on_register_dispatch(&self, subscriber: &Dispatch) {
-        let _ = self.0.set(subscriber.downgrade());
+impl DispatchSlot {
+    /// Remembers the subscriber in effect here: call it right after installing one.
+    pub fn fill(&self) {
+        tracing::dispatcher::get_default(|d| {
+            let _ = self.0.set(d.downgrade());
+        });
     }
 }
 
@@ -318,6 +343,10 @@ impl<F> WithTraceIds<F> {
     }
 
     /// The ids of the span the event is written under: the subscriber's current span.
+    ///
+    /// This may start that span's OpenTelemetry side, under its lock. It is safe as long as
+    /// nothing the SDK does while starting a span logs (true of opentelemetry_sdk 0.33: span
+    /// start writes no log line); a log line there would wait for the lock it holds.
     fn ids(&self) -> Option<(TraceId, SpanId)> {
         if !enabled() {
             return None;
@@ -390,6 +419,17 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn an_https_endpoint_is_refused_rather_than_failing_every_export() {
+        let err = Exporter::from_vars(vars(&[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://otlp.example.com",
+        )]))
+        .err()
+        .expect("https is refused");
+        assert!(err.to_string().contains("Collector"), "{err}");
     }
 
     #[test]

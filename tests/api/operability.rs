@@ -341,18 +341,17 @@ async fn a_real_prometheus_scrapes_observe_evaluates_the_rules_and_answers_the_d
         evaluated,
         "{expected} rules loaded and evaluated without error: {data:#}"
     );
-    // A healthy server fires none of the paging alerts.
+    // A healthy server has no alert pending (every rule waits 1 minute or more before it
+    // fires, so pending is what a few seconds can show), but for the 5xx ratio the test's
+    // deliberate 500 may start.
     let alerts = prometheus_api(&base, "/api/v1/alerts").await;
-    let firing: Vec<&serde_json::Value> = alerts["alerts"]
+    let active: Vec<&serde_json::Value> = alerts["alerts"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|a| a["state"] == "firing" && a["labels"]["severity"] == "page")
+        .filter(|a| a["labels"]["alertname"] != "ObserveHigh5xxRatio")
         .collect();
-    assert!(
-        firing.is_empty(),
-        "paging alerts on a healthy server: {firing:#?}"
-    );
+    assert!(active.is_empty(), "alerts on a healthy server: {active:#?}");
 
     // Every dashboard query is valid PromQL, and returns data.
     let dashboard: serde_json::Value =

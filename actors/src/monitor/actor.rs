@@ -296,7 +296,7 @@ impl MonitorActor {
             monitor_id = %config.id,
             scheduled = %scheduled,
             ok = tracing::field::Empty,
-            attempts = tracing::field::Empty,
+            attempts = 1,
         );
         let traced = span.clone();
         let run = async move {

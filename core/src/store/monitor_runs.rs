@@ -53,6 +53,7 @@ fn monitor(row: &Row) -> (MonitorConfig, MonitorState) {
 
 /// Monitor `id` with its state, open incident, organisation and shard (of `total`), paused or
 /// not.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitor_runs.load", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn load(
     client: &impl GenericClient,
     id: Uuid,
@@ -92,6 +93,7 @@ fn loaded(row: &Row) -> Loaded {
 }
 
 /// The monitors (not paused) of `shards` out of `total`, with their state.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitor_runs.load_shards", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn load_shards(
     client: &impl GenericClient,
     shards: &[i32],
@@ -111,6 +113,7 @@ pub async fn load_shards(
 }
 
 /// Monitors `ids` (paused ones included; deleted ones are missing), with state and shard.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitor_runs.load_ids", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn load_ids(
     client: &impl GenericClient,
     ids: &[Uuid],
@@ -139,6 +142,7 @@ pub struct Listed {
 }
 
 /// Monitors changed (through the API) after `since`, of any shard.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitor_runs.changed_since", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn changed_since(
     client: &impl GenericClient,
     since: DateTime<Utc>,
@@ -155,6 +159,7 @@ pub async fn changed_since(
 }
 
 /// Every monitor of `shards`, paused ones included (to notice deletions).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitor_runs.list_shards", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn list_shards(
     client: &impl GenericClient,
     shards: &[i32],
@@ -222,12 +227,14 @@ async fn hold_shard(
 }
 
 /// The database's clock (so instances with skewed clocks agree on "changed since").
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitor_runs.db_now", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn db_now(client: &impl GenericClient) -> Result<DateTime<Utc>, StoreError> {
     Ok(client.query_one("SELECT now()", &[]).await?.get(0))
 }
 
 /// Writes a monitor's runtime state to its row (not `updated_at`: that marks API changes), if
 /// `fence` holds its shard: one statement, the share lock on the shard row held for it.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitor_runs.save_state", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn save_state(
     client: &impl GenericClient,
     fence: &Fence,
@@ -307,6 +314,7 @@ pub struct CheckRow {
 }
 
 /// Writes `rows` with one statement (arrays unnested server-side).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitor_runs.write_checks", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn write_checks(
     client: &impl GenericClient,
     rows: &[CheckRow],
@@ -420,6 +428,7 @@ fn link(alerts: &AlertPolicy, monitor: &MonitorConfig) -> String {
 /// Opens an incident for `monitor` (unless one is open), saves `state` and, for tiers with
 /// email alerts, enqueues the down emails: one transaction, if `fence` holds the shard.
 #[allow(clippy::too_many_arguments)]
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitor_runs.open_incident", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn open_incident(
     client: &mut Client,
     fence: &Fence,
@@ -502,6 +511,7 @@ pub async fn open_incident(
 
 /// Closes incident `incident_id` (if still open), saves `state` and, for tiers with email
 /// alerts, enqueues the recovery emails: one transaction, if `fence` holds the shard.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitor_runs.close_incident", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn close_incident(
     client: &mut Client,
     fence: &Fence,
@@ -573,6 +583,7 @@ fn secs(d: Duration) -> f64 {
 }
 
 /// Makes sure shard rows 0..total exist.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitor_runs.ensure_shards", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn ensure_shards(client: &impl GenericClient, total: i32) -> Result<(), StoreError> {
     client
         .execute(
@@ -586,6 +597,7 @@ pub async fn ensure_shards(client: &impl GenericClient, total: i32) -> Result<()
 
 /// Renews this instance's lease and every shard it still owns; returns those shards and the
 /// number of live instances (this one included).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitor_runs.renew", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn renew(
     client: &impl GenericClient,
     me: &str,
@@ -619,6 +631,7 @@ pub async fn renew(
 }
 
 /// Claims at most `n` shards whose lease ran out; returns them.
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitor_runs.claim", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn claim(
     client: &impl GenericClient,
     me: &str,
@@ -646,6 +659,7 @@ pub async fn claim(
 }
 
 /// Gives up `shards` (all of this instance's, and its instance lease, when `None`).
+#[tracing::instrument(level = "debug", name = "db", skip_all, fields(otel.name = "monitor_runs.release", otel.kind = "client", db.system.name = "postgresql"))]
 pub async fn release(
     client: &impl GenericClient,
     me: &str,
