@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_web::dev::ServerHandle;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse};
 use observe_actors::mailer::{self, Mailer};
 use observe_actors::Supervised;
 use observe_core::config::Settings;
@@ -62,21 +62,13 @@ impl FakeResend {
             received: Vec::new(),
         }));
         let data = web::Data::from(state.clone());
-        let server = HttpServer::new(move || {
+        let (url, handle) = crate::support::serve!("the fake Resend", move || {
             App::new()
                 .app_data(data.clone())
                 .route("/emails", web::post().to(fake_emails))
-        })
-        .workers(1)
-        .disable_signals()
-        .bind(("127.0.0.1", 0))
-        .expect("bind the fake Resend");
-        let port = server.addrs()[0].port();
-        let server = server.run();
-        let handle = server.handle();
-        actix_web::rt::spawn(server);
+        });
         Self {
-            url: format!("http://127.0.0.1:{port}"),
+            url,
             state,
             server: handle,
         }

@@ -320,10 +320,10 @@ struct Probed {
 
 impl Probed {
     async fn start() -> Self {
-        use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+        use actix_web::{web, App, HttpRequest, HttpResponse};
         let seen = std::sync::Arc::new(Seen::default());
         let data = web::Data::from(seen.clone());
-        let server = HttpServer::new(move || {
+        let (url, handle) = crate::support::serve!("the checked service", move || {
             App::new().app_data(data.clone()).default_service(web::to(
                 |req: HttpRequest, seen: web::Data<Seen>| async move {
                     let traceparent = req
@@ -337,17 +337,9 @@ impl Probed {
                     HttpResponse::Ok().body("ok")
                 },
             ))
-        })
-        .workers(1)
-        .disable_signals()
-        .bind(("127.0.0.1", 0))
-        .expect("bind the checked service");
-        let port = server.addrs()[0].port();
-        let server = server.run();
-        let handle = server.handle();
-        actix_web::rt::spawn(server);
+        });
         Self {
-            url: format!("http://127.0.0.1:{port}"),
+            url,
             seen,
             _server: handle,
         }

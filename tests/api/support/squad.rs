@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha512;
@@ -131,24 +131,16 @@ impl FakeSquad {
             verify_status: 200,
         }));
         let data = web::Data::from(state.clone());
-        let server = HttpServer::new(move || {
+        let (url, handle) = super::serve!("the fake Squad", move || {
             App::new()
                 .app_data(data.clone())
                 .route("/transaction/initiate", web::post().to(initiate))
                 .route("/transaction/verify/{reference}", web::get().to(verify))
                 .route("/transaction/charge_card", web::post().to(charge_card))
                 .default_service(web::to(unknown))
-        })
-        .workers(1)
-        .disable_signals()
-        .bind(("127.0.0.1", 0))
-        .expect("bind the fake Squad");
-        let port = server.addrs()[0].port();
-        let server = server.run();
-        let handle = server.handle();
-        actix_web::rt::spawn(server);
+        });
         Self {
-            url: format!("http://127.0.0.1:{port}"),
+            url,
             secret,
             state,
             _server: handle,
