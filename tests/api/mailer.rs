@@ -28,6 +28,8 @@ pub(crate) struct Received {
     pub(crate) authorization: Option<String>,
     pub(crate) idempotency_key: Option<String>,
     pub(crate) content_type: Option<String>,
+    /// W3C trace context, sent when observe exports traces.
+    pub(crate) traceparent: Option<String>,
     pub(crate) body: serde_json::Value,
 }
 
@@ -78,7 +80,7 @@ impl FakeResend {
         self.state.lock().unwrap().received.clone()
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.server.stop(false).await;
     }
 }
@@ -101,6 +103,7 @@ async fn fake_emails(
             authorization: header("authorization"),
             idempotency_key: header("idempotency-key"),
             content_type: header("content-type"),
+            traceparent: header("traceparent"),
             body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
         });
         let status = s.script.pop_front().unwrap_or(s.then);

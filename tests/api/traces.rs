@@ -6,8 +6,10 @@
 
 use serde_json::{json, Value};
 
+use crate::helpers::TEST_PASSWORD;
 use crate::helpers::{eventually, fresh_database, test_settings};
-use crate::support::binary::{sdk_with_dsn_at, Observe};
+use crate::mailer::FakeResend;
+use crate::support::binary::{post_json, sdk_with_dsn_at, Observe};
 use crate::support::otlp::{FakeCollector, ReceivedSpan};
 
 /// The batch processor's thread, as `/proc` shows it (names are cut to 15 bytes).
@@ -433,4 +435,73 @@ async fn a_monitor_check_carries_traceparent_only_when_its_monitor_asks() {
         .find(|s| s.name == "monitor.check")
         .expect("check");
     assert_eq!(attempt.parent_span_id, check.span_id);
+}
+
+#[actix_web::test]
+async fn a_call_to_resend_carries_the_trace_of_its_delivery() {
+    let db = fresh_database(&test_settings().database).await;
+    let collector = FakeCollector::start().await;
+    let resend = FakeResend::start(&[], 200).await;
+    let observe = Observe::start_with(
+        &db,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.as_str()),
+            ("OTEL_TRACES_SAMPLER", "always_on"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OBSERVE__RESEND__BASE_URL", resend.url.as_str()),
+            ("OBSERVE__RESEND__API_KEY", "re_test_key"),
+            (
+                "OBSERVE__RESEND__FROM_EMAIL",
+                "observe tests <tests@observe.invalid>",
+            ),
+        ],
+    )
+    .await;
+    let base = format!("http://127.0.0.1:{}", observe.port);
+    // A password reset: an email the Mailer sends through Resend.
+    let client = awc::Client::default();
+    let email = format!("traced-{}@example.com", uuid::Uuid::new_v4().simple());
+    let (status, body) = post_json(
+        &client,
+        &format!("{base}/auth/register"),
+        None,
+        json!({"email": email, "password": TEST_PASSWORD, "name": "Traced"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = post_json(
+        &client,
+        &format!("{base}/auth/forgot-password"),
+        None,
+        json!({"email": email}),
+    )
+    .await;
+    assert!((200..300).contains(&status), "{status} {body}");
+    let sent = eventually(20, || async { !resend.received().is_empty() }).await;
+    assert!(sent, "an email reached the fake Resend");
+    let traceparent = resend.received()[0]
+        .traceparent
+        .clone()
+        .expect("the call carries traceparent");
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    let (trace_id, span_id) = (parts[1].to_string(), parts[2].to_string());
+    let exported = eventually(20, || async {
+        collector
+            .trace(&trace_id)
+            .iter()
+            .any(|s| s.span_id == span_id)
+    })
+    .await;
+    let spans = collector.trace(&trace_id);
+    assert!(exported, "the call's span is exported: {spans:#?}");
+    let call = spans.iter().find(|s| s.span_id == span_id).expect("call");
+    assert_eq!(call.name, "resend POST /emails");
+    assert_eq!(call.kind, 3, "a client span");
+    let delivery = spans
+        .iter()
+        .find(|s| s.span_id == call.parent_span_id)
+        .expect("the call's parent is exported");
+    assert_eq!(delivery.name, "mail.deliver");
+    resend.stop().await;
 }
