@@ -354,7 +354,7 @@ pub async fn run(client: &awc::Client, monitor: &MonitorConfig, options: &CheckO
         otel.name = monitor.method.as_str(),
         otel.kind = "client",
         http.request.method = monitor.method.as_str(),
-        server.address = monitor_host(&monitor.url).unwrap_or_default(),
+        server.address = target(&monitor.url).map(|(_, t)| t.host).unwrap_or_default(),
         monitor_id = %monitor.id,
         http.response.status_code = tracing::field::Empty,
         error = tracing::field::Empty,
@@ -379,12 +379,6 @@ pub async fn run(client: &awc::Client, monitor: &MonitorConfig, options: &CheckO
         span.record("error", outcome.error.as_deref().unwrap_or("failed"));
     }
     outcome
-}
-
-/// The host of a monitor's URL, for its span.
-fn monitor_host(url: &str) -> Option<String> {
-    let uri: Uri = url.parse().ok()?;
-    uri.host().map(str::to_string)
 }
 
 async fn attempt(

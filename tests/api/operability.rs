@@ -11,7 +11,9 @@
 
 use std::collections::BTreeSet;
 
-use crate::helpers::{eventually, free_port, ingest, sdk, spawn_app, spawn_app_with, test_routes};
+use crate::helpers::{
+    eventually, free_port, ingest, sdk, spawn_app, spawn_app_with, test_routes, Sdk, TestApp,
+};
 use crate::sentry::{envelope, post_envelope};
 
 /// Metric names in a PromQL expression: `observe_*` and `process_*`, histogram suffixes off.
@@ -86,6 +88,20 @@ fn dashboard_exprs(value: &serde_json::Value, into: &mut Vec<String>) {
     }
 }
 
+/// An account, a project and a key, and one event ingested with it.
+async fn an_account_that_ingested(app: &TestApp) -> Sdk {
+    let sdk = sdk(app).await;
+    let reply = ingest(
+        app,
+        &sdk.key,
+        "events",
+        serde_json::json!({"event": "e", "visitor_id": "v"}),
+    )
+    .await;
+    assert_eq!(reply.status, 202);
+    sdk
+}
+
 fn read(path: &str) -> String {
     let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
@@ -95,15 +111,7 @@ fn read(path: &str) -> String {
 async fn every_metric_the_alerts_and_the_dashboard_query_is_one_observe_exports() {
     // A short run: a server, an account, an ingest, and its `/metrics`.
     let app = spawn_app().await;
-    let sdk = sdk(&app).await;
-    let reply = ingest(
-        &app,
-        &sdk.key,
-        "events",
-        serde_json::json!({"event": "e", "visitor_id": "v"}),
-    )
-    .await;
-    assert_eq!(reply.status, 202);
+    an_account_that_ingested(&app).await;
     let (_, text) = app.get_text("/metrics").await;
     let exported: BTreeSet<&str> = text
         .lines()
@@ -244,15 +252,7 @@ async fn a_real_prometheus_scrapes_observe_evaluates_the_rules_and_answers_the_d
     let app = spawn_app_with(|s| s.jobs.enabled = true, Some(test_routes())).await;
     // Traffic of the kinds the panels show: requests (one a 500), an ingest and a refused
     // one, a Sentry SDK's envelope.
-    let sdk = sdk(&app).await;
-    let reply = ingest(
-        &app,
-        &sdk.key,
-        "events",
-        serde_json::json!({"event": "e", "visitor_id": "v"}),
-    )
-    .await;
-    assert_eq!(reply.status, 202);
+    let sdk = an_account_that_ingested(&app).await;
     let reply = ingest(&app, &sdk.key, "events", serde_json::json!({"event": 7})).await;
     assert_eq!(reply.status, 422);
     let reply = post_envelope(

@@ -77,6 +77,17 @@ async fn post_event(base: &str, key: &str, request_id: &str, traceparent: Option
     res.status().as_u16()
 }
 
+/// The binary exporting every trace to `collector` at once, with `env` on top.
+async fn traced(db: &str, collector: &FakeCollector, env: &[(&str, &str)]) -> Observe {
+    let mut all = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.as_str()),
+        ("OTEL_TRACES_SAMPLER", "always_on"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    all.extend_from_slice(env);
+    Observe::start_with(db, &all).await
+}
+
 /// `span` and its ancestors among `spans`, nearest first.
 fn ancestry<'a>(spans: &'a [ReceivedSpan], span: &'a ReceivedSpan) -> Vec<&'a ReceivedSpan> {
     let mut chain = vec![span];
@@ -93,12 +104,10 @@ fn ancestry<'a>(spans: &'a [ReceivedSpan], span: &'a ReceivedSpan) -> Vec<&'a Re
 async fn a_traced_request_has_its_flush_and_statements_and_its_ids_in_its_logs() {
     let db = fresh_database(&test_settings().database).await;
     let collector = FakeCollector::start().await;
-    let observe = Observe::start_with(
+    let observe = traced(
         &db,
+        &collector,
         &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.as_str()),
-            ("OTEL_TRACES_SAMPLER", "always_on"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
             // Concurrent requests wait for each other, so one flush commits several.
             ("OBSERVE__INGEST__FLUSH_INTERVAL_MS", "100"),
         ],
@@ -363,14 +372,10 @@ async fn a_monitor_check_carries_traceparent_only_when_its_monitor_asks() {
     let db = fresh_database(&test_settings().database).await;
     let collector = FakeCollector::start().await;
     let probed = Probed::start().await;
-    let observe = Observe::start_with(
+    let observe = traced(
         &db,
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.as_str()),
-            ("OTEL_TRACES_SAMPLER", "always_on"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-            ("OBSERVE__MONITORS__ALLOW_PRIVATE_TARGETS", "true"),
-        ],
+        &collector,
+        &[("OBSERVE__MONITORS__ALLOW_PRIVATE_TARGETS", "true")],
     )
     .await;
     let base = format!("http://127.0.0.1:{}", observe.port);
@@ -442,12 +447,10 @@ async fn a_call_to_resend_carries_the_trace_of_its_delivery() {
     let db = fresh_database(&test_settings().database).await;
     let collector = FakeCollector::start().await;
     let resend = FakeResend::start(&[], 200).await;
-    let observe = Observe::start_with(
+    let observe = traced(
         &db,
+        &collector,
         &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url.as_str()),
-            ("OTEL_TRACES_SAMPLER", "always_on"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
             ("OBSERVE__RESEND__BASE_URL", resend.url.as_str()),
             ("OBSERVE__RESEND__API_KEY", "re_test_key"),
             (
